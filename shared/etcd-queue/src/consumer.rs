@@ -1,0 +1,593 @@
+//! Consuming a topic as a member of its consumer group: owned partitions, deliveries in order, and
+//! fenced commits that can carry the caller's own writes (exactly-once effects).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
+
+use crate::change_feed::{Change, ChangeFeed};
+use crate::config::{ConsumerConfig, QueueConfig, MAX_TXN_OPS};
+use crate::depth::{numbers_by_partition, DepthReporter, Progress};
+use crate::error::QueueError;
+use crate::keys::{trailing_number, GroupKeys, QueueKeys};
+use crate::producer::Fence;
+use crate::retry::{is_transient, with_retry, Backoff};
+use crate::work_group::WorkGroup;
+
+/// A message as delivered: its partition, its offset (sequence number) and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub partition: u32,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Consecutive messages of one partition, handed out together and committed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: u32,
+    pub messages: Vec<Message>,
+    /// The committed offset the delivery starts after.
+    pub after: u64,
+}
+
+impl Delivery {
+    /// The offset the commit advances to.
+    pub fn last_offset(&self) -> u64 {
+        self.messages.last().map(|m| m.offset).unwrap_or(self.after)
+    }
+}
+
+/// A message the consumer could not process, moved to the dead-letter prefix by a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Operations a commit spends besides the caller's: the offset put and the message range delete.
+pub const COMMIT_RESERVED_OPS: usize = 2;
+/// Operations a dead letter adds to a commit (payload and reason).
+pub const DEAD_LETTER_OPS: usize = 2;
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub ownership_changes: u64,
+    pub commits: u64,
+    pub messages_committed: u64,
+    pub dead_letters: u64,
+    pub watch_restarts: u64,
+}
+
+/// While busy, group state is re-read at most this often (events still wake an idle consumer at once).
+const BUSY_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One member of a topic's consumer group.
+pub struct Consumer {
+    client: Client,
+    keys: QueueKeys,
+    group_keys: GroupKeys,
+    queue: QueueConfig,
+    config: ConsumerConfig,
+    group: WorkGroup,
+    heads: BTreeMap<u32, u64>,
+    offsets: BTreeMap<u32, u64>,
+    feed: Option<ChangeFeed>,
+    need_snapshot: bool,
+    last_snapshot: Option<Instant>,
+    depth: DepthReporter,
+    last_depth_write: Instant,
+    cursor: usize,
+    in_flight: Option<u32>,
+    stats: ConsumerStats,
+}
+
+impl Consumer {
+    pub(crate) async fn join(
+        client: Client,
+        keys: QueueKeys,
+        group_keys: GroupKeys,
+        queue: QueueConfig,
+        config: ConsumerConfig,
+    ) -> Result<Self, QueueError> {
+        let group = WorkGroup::join(
+            client.clone(),
+            group_keys.work_group(),
+            queue.partitions,
+            config.member_id.clone(),
+            config.lease_ttl,
+            queue.retry_budget,
+        )
+        .await?;
+        Ok(Consumer {
+            client,
+            keys,
+            group_keys,
+            depth: DepthReporter::new(Duration::from_millis(100)),
+            last_depth_write: Instant::now(),
+            queue,
+            config,
+            group,
+            heads: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            feed: None,
+            need_snapshot: true,
+            last_snapshot: None,
+            cursor: 0,
+            in_flight: None,
+            stats: ConsumerStats::default(),
+        })
+    }
+
+    pub fn member_id(&self) -> &str {
+        self.group.member_id()
+    }
+
+    /// The lease this member's registration and partition ownership hang on.
+    pub fn lease_id(&self) -> i64 {
+        self.group.lease_id()
+    }
+
+    /// Partitions owned now, sorted.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        self.group.owned().keys().copied().collect()
+    }
+
+    /// Pending messages per owned partition, as of the last read.
+    pub fn lag(&self) -> BTreeMap<u32, u64> {
+        self.group
+            .owned()
+            .keys()
+            .map(|p| {
+                let head = self.heads.get(p).copied().unwrap_or(0);
+                (
+                    *p,
+                    head.saturating_sub(self.offsets.get(p).copied().unwrap_or(0)),
+                )
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> ConsumerStats {
+        self.stats
+    }
+
+    /// Waits for the next delivery.
+    pub async fn next(&mut self) -> Result<Delivery, QueueError> {
+        loop {
+            if let Some(delivery) = self.poll(Duration::from_secs(3600)).await? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// Waits up to `max_wait` for a delivery from an owned partition. Meanwhile keeps ownership
+    /// in line with the group (rebalancing between deliveries) and the depth key current.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        if let Some(partition) = self.in_flight {
+            return Err(QueueError::DeliveryInFlight { partition });
+        }
+        let deadline = Instant::now() + max_wait;
+        loop {
+            if let Some(feed) = self.feed.as_mut() {
+                match feed.try_changed() {
+                    Some(Ok(change)) => self.changed(change),
+                    Some(Err(e)) => self.feed_broken(e),
+                    None => {}
+                }
+            }
+            if self.group.lease_lost() {
+                self.need_snapshot = true;
+            }
+            let busy = self.has_work();
+            let snapshot_due = self.need_snapshot
+                && (!busy
+                    || self
+                        .last_snapshot
+                        .is_none_or(|t| t.elapsed() >= BUSY_SNAPSHOT_INTERVAL));
+            if snapshot_due || self.feed.is_none() {
+                self.refresh().await?;
+            }
+            if let Some(delivery) = self.fetch().await? {
+                return Ok(Some(delivery));
+            }
+            self.maybe_write_depth().await;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let tick = (self.last_depth_write + self.config.depth_interval)
+                .max(now + Duration::from_millis(5));
+            let wake = deadline
+                .min(tick)
+                .min(self.depth.due_at().unwrap_or(deadline));
+            let Some(feed) = self.feed.as_mut() else {
+                continue;
+            };
+            tokio::select! {
+                changed = feed.changed() => match changed {
+                    Ok(change) => self.changed(change),
+                    Err(e) => self.feed_broken(e),
+                },
+                _ = self.group.wait_lease_lost() => self.need_snapshot = true,
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    // The periodic re-read is a safety net; events normally arrive first.
+                    if Instant::now() >= tick {
+                        self.need_snapshot = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn changed(&mut self, change: Change) {
+        self.need_snapshot = true;
+        if change == Change::Urgent {
+            // Membership or ownership moved: rebalance before the next delivery.
+            self.last_snapshot = None;
+        }
+    }
+
+    fn feed_broken(&mut self, error: QueueError) {
+        tracing::info!(error = %error, "watch broke; re-reading state and re-watching");
+        self.feed = None;
+        self.need_snapshot = true;
+        self.last_snapshot = None;
+        self.stats.watch_restarts += 1;
+    }
+
+    fn has_work(&self) -> bool {
+        self.group.owned().keys().any(|p| {
+            self.heads.get(p).copied().unwrap_or(0) > self.offsets.get(p).copied().unwrap_or(0)
+        })
+    }
+
+    /// Re-reads members, owners, heads and offsets at one revision, rebalances, and (re)opens the
+    /// change feed from just after that revision so that no change in between is missed.
+    async fn refresh(&mut self) -> Result<(), QueueError> {
+        let extra = Progress::read_ops(&self.keys, &self.group_keys).to_vec();
+        let (snapshot, responses) = self.group.snapshot_with(extra).await?;
+        let progress = Progress::from_responses(snapshot.revision, &responses);
+        self.heads = progress.heads;
+        self.offsets = progress.offsets;
+        let offset_key = |p: u32| self.group_keys.offset(p);
+        let head_key = |p: u32| self.keys.head(p);
+        let (change, reads) = self
+            .group
+            .rebalance(&snapshot, |p| {
+                vec![
+                    TxnOp::get(offset_key(p), None),
+                    TxnOp::get(head_key(p), None),
+                ]
+            })
+            .await?;
+        for responses in reads.values() {
+            for response in responses {
+                if let TxnOpResponse::Get(get) = response {
+                    for kv in get.kvs() {
+                        let key = kv.key();
+                        let Some(p) = trailing_number(key) else {
+                            continue;
+                        };
+                        let value = std::str::from_utf8(kv.value())
+                            .ok()
+                            .and_then(|v| v.parse().ok());
+                        let Some(value) = value else { continue };
+                        if key.starts_with(self.group_keys.offsets_prefix().as_bytes()) {
+                            self.offsets.insert(p as u32, value);
+                        } else {
+                            self.heads.insert(p as u32, value);
+                        }
+                    }
+                }
+            }
+        }
+        let changes = change.acquired.len() + change.released.len() + change.lost.len();
+        self.stats.ownership_changes += changes as u64;
+        if self.feed.is_none() {
+            let (members, owners) = self.group_keys.work_group_prefixes();
+            let lazy = [self.keys.heads_prefix()];
+            match ChangeFeed::open(
+                &self.client,
+                &[members, owners],
+                &lazy,
+                snapshot.revision + 1,
+            )
+            .await
+            {
+                Ok(feed) => self.feed = Some(feed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open watch; will retry");
+                    Backoff::for_etcd().wait().await;
+                }
+            }
+        }
+        self.need_snapshot = self.feed.is_none();
+        self.last_snapshot = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Reads the next messages of an owned partition with pending messages, round robin.
+    async fn fetch(&mut self) -> Result<Option<Delivery>, QueueError> {
+        let owned: Vec<u32> = self.group.owned().keys().copied().collect();
+        if owned.is_empty() {
+            return Ok(None);
+        }
+        for i in 0..owned.len() {
+            let partition = owned[(self.cursor + i) % owned.len()];
+            let after = self.offsets.get(&partition).copied().unwrap_or(0);
+            if self.heads.get(&partition).copied().unwrap_or(0) <= after {
+                continue;
+            }
+            let start = self.keys.message(partition, after + 1);
+            let end = self.keys.message(partition, u64::MAX);
+            let limit = self.config.max_messages as i64;
+            let response = with_retry("fetch messages", self.queue.retry_budget, || {
+                let mut client = self.client.clone();
+                let options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+                let start = start.clone();
+                async move { client.get(start, Some(options)).await }
+            })
+            .await?;
+            let mut messages = Vec::new();
+            let mut bytes = 0;
+            for kv in response.kvs() {
+                let Some(offset) = trailing_number(kv.key()) else {
+                    continue;
+                };
+                if !messages.is_empty() && bytes + kv.value().len() > self.config.max_bytes {
+                    break;
+                }
+                bytes += kv.value().len();
+                messages.push(Message {
+                    partition,
+                    offset,
+                    payload: kv.value().to_vec(),
+                });
+            }
+            if messages.is_empty() {
+                // The head we saw is ahead of what is readable: our view is stale.
+                self.need_snapshot = true;
+                continue;
+            }
+            self.cursor = (self.cursor + i + 1) % owned.len();
+            self.in_flight = Some(partition);
+            return Ok(Some(Delivery {
+                partition,
+                messages,
+                after,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Gives a delivery back uncommitted: its messages will be delivered again.
+    pub fn abandon(&mut self, delivery: &Delivery) {
+        if self.in_flight == Some(delivery.partition) {
+            self.in_flight = None;
+        }
+    }
+
+    /// Commits `delivery`: advances the partition's offset past it, deletes its messages, moves
+    /// `dead_letters` to the dead-letter prefix, and applies `fence`'s operations, all in ONE
+    /// transaction that holds only if this member still owns the partition, the offset is still
+    /// where the delivery started, and every compare of `fence` holds. Otherwise nothing is
+    /// written and the error says why ([`QueueError::LostOwnership`], [`QueueError::StaleDelivery`],
+    /// [`QueueError::FenceFailed`]).
+    pub async fn commit(
+        &mut self,
+        delivery: &Delivery,
+        fence: Fence,
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), QueueError> {
+        let partition = delivery.partition;
+        let ops_needed =
+            COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead_letters.len() + fence.ops.len();
+        if ops_needed > MAX_TXN_OPS {
+            return Err(QueueError::TransactionTooLarge {
+                messages: delivery.messages.len(),
+                bytes: fence.bytes,
+            });
+        }
+        let Some(owner_fence) = self.group.owner_fence(partition) else {
+            self.in_flight = None;
+            return Err(QueueError::LostOwnership { partition });
+        };
+        let from = delivery.after;
+        let to = delivery.last_offset();
+        let offset_key = self.group_keys.offset(partition);
+        let owner_key = self.group_keys.work_group().owner(partition);
+        let mut compares = vec![
+            owner_fence,
+            Compare::value(offset_key.clone(), CompareOp::Equal, from.to_string()),
+        ];
+        compares.extend(fence.compares);
+        let mut ops = vec![
+            TxnOp::put(offset_key.clone(), to.to_string(), None),
+            TxnOp::delete(
+                self.keys.message(partition, from + 1),
+                Some(DeleteOptions::new().with_range(self.keys.message(partition, to + 1))),
+            ),
+        ];
+        for dead in dead_letters {
+            let payload = delivery
+                .messages
+                .iter()
+                .find(|m| m.offset == dead.offset)
+                .map(|m| m.payload.clone())
+                .unwrap_or_default();
+            ops.push(TxnOp::put(
+                self.keys.dead(partition, dead.offset),
+                payload,
+                None,
+            ));
+            ops.push(TxnOp::put(
+                self.keys.dead_reason(partition, dead.offset),
+                dead.reason.clone(),
+                None,
+            ));
+        }
+        ops.extend(fence.ops);
+        let else_ops = [
+            TxnOp::get(owner_key.clone(), None),
+            TxnOp::get(offset_key.clone(), None),
+        ];
+        let started = Instant::now();
+        let mut backoff = Backoff::for_etcd();
+        loop {
+            let txn = Txn::new()
+                .when(compares.clone())
+                .and_then(ops.clone())
+                .or_else(else_ops.clone());
+            let mut client = self.client.clone();
+            let outcome = match client.txn(txn).await {
+                Ok(response) if response.succeeded() => Ok(()),
+                Ok(response) => {
+                    Err(self.why_commit_failed(partition, from, &response.op_responses()))
+                }
+                Err(e) if is_transient(&e) && started.elapsed() < self.queue.retry_budget => {
+                    tracing::warn!(partition, error = %e, "commit failed; checking whether it landed");
+                    backoff.wait().await;
+                    match self.read_commit_state(&owner_key, &offset_key).await {
+                        Ok((_, Some(offset))) if offset == to && to != from => Ok(()),
+                        Ok((owner_rev, offset)) => {
+                            let owned_rev = self.group.owned().get(&partition).copied();
+                            if owner_rev != owned_rev {
+                                Err(QueueError::LostOwnership { partition })
+                            } else if offset != Some(from) {
+                                Err(QueueError::StaleDelivery {
+                                    partition,
+                                    expected: from,
+                                    actual: offset.unwrap_or(0),
+                                })
+                            } else {
+                                continue;
+                            }
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                Err(e) => Err(QueueError::Etcd {
+                    operation: "commit",
+                    source: e,
+                }),
+            };
+            return match outcome {
+                Ok(()) => {
+                    self.in_flight = None;
+                    self.offsets.insert(partition, to);
+                    self.stats.commits += 1;
+                    self.stats.messages_committed += delivery.messages.len() as u64;
+                    self.stats.dead_letters += dead_letters.len() as u64;
+                    self.depth.mark_dirty();
+                    self.maybe_write_depth().await;
+                    Ok(())
+                }
+                Err(QueueError::FenceFailed) => Err(QueueError::FenceFailed),
+                Err(e) => {
+                    self.in_flight = None;
+                    self.group.forget(partition);
+                    self.need_snapshot = true;
+                    self.last_snapshot = None;
+                    Err(e)
+                }
+            };
+        }
+    }
+
+    fn why_commit_failed(
+        &self,
+        partition: u32,
+        from: u64,
+        responses: &[TxnOpResponse],
+    ) -> QueueError {
+        let owner_rev = match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        };
+        let offset = match responses.get(1) {
+            Some(TxnOpResponse::Get(get)) => {
+                numbers_by_partition(get.kvs()).get(&partition).copied()
+            }
+            _ => None,
+        };
+        if owner_rev != self.group.owned().get(&partition).copied() {
+            QueueError::LostOwnership { partition }
+        } else if offset != Some(from) {
+            QueueError::StaleDelivery {
+                partition,
+                expected: from,
+                actual: offset.unwrap_or(0),
+            }
+        } else {
+            QueueError::FenceFailed
+        }
+    }
+
+    async fn read_commit_state(
+        &self,
+        owner_key: &str,
+        offset_key: &str,
+    ) -> Result<(Option<i64>, Option<u64>), QueueError> {
+        let response = with_retry("read commit state", self.queue.retry_budget, || {
+            let mut client = self.client.clone();
+            let txn = Txn::new().and_then([
+                TxnOp::get(owner_key.to_string(), None),
+                TxnOp::get(offset_key.to_string(), None),
+            ]);
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        let responses = response.op_responses();
+        let owner_rev = match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        };
+        let offset = match responses.get(1) {
+            Some(TxnOpResponse::Get(get)) => get
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()),
+            _ => None,
+        };
+        Ok((owner_rev, offset))
+    }
+
+    async fn maybe_write_depth(&mut self) {
+        let periodic = self.last_depth_write.elapsed() >= self.config.depth_interval;
+        if self.depth.due() || periodic {
+            match self
+                .depth
+                .flush(
+                    &self.client,
+                    &self.keys,
+                    &self.group_keys,
+                    self.queue.retry_budget,
+                )
+                .await
+            {
+                Ok(_) => self.last_depth_write = Instant::now(),
+                Err(e) => tracing::debug!(error = %e, "depth update failed; will retry"),
+            }
+        }
+    }
+
+    /// Leaves the group: releases owned partitions (commit or abandon in-flight work first),
+    /// writes the depth key, deregisters and revokes the lease.
+    pub async fn leave(mut self) -> Result<(), QueueError> {
+        let _ = self
+            .depth
+            .flush(
+                &self.client,
+                &self.keys,
+                &self.group_keys,
+                self.queue.retry_budget,
+            )
+            .await;
+        self.group.leave().await
+    }
+}

@@ -1,0 +1,178 @@
+//! The depth key: pending messages of the topic's group as plain decimal text, so that KEDA's
+//! `etcd` scaler (which reads one key as a number) can scale consumers on it.
+//!
+//! Depth is derived, not counted: it is the sum over partitions of `head - committed offset`, read
+//! in one transaction at one revision. Writers race (producers after publishing, consumers after
+//! committing, and both on a timer), so each write is conditional on the revision it was computed
+//! at being newer than the one recorded beside it: a stale computation never overwrites a fresh one.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::error::QueueError;
+use crate::keys::{trailing_number, GroupKeys, QueueKeys};
+use crate::retry::with_retry;
+
+/// Heads and committed offsets of every partition, read at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub revision: i64,
+    pub heads: BTreeMap<u32, u64>,
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+impl Progress {
+    pub(crate) fn read_ops(keys: &QueueKeys, group: &GroupKeys) -> [TxnOp; 2] {
+        [
+            TxnOp::get(keys.heads_prefix(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                group.offsets_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        ]
+    }
+
+    pub(crate) fn from_responses(revision: i64, responses: &[TxnOpResponse]) -> Self {
+        let mut progress = Progress {
+            revision,
+            ..Progress::default()
+        };
+        if let Some(TxnOpResponse::Get(heads)) = responses.first() {
+            progress.heads = numbers_by_partition(heads.kvs());
+        }
+        if let Some(TxnOpResponse::Get(offsets)) = responses.get(1) {
+            progress.offsets = numbers_by_partition(offsets.kvs());
+        }
+        progress
+    }
+
+    pub async fn read(
+        client: &Client,
+        keys: &QueueKeys,
+        group: &GroupKeys,
+        budget: Duration,
+    ) -> Result<Self, QueueError> {
+        let ops = Self::read_ops(keys, group);
+        let response = with_retry("read queue progress", budget, || {
+            let mut client = client.clone();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(Self::from_responses(revision, &response.op_responses()))
+    }
+
+    /// Pending messages in `partition`.
+    pub fn lag(&self, partition: u32) -> u64 {
+        let head = self.heads.get(&partition).copied().unwrap_or(0);
+        let offset = self.offsets.get(&partition).copied().unwrap_or(0);
+        head.saturating_sub(offset)
+    }
+
+    /// Pending messages in the whole topic.
+    pub fn depth(&self) -> u64 {
+        self.heads.keys().map(|p| self.lag(*p)).sum()
+    }
+}
+
+pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u32, u64> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let partition = trailing_number(kv.key())? as u32;
+            let value = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+            Some((partition, value))
+        })
+        .collect()
+}
+
+/// Writes `depth` computed at `revision` unless a newer computation was already written.
+pub(crate) async fn write_depth(
+    client: &Client,
+    keys: &QueueKeys,
+    depth: u64,
+    revision: i64,
+    budget: Duration,
+) -> Result<(), QueueError> {
+    let rev_text = format!("{revision:020}");
+    with_retry("write depth key", budget, || {
+        let mut client = client.clone();
+        let txn = Txn::new()
+            .when([Compare::value(
+                keys.depth_revision(),
+                CompareOp::Less,
+                rev_text.clone(),
+            )])
+            .and_then([
+                TxnOp::put(keys.depth(), depth.to_string(), None),
+                TxnOp::put(keys.depth_revision(), rev_text.clone(), None),
+            ]);
+        async move { client.txn(txn).await }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Rewrites the depth key after local changes, at most once per `min_interval`, so that a burst of
+/// publishes or commits costs one extra round trip rather than one per call.
+#[derive(Debug)]
+pub(crate) struct DepthReporter {
+    min_interval: Duration,
+    last_write: Option<Instant>,
+    dirty: bool,
+}
+
+impl DepthReporter {
+    pub(crate) fn new(min_interval: Duration) -> Self {
+        DepthReporter {
+            min_interval,
+            last_write: None,
+            dirty: false,
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// True when a write is due: something changed and the interval has passed.
+    pub(crate) fn due(&self) -> bool {
+        self.dirty
+            && self
+                .last_write
+                .is_none_or(|t| t.elapsed() >= self.min_interval)
+    }
+
+    /// When the next write becomes due, if one is pending.
+    pub(crate) fn due_at(&self) -> Option<Instant> {
+        if !self.dirty {
+            return None;
+        }
+        Some(
+            self.last_write
+                .map(|t| t + self.min_interval)
+                .unwrap_or_else(Instant::now),
+        )
+    }
+
+    pub(crate) async fn flush(
+        &mut self,
+        client: &Client,
+        keys: &QueueKeys,
+        group: &GroupKeys,
+        budget: Duration,
+    ) -> Result<u64, QueueError> {
+        let progress = Progress::read(client, keys, group, budget).await?;
+        let depth = progress.depth();
+        write_depth(client, keys, depth, progress.revision, budget).await?;
+        self.dirty = false;
+        self.last_write = Some(Instant::now());
+        Ok(depth)
+    }
+}

@@ -1,0 +1,481 @@
+//! A partitioned, durable message queue on etcd with lease-fenced consumer groups and a depth key
+//! for autoscaling. This crate is the only code that knows the queue's etcd key layout ([`keys`]).
+//!
+//! * A topic has a fixed number of partitions; a message goes to `hash(partition key) % P`.
+//! * Messages are etcd keys with no lease: nothing expires while no consumer runs. Producers wait
+//!   (and finally fail) when the backlog reaches the maximum depth: backpressure, never dropping.
+//! * Consumers of the topic's group own partitions through lease-bound owner keys and commit with
+//!   a transaction fenced on ownership and offset, to which callers add their own writes.
+//! * The depth key holds the backlog as decimal text for KEDA's etcd scaler.
+
+pub mod change_feed;
+pub mod config;
+pub mod consumer;
+pub mod depth;
+pub mod error;
+pub mod hash;
+pub mod keys;
+pub mod lease;
+pub mod producer;
+pub mod retry;
+pub mod work_group;
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+pub use config::{ConsumerConfig, QueueConfig, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use consumer::{
+    Consumer, ConsumerStats, DeadLetter, Delivery, Message, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
+};
+pub use depth::Progress;
+pub use error::QueueError;
+pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
+pub use producer::{Fence, OutgoingMessage, Position, Producer};
+pub use retry::{is_transient, with_retry, Backoff};
+pub use work_group::{GroupSnapshot, Rebalance, WorkGroup};
+
+use crate::keys::{trailing_number, trailing_segment};
+use crate::retry::with_retry as retry;
+
+/// Topic metadata stored in etcd when the topic is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TopicMeta {
+    partitions: u32,
+    version: u32,
+}
+
+/// A handle on one topic and its consumer group. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    client: Client,
+    config: QueueConfig,
+    keys: QueueKeys,
+    group: GroupKeys,
+}
+
+/// Status of one partition for the API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub owner: Option<String>,
+    pub head: u64,
+    pub committed: u64,
+    pub lag: u64,
+}
+
+/// Status of the topic and its group, read at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStatus {
+    pub topic: String,
+    pub group: String,
+    pub depth: u64,
+    pub partitions: Vec<PartitionStatus>,
+    pub members: Vec<String>,
+    pub dead_letters: u64,
+}
+
+/// A message that was moved to the dead-letter prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+impl Queue {
+    /// Opens the topic, creating it with `config.partitions` partitions if it does not exist.
+    /// Fails with [`QueueError::PartitionMismatch`] if it exists with another partition count.
+    pub async fn open(client: Client, config: QueueConfig) -> Result<Self, QueueError> {
+        if config.partitions == 0 || config.partitions > 4096 {
+            return Err(QueueError::InvalidConfig(format!(
+                "partitions must be 1..=4096, got {}",
+                config.partitions
+            )));
+        }
+        let keys = QueueKeys::new(&config.prefix, &config.topic)?;
+        let group = keys.group(&config.group)?;
+        let meta = TopicMeta {
+            partitions: config.partitions,
+            version: 1,
+        };
+        let meta_json = serde_json::to_string(&meta).expect("topic meta serializes");
+        let response = retry("create topic", config.retry_budget, || {
+            let mut client = client.clone();
+            let txn = Txn::new()
+                .when([Compare::create_revision(keys.meta(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(keys.meta(), meta_json.clone(), None),
+                    TxnOp::put(keys.depth(), "0", None),
+                    TxnOp::put(keys.depth_revision(), format!("{:020}", 0), None),
+                ])
+                .or_else([TxnOp::get(keys.meta(), None)]);
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        if !response.succeeded() {
+            let stored = match response.op_responses().first() {
+                Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let stored: TopicMeta =
+                serde_json::from_slice(&stored).map_err(|e| QueueError::CorruptMetadata {
+                    key: keys.meta(),
+                    reason: e.to_string(),
+                })?;
+            if stored.partitions != config.partitions {
+                return Err(QueueError::PartitionMismatch {
+                    topic: config.topic.clone(),
+                    stored: stored.partitions,
+                    configured: config.partitions,
+                });
+            }
+        } else {
+            tracing::info!(topic = %config.topic, partitions = config.partitions, "created topic");
+        }
+        let queue = Queue {
+            client,
+            config,
+            keys,
+            group,
+        };
+        queue.ensure_offsets().await?;
+        Ok(queue)
+    }
+
+    /// Every partition's committed offset exists (as "0" until the first commit), so commits can
+    /// compare on its value.
+    async fn ensure_offsets(&self) -> Result<(), QueueError> {
+        let prefix = self.group.offsets_prefix();
+        let existing = retry("read offsets", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await
+            }
+        })
+        .await?;
+        let present: Vec<u64> = existing
+            .kvs()
+            .iter()
+            .filter_map(|kv| trailing_number(kv.key()))
+            .collect();
+        let missing: Vec<u32> = (0..self.config.partitions)
+            .filter(|p| !present.contains(&u64::from(*p)))
+            .collect();
+        for chunk in missing.chunks(MAX_TXN_OPS / 2) {
+            let compares: Vec<Compare> = chunk
+                .iter()
+                .map(|p| Compare::version(self.group.offset(*p), CompareOp::Equal, 0))
+                .collect();
+            let puts: Vec<TxnOp> = chunk
+                .iter()
+                .map(|p| TxnOp::put(self.group.offset(*p), "0", None))
+                .collect();
+            // A racing opener may have created some; then create the rest one by one.
+            let response = retry("create offsets", self.config.retry_budget, || {
+                let mut client = self.client.clone();
+                let txn = Txn::new().when(compares.clone()).and_then(puts.clone());
+                async move { client.txn(txn).await }
+            })
+            .await?;
+            if !response.succeeded() {
+                for p in chunk {
+                    let key = self.group.offset(*p);
+                    retry("create offset", self.config.retry_budget, || {
+                        let mut client = self.client.clone();
+                        let txn = Txn::new()
+                            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(key.clone(), "0", None)]);
+                        async move { client.txn(txn).await }
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The partition `key` maps to.
+    pub fn partition_for(&self, key: &[u8]) -> u32 {
+        hash::partition_for(key, self.config.partitions)
+    }
+
+    /// A new producer with its own id.
+    pub fn producer(&self) -> Producer {
+        Producer::new(
+            self.client.clone(),
+            self.keys.clone(),
+            self.group.clone(),
+            self.config.clone(),
+        )
+    }
+
+    /// Joins the topic's consumer group.
+    pub async fn consumer(&self, config: ConsumerConfig) -> Result<Consumer, QueueError> {
+        Consumer::join(
+            self.client.clone(),
+            self.keys.clone(),
+            self.group.clone(),
+            self.config.clone(),
+            config,
+        )
+        .await
+    }
+
+    /// Heads and committed offsets of every partition at one revision.
+    pub async fn progress(&self) -> Result<Progress, QueueError> {
+        Progress::read(
+            &self.client,
+            &self.keys,
+            &self.group,
+            self.config.retry_budget,
+        )
+        .await
+    }
+
+    /// Pending messages, computed now.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(self.progress().await?.depth())
+    }
+
+    /// What the depth key holds now (what KEDA sees).
+    pub async fn depth_key_value(&self) -> Result<Option<u64>, QueueError> {
+        let key = self.keys.depth();
+        let response = retry("read depth key", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        })
+        .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+    }
+
+    /// A feed that wakes on every change of the depth key (the autoscaler watches it). Read the
+    /// value with [`Queue::depth_key_value`] after each wake-up.
+    pub async fn depth_changes(&self) -> Result<change_feed::ChangeFeed, QueueError> {
+        let revision = self
+            .client
+            .clone()
+            .get(self.keys.depth(), None)
+            .await
+            .map_err(QueueError::etcd("read depth key"))?
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or_default();
+        change_feed::ChangeFeed::open(&self.client, &[self.keys.depth()], &[], revision + 1).await
+    }
+
+    /// Recomputes the depth and writes the depth key; returns the depth.
+    pub async fn refresh_depth(&self) -> Result<u64, QueueError> {
+        let progress = self.progress().await?;
+        depth::write_depth(
+            &self.client,
+            &self.keys,
+            progress.depth(),
+            progress.revision,
+            self.config.retry_budget,
+        )
+        .await?;
+        Ok(progress.depth())
+    }
+
+    /// Partitions with owner, committed offset and lag; members; depth; dead-letter count.
+    pub async fn status(&self) -> Result<QueueStatus, QueueError> {
+        let wg = self.group.work_group();
+        let ops = vec![
+            TxnOp::get(
+                self.keys.heads_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+            TxnOp::get(
+                self.group.offsets_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+            TxnOp::get(wg.owners_prefix(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                wg.members_prefix(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(
+                self.keys.dead_prefix(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        ];
+        let response = retry("read queue status", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        let responses = response.op_responses();
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        let progress = Progress::from_responses(revision, &responses[..2]);
+        let mut owners = BTreeMap::new();
+        let mut members = Vec::new();
+        let mut dead_letters = 0;
+        if let Some(TxnOpResponse::Get(get)) = responses.get(2) {
+            for kv in get.kvs() {
+                if let Some(p) = trailing_number(kv.key()) {
+                    owners.insert(p as u32, String::from_utf8_lossy(kv.value()).into_owned());
+                }
+            }
+        }
+        if let Some(TxnOpResponse::Get(get)) = responses.get(3) {
+            members = get
+                .kvs()
+                .iter()
+                .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
+                .collect();
+        }
+        if let Some(TxnOpResponse::Get(get)) = responses.get(4) {
+            dead_letters = get.count() as u64;
+        }
+        let partitions = (0..self.config.partitions)
+            .map(|p| PartitionStatus {
+                partition: p,
+                owner: owners.get(&p).cloned(),
+                head: progress.heads.get(&p).copied().unwrap_or(0),
+                committed: progress.offsets.get(&p).copied().unwrap_or(0),
+                lag: progress.lag(p),
+            })
+            .collect();
+        Ok(QueueStatus {
+            topic: self.config.topic.clone(),
+            group: self.config.group.clone(),
+            depth: progress.depth(),
+            partitions,
+            members,
+            dead_letters,
+        })
+    }
+
+    /// Number of dead letters.
+    pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
+        let prefix = self.keys.dead_prefix();
+        let response = retry("count dead letters", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+            }
+        })
+        .await?;
+        Ok(response.count() as u64)
+    }
+
+    /// Up to `limit` dead letters, in partition then offset order.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, QueueError> {
+        let prefix = self.keys.dead_prefix();
+        let response = retry("list dead letters", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let prefix = prefix.clone();
+            let options = GetOptions::new().with_prefix().with_limit(limit as i64);
+            async move { client.get(prefix, Some(options)).await }
+        })
+        .await?;
+        let mut records = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let mut segments = key.rsplit('/');
+            let offset = segments.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let partition = segments.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let reason_key = self.keys.dead_reason(partition, offset);
+            let reason = retry("read dead-letter reason", self.config.retry_budget, || {
+                let mut client = self.client.clone();
+                let reason_key = reason_key.clone();
+                async move { client.get(reason_key, None).await }
+            })
+            .await?
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .unwrap_or_default();
+            records.push(DeadLetterRecord {
+                partition,
+                offset,
+                reason,
+                payload: kv.value().to_vec(),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Pending (uncommitted) messages of `partition` after `after`, without consuming them.
+    pub async fn peek(
+        &self,
+        partition: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, QueueError> {
+        let start = self.keys.message(partition, after + 1);
+        let end = self.keys.message(partition, u64::MAX);
+        let response = retry("peek messages", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(limit as i64);
+            let start = start.clone();
+            async move { client.get(start, Some(options)).await }
+        })
+        .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                Some(Message {
+                    partition,
+                    offset: trailing_number(kv.key())?,
+                    payload: kv.value().to_vec(),
+                })
+            })
+            .collect())
+    }
+
+    /// Number of message keys stored under the topic (pending messages), counted by etcd.
+    pub async fn stored_message_count(&self) -> Result<u64, QueueError> {
+        let prefix = self.keys.all_messages_prefix();
+        let response = retry("count messages", self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+            }
+        })
+        .await?;
+        Ok(response.count() as u64)
+    }
+}

@@ -1,0 +1,135 @@
+//! Retrying transient etcd failures with capped exponential backoff and jitter.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::error::QueueError;
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { next: initial, max }
+    }
+
+    /// The default for etcd round trips: 10 ms doubling up to 1 s.
+    pub fn for_etcd() -> Self {
+        Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// The next delay to wait (jittered between half and all of the current step).
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let nanos = step.as_nanos() as u64;
+        let jitter = jitter_fraction(nanos);
+        Duration::from_nanos(nanos / 2 + jitter)
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+}
+
+fn jitter_fraction(nanos: u64) -> u64 {
+    if nanos < 2 {
+        return 0;
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    crate::hash::mix64(seed) % (nanos / 2)
+}
+
+/// Whether an etcd error is worth retrying: the server or the connection was unavailable, or the
+/// request timed out. Everything else (bad request, permission, too large) is permanent.
+pub fn is_transient(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match error {
+        Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic_code::UNAVAILABLE
+                    | tonic_code::DEADLINE_EXCEEDED
+                    | tonic_code::UNKNOWN
+                    | tonic_code::ABORTED
+                    | tonic_code::CANCELLED
+                    | tonic_code::INTERNAL
+            ) && !status.message().contains("too large")
+        }
+        Error::TransportError(_) | Error::IoError(_) | Error::WatchError(_) => true,
+        Error::LeaseKeepAliveError(_) => false,
+        _ => false,
+    }
+}
+
+/// gRPC codes that mean "try again".
+mod tonic_code {
+    pub use tonic::Code;
+    pub const UNAVAILABLE: Code = Code::Unavailable;
+    pub const DEADLINE_EXCEEDED: Code = Code::DeadlineExceeded;
+    pub const UNKNOWN: Code = Code::Unknown;
+    pub const ABORTED: Code = Code::Aborted;
+    pub const CANCELLED: Code = Code::Cancelled;
+    pub const INTERNAL: Code = Code::Internal;
+}
+
+/// Runs `op` until it succeeds, fails permanently, or transient failures have lasted `budget`.
+pub async fn with_retry<T, F, Fut>(
+    operation: &'static str,
+    budget: Duration,
+    mut op: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = Instant::now();
+    let mut backoff = Backoff::for_etcd();
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if is_transient(&e) => {
+                if started.elapsed() >= budget {
+                    return Err(QueueError::Unavailable {
+                        operation,
+                        waited: started.elapsed(),
+                        last_error: e.to_string(),
+                    });
+                }
+                tracing::debug!(operation, error = %e, "transient etcd error; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => {
+                return Err(QueueError::Etcd {
+                    operation,
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(80));
+        let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        for (d, step) in delays.iter().zip([10u64, 20, 40, 80, 80, 80]) {
+            assert!(
+                *d >= Duration::from_millis(step) / 2,
+                "{d:?} < half of {step}ms"
+            );
+            assert!(*d <= Duration::from_millis(step), "{d:?} > {step}ms");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Topic creation, ordering, limits, dead letters and the depth key, against a real etcd.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use etcd_client::{GetOptions, TxnOp};
+use etcd_queue::{DeadLetter, Fence, OutgoingMessage, Queue, QueueConfig, QueueError};
+use test_support::{unique_prefix, EtcdHarness};
+
+#[tokio::test]
+async fn topic_partition_count_is_fixed_at_creation() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("partitions");
+    let queue = Queue::open(etcd.client().await, config(&prefix))
+        .await
+        .unwrap();
+    assert_eq!(queue.config().partitions, 16);
+    // Reopening with the same count works; another count is a clear error.
+    Queue::open(etcd.client().await, config(&prefix))
+        .await
+        .unwrap();
+    let err = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 32,
+            ..config(&prefix)
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            err,
+            QueueError::PartitionMismatch {
+                stored: 16,
+                configured: 32,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        queue.depth_key_value().await.unwrap(),
+        Some(0),
+        "depth key exists from the start"
+    );
+}
+
+#[tokio::test]
+async fn per_partition_order_is_publish_order_across_producers() {
+    let etcd = EtcdHarness::start().await;
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 4,
+            ..config(&unique_prefix("order"))
+        },
+    )
+    .await
+    .unwrap();
+    // Three producers publish concurrently to all partitions.
+    let mut tasks = Vec::new();
+    for producer_no in 0..3 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut producer = queue.producer();
+            for batch in 0..20 {
+                let messages = (0..10)
+                    .map(|i| OutgoingMessage {
+                        partition: ((batch + i) % 4) as u32,
+                        payload: message_id(producer_no, batch * 10 + i).into_bytes(),
+                    })
+                    .collect();
+                producer.publish_batch(messages).await.unwrap();
+            }
+            producer.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut consumer = queue.consumer(consumer_config("only")).await.unwrap();
+    let mut per_partition: Vec<Vec<(u64, String)>> = vec![Vec::new(); 4];
+    let mut total = 0;
+    while total < 600 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("delivery");
+        for m in &delivery.messages {
+            per_partition[m.partition as usize]
+                .push((m.offset, String::from_utf8(m.payload.clone()).unwrap()));
+        }
+        total += delivery.messages.len();
+        consumer
+            .commit(&delivery, Fence::default(), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(total, 600);
+    for (p, messages) in per_partition.iter().enumerate() {
+        // Offsets are 1..=n without gaps, in delivery order.
+        let offsets: Vec<u64> = messages.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (1..=messages.len() as u64).collect::<Vec<_>>(),
+            "partition {p}"
+        );
+        // Each producer's messages keep the order that producer published them in.
+        for producer_no in 0..3 {
+            let mine: Vec<&String> = messages
+                .iter()
+                .map(|(_, id)| id)
+                .filter(|id| id.starts_with(&format!("p{producer_no}-")))
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            assert_eq!(
+                mine, sorted,
+                "producer {producer_no} order broken in partition {p}"
+            );
+        }
+    }
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    consumer.leave().await.unwrap();
+    assert_eq!(
+        queue.depth_key_value().await.unwrap(),
+        Some(0),
+        "depth key exactly 0 after drain"
+    );
+    assert_eq!(
+        queue.stored_message_count().await.unwrap(),
+        0,
+        "committed messages are deleted"
+    );
+}
+
+#[tokio::test]
+async fn oversized_payload_is_a_clear_error() {
+    let etcd = EtcdHarness::start().await;
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            max_payload_bytes: 1000,
+            ..config(&unique_prefix("payload"))
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    let err = producer.publish(b"k", vec![0; 1001]).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            QueueError::PayloadTooLarge {
+                size: 1001,
+                max: 1000
+            }
+        ),
+        "{err}"
+    );
+    let position = producer.publish(b"k", vec![0; 1000]).await.unwrap();
+    assert_eq!(position.offset, 1);
+    assert_eq!(queue.stored_message_count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn dead_letters_are_counted_listed_and_do_not_block() {
+    let etcd = EtcdHarness::start().await;
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 1,
+            ..config(&unique_prefix("dead"))
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    for payload in ["good-1", "poison", "good-2"] {
+        producer
+            .publish(b"k", payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+    let mut consumer = queue.consumer(consumer_config("c")).await.unwrap();
+    let delivery = consumer
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.messages.len(), 3);
+    let poison = delivery
+        .messages
+        .iter()
+        .find(|m| m.payload == b"poison")
+        .unwrap();
+    consumer
+        .commit(
+            &delivery,
+            Fence::default(),
+            &[DeadLetter {
+                offset: poison.offset,
+                reason: "cannot decode".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.dead_letter_count().await.unwrap(), 1);
+    let dead = queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].partition, dead[0].offset), (0, 2));
+    assert_eq!(dead[0].reason, "cannot decode");
+    assert_eq!(dead[0].payload, b"poison");
+    // The partition moves on.
+    let mut producer = queue.producer();
+    producer.publish(b"k", b"after".to_vec()).await.unwrap();
+    producer.close().await.unwrap();
+    let next = consumer
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.messages.len(), 1);
+    assert_eq!(next.messages[0].payload, b"after");
+    assert_eq!(next.messages[0].offset, 4);
+    consumer.commit(&next, Fence::default(), &[]).await.unwrap();
+    assert_eq!(queue.status().await.unwrap().dead_letters, 1);
+    consumer.leave().await.unwrap();
+    assert_eq!(queue.depth_key_value().await.unwrap(), Some(0));
+}
+
+#[tokio::test]
+async fn commit_applies_caller_operations_atomically_and_fence_failure_writes_nothing() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("fence");
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 1,
+            ..config(&prefix)
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    producer.publish(b"k", b"m1".to_vec()).await.unwrap();
+    let mut consumer = queue.consumer(consumer_config("c")).await.unwrap();
+    let delivery = consumer
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    // A caller compare that does not hold: nothing is written, the delivery stays pending.
+    let guard = format!("{prefix}/guard");
+    let fence = Fence {
+        compares: vec![etcd_client::Compare::version(
+            guard.clone(),
+            etcd_client::CompareOp::Greater,
+            0,
+        )],
+        ops: vec![TxnOp::put(format!("{prefix}/side-effect"), "x", None)],
+        bytes: 0,
+    };
+    let err = consumer
+        .commit(&delivery, fence.clone(), &[])
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, QueueError::FenceFailed), "{err}");
+    let mut client = etcd.client().await;
+    assert_eq!(
+        client
+            .get(format!("{prefix}/side-effect"), None)
+            .await
+            .unwrap()
+            .kvs()
+            .len(),
+        0
+    );
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    // Once the condition holds, the same commit applies both the offset and the side effect.
+    client.put(guard, "1", None).await.unwrap();
+    consumer.commit(&delivery, fence, &[]).await.unwrap();
+    assert_eq!(
+        client
+            .get(format!("{prefix}/side-effect"), None)
+            .await
+            .unwrap()
+            .kvs()
+            .len(),
+        1
+    );
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    let _ = client
+        .get(
+            format!("{prefix}/"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+}

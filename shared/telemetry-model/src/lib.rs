@@ -1,0 +1,21 @@
+//! GPU telemetry domain model: validated ids, GPU metadata, samples, CloudEvent sample batches and
+//! the streaming DCGM CSV reader.
+//!
+//! This crate does no I/O beyond reading a CSV from a [`std::io::Read`] or a file.
+
+pub mod batch;
+pub mod csv_reader;
+pub mod gpu;
+pub mod ids;
+pub mod sample;
+pub mod time;
+
+pub use batch::{BatchError, BatchEvent, PackedSample, SampleBatch, SampleBatchBuilder};
+pub use csv_reader::{
+    is_blank_sentinel, summarize, BadRow, CsvError, CsvRow, CsvSummary, DcgmCsvReader, ReadStats,
+    RowOutcome,
+};
+pub use gpu::{parse_labels, GpuInfo, LabelsError};
+pub use ids::{GpuUuid, InvalidId, MetricName};
+pub use sample::Sample;
+pub use time::{TimeParseError, TimestampMicros};

@@ -1,0 +1,116 @@
+//! Chunk codec throughput: encode and decode of a 1,000-sample chunk shaped like the DCGM feed
+//! (10 metrics, one pass per second with millisecond jitter). Run with `cargo bench -p telemetry-store`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use telemetry_store::Chunk;
+
+const METRICS: [&str; 10] = [
+    "DCGM_FI_DEV_DEC_UTIL",
+    "DCGM_FI_DEV_ENC_UTIL",
+    "DCGM_FI_DEV_FB_FREE",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_MEM_CLOCK",
+    "DCGM_FI_DEV_MEM_COPY_UTIL",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_SM_CLOCK",
+];
+
+/// Deterministic pseudo-random numbers (splitmix64), so every run measures the same chunk.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn feed_chunk(passes: usize) -> Chunk {
+    let mut rng = SplitMix(7);
+    let mut chunk = Chunk::new();
+    let mut power_milliwatts: i64 = 312_457;
+    let mut temperature = 41.0;
+    for pass in 0..passes {
+        let mut ts = 1_752_871_354_000_000 + pass as i64 * 1_000_000 + rng.below(2_000) as i64;
+        power_milliwatts += rng.below(20_001) as i64 - 10_000;
+        if rng.below(10) == 0 {
+            temperature += if rng.below(2) == 0 { 1.0 } else { -1.0 };
+        }
+        for (row, metric) in METRICS.iter().enumerate() {
+            let value = match row {
+                2 => 18_594.0,
+                3 => 62_487.0,
+                4 => temperature,
+                5 => rng.below(101) as f64,
+                6 => 2_619.0,
+                8 => power_milliwatts as f64 / 1_000.0,
+                9 => 1_980.0,
+                _ => 0.0,
+            };
+            chunk.push(metric, ts, value);
+            ts += 247 * (4 + rng.below(3) as i64);
+        }
+    }
+    chunk
+}
+
+/// Runs `work` repeatedly for about `budget` and returns the mean time per call.
+fn time_per_call(budget: Duration, mut work: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    let mut calls = 0u32;
+    while started.elapsed() < budget {
+        work();
+        calls += 1;
+    }
+    started.elapsed() / calls.max(1)
+}
+
+fn main() {
+    let chunk = feed_chunk(100);
+    let samples = chunk.len() as f64;
+    let encoded = chunk.encode();
+    let budget = Duration::from_secs(2);
+
+    let encode = time_per_call(budget, || {
+        black_box(black_box(&chunk).encode());
+    });
+    let decode = time_per_call(budget, || {
+        black_box(Chunk::decode(black_box(&encoded)).expect("bench chunk decodes"));
+    });
+    let query = time_per_call(budget, || {
+        black_box(black_box(&chunk).samples_in(i64::MIN, i64::MAX, None));
+    });
+    let push = time_per_call(budget, || {
+        black_box(feed_chunk(100));
+    });
+
+    println!(
+        "chunk: {} samples, {} bytes, {:.3} bytes/sample",
+        chunk.len(),
+        encoded.len(),
+        encoded.len() as f64 / samples
+    );
+    for (name, per_call) in [
+        ("encode", encode),
+        ("decode", decode),
+        ("samples_in (all)", query),
+        ("build by push", push),
+    ] {
+        println!(
+            "{name:>18}: {:>9.1} us/chunk, {:>6.1} M samples/s",
+            per_call.as_secs_f64() * 1e6,
+            samples / per_call.as_secs_f64() / 1e6
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! The store's error type, one variant per operation that can fail.
+
+/// What went wrong in a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd request failed during {operation}: {source}")]
+    Etcd {
+        operation: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    #[error(transparent)]
+    Queue(#[from] etcd_queue::QueueError),
+
+    #[error("stored record at {key} is unreadable: {reason}")]
+    CorruptRecord { key: String, reason: String },
+
+    #[error("stored chunk at {key} is unreadable: {source}")]
+    CorruptChunk {
+        key: String,
+        #[source]
+        source: crate::chunk::ChunkError,
+    },
+
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
+
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}

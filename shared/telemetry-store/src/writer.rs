@@ -1,0 +1,310 @@
+//! The collector's write path. Samples are appended to each GPU's open chunk, which is rewritten
+//! (a few KiB) on every commit and sealed under an immutable, time-keyed key when it is full or
+//! its retention bucket ends. The writes come back as a [`Fence`] that the collector adds to its
+//! queue commit, so persisting and acknowledging are one etcd transaction: exactly once.
+//!
+//! The writer caches each GPU's open chunk and registry record with their `mod_revision`; the
+//! fence compares those revisions, so a stale cache (another writer, a lost partition) makes the
+//! commit fail cleanly instead of overwriting data. The caller then invalidates and retries.
+
+use std::collections::{BTreeMap, HashMap};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_queue::Fence;
+use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
+
+use crate::chunk::Chunk;
+use crate::error::StoreError;
+use crate::record::GpuRecord;
+use crate::TelemetryStore;
+
+/// The samples of one GPU gathered from one or more batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSamples {
+    pub info: GpuInfo,
+    pub samples: Vec<(MetricName, TimestampMicros, f64)>,
+}
+
+/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins).
+pub fn group_by_gpu<'a>(
+    batches: impl IntoIterator<Item = &'a SampleBatch>,
+) -> BTreeMap<GpuUuid, GpuSamples> {
+    let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
+    for batch in batches {
+        for (info, metric, timestamp, value) in batch.samples() {
+            let entry = by_gpu
+                .entry(info.uuid.clone())
+                .or_insert_with(|| GpuSamples {
+                    info: info.clone(),
+                    samples: Vec::new(),
+                });
+            if &entry.info != info {
+                entry.info = info.clone();
+            }
+            entry.samples.push((metric.clone(), timestamp, value));
+        }
+    }
+    by_gpu
+}
+
+#[derive(Debug, Clone)]
+struct OpenState {
+    chunk: Chunk,
+    bucket: i64,
+    revision: i64,
+}
+
+/// Writes prepared for one commit.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    /// Add to the queue commit: compares on cached revisions, and the puts.
+    pub fence: Fence,
+    /// Samples the fence stores.
+    pub samples: usize,
+    /// Samples dropped because they were already past retention when they arrived.
+    pub expired: usize,
+    /// Bytes of chunk values written (open and sealed).
+    pub chunk_bytes: usize,
+    open: Vec<(GpuUuid, OpenState)>,
+    records: Vec<(GpuUuid, GpuRecord)>,
+}
+
+/// Operations per GPU in the worst case: sealed put, open put, record put.
+pub const OPS_PER_GPU: usize = 3;
+/// Compares per GPU: open chunk and record revisions.
+pub const COMPARES_PER_GPU: usize = 2;
+
+/// The collector's per-process write cache.
+#[derive(Clone)]
+pub struct StoreWriter {
+    store: TelemetryStore,
+    open: HashMap<GpuUuid, OpenState>,
+    records: HashMap<GpuUuid, (GpuRecord, i64)>,
+}
+
+impl StoreWriter {
+    pub fn new(store: TelemetryStore) -> Self {
+        StoreWriter {
+            store,
+            open: HashMap::new(),
+            records: HashMap::new(),
+        }
+    }
+
+    /// Prepares appending `gpus` to the store as one fence.
+    pub async fn prepare(
+        &mut self,
+        gpus: &BTreeMap<GpuUuid, GpuSamples>,
+    ) -> Result<PreparedWrite, StoreError> {
+        self.load(gpus.keys()).await?;
+        let keys = self.store.keys().clone();
+        let leases = self.store.leases();
+        let max_samples = self.store.config().chunk_max_samples;
+        let mut prepared = PreparedWrite {
+            fence: Fence::default(),
+            samples: 0,
+            expired: 0,
+            chunk_bytes: 0,
+            open: Vec::new(),
+            records: Vec::new(),
+        };
+        for (uuid, batch) in gpus {
+            let mut open = self.open.get(uuid).cloned().expect("loaded");
+            let (mut record, record_revision) = self
+                .records
+                .get(uuid)
+                .cloned()
+                .map(|(r, rev)| (Some(r), rev))
+                .unwrap_or((None, 0));
+            let open_key = keys.open_chunk(uuid);
+            prepared.fence.compares.push(Compare::mod_revision(
+                open_key.clone(),
+                CompareOp::Equal,
+                open.revision,
+            ));
+            prepared.fence.compares.push(Compare::mod_revision(
+                keys.gpu(uuid),
+                CompareOp::Equal,
+                record_revision,
+            ));
+            let mut stored_here = 0;
+            for (metric, timestamp, value) in &batch.samples {
+                if leases.is_expired(timestamp.0) {
+                    prepared.expired += 1;
+                    continue;
+                }
+                let bucket = leases.bucket_of(timestamp.0);
+                if !open.chunk.is_empty()
+                    && (bucket != open.bucket || open.chunk.len() >= max_samples)
+                {
+                    // Seal: the full chunk moves to an immutable key; a fresh open chunk starts.
+                    let bytes = open.chunk.encode();
+                    let key = keys.sealed_chunk(
+                        uuid,
+                        open.chunk.min_timestamp().unwrap_or_default(),
+                        open.chunk.max_timestamp().unwrap_or_default(),
+                        "q",
+                    );
+                    let lease = leases
+                        .lease_for(open.chunk.min_timestamp().unwrap_or_default())
+                        .await?;
+                    prepared.chunk_bytes += bytes.len();
+                    prepared.fence.bytes += bytes.len() + key.len();
+                    prepared.fence.ops.push(TxnOp::put(
+                        key,
+                        bytes,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                    open.chunk = Chunk::new();
+                }
+                if open.chunk.is_empty() {
+                    open.bucket = bucket;
+                }
+                open.chunk.push(metric.as_str(), timestamp.0, *value);
+                match record.as_mut() {
+                    Some(r) => r.observe(metric, *timestamp, *value),
+                    None => {
+                        let mut r = GpuRecord::new(batch.info.clone(), *timestamp);
+                        r.observe(metric, *timestamp, *value);
+                        record = Some(r);
+                    }
+                }
+                stored_here += 1;
+            }
+            prepared.samples += stored_here;
+            if stored_here == 0 {
+                // Nothing to write for this GPU; keep the compares (harmless) but skip the puts.
+                continue;
+            }
+            let Some(mut record) = record else { continue };
+            record.update_info(&batch.info);
+            let bytes = open.chunk.encode();
+            let lease = leases
+                .lease_for(open.chunk.min_timestamp().unwrap_or_default())
+                .await?;
+            prepared.chunk_bytes += bytes.len();
+            prepared.fence.bytes += bytes.len() + open_key.len();
+            prepared.fence.ops.push(TxnOp::put(
+                open_key,
+                bytes,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+            let record_json = serde_json::to_vec(&record).expect("record serializes");
+            let record_lease = leases.lease_for(record.last_seen.0).await?;
+            prepared.fence.bytes += record_json.len();
+            prepared.fence.ops.push(TxnOp::put(
+                keys.gpu(uuid),
+                record_json,
+                Some(PutOptions::new().with_lease(record_lease)),
+            ));
+            prepared.open.push((uuid.clone(), open));
+            prepared.records.push((uuid.clone(), record));
+        }
+        Ok(prepared)
+    }
+
+    /// Adopts a prepared write after its commit landed at `revision`.
+    pub fn committed(&mut self, prepared: PreparedWrite, revision: i64) {
+        for (uuid, mut open) in prepared.open {
+            open.revision = revision;
+            self.open.insert(uuid, open);
+        }
+        for (uuid, record) in prepared.records {
+            self.records.insert(uuid, (record, revision));
+        }
+    }
+
+    /// Forgets cached state (after a failed commit, or when partitions move).
+    pub fn invalidate_all(&mut self) {
+        self.open.clear();
+        self.records.clear();
+    }
+
+    /// Loads the open chunks and records of GPUs not in the cache, in as few round trips as the
+    /// transaction limits allow.
+    async fn load<'a>(
+        &mut self,
+        gpus: impl Iterator<Item = &'a GpuUuid>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<GpuUuid> = gpus
+            .filter(|g| !self.open.contains_key(*g) || !self.records.contains_key(*g))
+            .cloned()
+            .collect();
+        let keys = self.store.keys().clone();
+        for batch in missing.chunks(60) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .flat_map(|g| {
+                    [
+                        TxnOp::get(keys.open_chunk(g), None),
+                        TxnOp::get(keys.gpu(g), None),
+                    ]
+                })
+                .collect();
+            let mut client = self.store.client().clone();
+            let response = client
+                .txn(Txn::new().and_then(ops))
+                .await
+                .map_err(|source| StoreError::Etcd {
+                    operation: "load open chunks",
+                    source,
+                })?;
+            let responses = response.op_responses();
+            for (i, uuid) in batch.iter().enumerate() {
+                let (open, record) = (responses.get(2 * i), responses.get(2 * i + 1));
+                let open_state = match open {
+                    Some(TxnOpResponse::Get(get)) => match get.kvs().first() {
+                        Some(kv) => {
+                            let chunk = Chunk::decode(kv.value()).map_err(|source| {
+                                StoreError::CorruptChunk {
+                                    key: keys.open_chunk(uuid),
+                                    source,
+                                }
+                            })?;
+                            let bucket = self
+                                .store
+                                .leases()
+                                .bucket_of(chunk.min_timestamp().unwrap_or_default());
+                            OpenState {
+                                chunk,
+                                bucket,
+                                revision: kv.mod_revision(),
+                            }
+                        }
+                        None => OpenState {
+                            chunk: Chunk::new(),
+                            bucket: 0,
+                            revision: 0,
+                        },
+                    },
+                    _ => unreachable!("get returns a range response"),
+                };
+                self.open.insert(uuid.clone(), open_state);
+                if let Some(TxnOpResponse::Get(get)) = record {
+                    match get.kvs().first() {
+                        Some(kv) => {
+                            let parsed: GpuRecord =
+                                serde_json::from_slice(kv.value()).map_err(|e| {
+                                    StoreError::CorruptRecord {
+                                        key: keys.gpu(uuid),
+                                        reason: e.to_string(),
+                                    }
+                                })?;
+                            self.records
+                                .insert(uuid.clone(), (parsed, kv.mod_revision()));
+                        }
+                        None => {
+                            self.records.remove(uuid);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of an id, for idempotent chunk tags.
+pub fn id_hash(id: &str) -> u64 {
+    etcd_queue::hash::stable_hash(id.as_bytes())
+}

@@ -1,0 +1,8 @@
+//! Test and benchmark support: a real etcd member started on free loopback ports, unique key
+//! prefixes per test, and the JSON report writer used by every benchmark.
+
+mod bench_report;
+mod etcd;
+
+pub use bench_report::{median, millis, percentile, BenchReport};
+pub use etcd::{unique_prefix, EtcdHarness};
