@@ -377,13 +377,17 @@ impl Consumer {
     /// transaction that holds only if this member still owns the partition, the offset is still
     /// where the delivery started, and every compare of `fence` holds. Otherwise nothing is
     /// written and the error says why ([`QueueError::LostOwnership`], [`QueueError::StaleDelivery`],
-    /// [`QueueError::FenceFailed`]).
+    /// [`QueueError::FenceFailed`]). Returns the etcd revision of the commit: the `mod_revision`
+    /// of every key the commit wrote.
+    ///
+    /// `delivery` may be a prefix of what [`Consumer::poll`] returned (fewer messages): the rest is
+    /// delivered again.
     pub async fn commit(
         &mut self,
         delivery: &Delivery,
         fence: Fence,
         dead_letters: &[DeadLetter],
-    ) -> Result<(), QueueError> {
+    ) -> Result<i64, QueueError> {
         let partition = delivery.partition;
         let ops_needed =
             COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead_letters.len() + fence.ops.len();
@@ -445,7 +449,9 @@ impl Consumer {
                 .or_else(else_ops.clone());
             let mut client = self.client.clone();
             let outcome = match client.txn(txn).await {
-                Ok(response) if response.succeeded() => Ok(()),
+                Ok(response) if response.succeeded() => {
+                    Ok(response.header().map(|h| h.revision()).unwrap_or_default())
+                }
                 Ok(response) => {
                     Err(self.why_commit_failed(partition, from, &response.op_responses()))
                 }
@@ -453,8 +459,11 @@ impl Consumer {
                     tracing::warn!(partition, error = %e, "commit failed; checking whether it landed");
                     backoff.wait().await;
                     match self.read_commit_state(&owner_key, &offset_key).await {
-                        Ok((_, Some(offset))) if offset == to && to != from => Ok(()),
+                        Ok((_, Some((offset, revision)))) if offset == to && to != from => {
+                            Ok(revision)
+                        }
                         Ok((owner_rev, offset)) => {
+                            let offset = offset.map(|(o, _)| o);
                             let owned_rev = self.group.owned().get(&partition).copied();
                             if owner_rev != owned_rev {
                                 Err(QueueError::LostOwnership { partition })
@@ -477,7 +486,7 @@ impl Consumer {
                 }),
             };
             return match outcome {
-                Ok(()) => {
+                Ok(revision) => {
                     self.in_flight = None;
                     self.offsets.insert(partition, to);
                     self.stats.commits += 1;
@@ -485,7 +494,7 @@ impl Consumer {
                     self.stats.dead_letters += dead_letters.len() as u64;
                     self.depth.mark_dirty();
                     self.maybe_write_depth().await;
-                    Ok(())
+                    Ok(revision)
                 }
                 Err(QueueError::FenceFailed) => Err(QueueError::FenceFailed),
                 Err(e) => {
@@ -532,7 +541,7 @@ impl Consumer {
         &self,
         owner_key: &str,
         offset_key: &str,
-    ) -> Result<(Option<i64>, Option<u64>), QueueError> {
+    ) -> Result<(Option<i64>, Option<(u64, i64)>), QueueError> {
         let response = with_retry("read commit state", self.queue.retry_budget, || {
             let mut client = self.client.clone();
             let txn = Txn::new().and_then([
@@ -548,10 +557,10 @@ impl Consumer {
             _ => None,
         };
         let offset = match responses.get(1) {
-            Some(TxnOpResponse::Get(get)) => get
-                .kvs()
-                .first()
-                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()),
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().and_then(|kv| {
+                let offset = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+                Some((offset, kv.mod_revision()))
+            }),
             _ => None,
         };
         Ok((owner_rev, offset))

@@ -6,7 +6,9 @@ use std::path::Path;
 use etcd_queue::{QueueConfig, QueueKeys};
 
 fn repo_file(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -20,7 +22,9 @@ fn yaml_value<'a>(text: &'a str, field: &str) -> Vec<&'a str> {
 #[test]
 fn knative_scaled_object_watches_the_depth_key_the_queue_writes() {
     let defaults = QueueConfig::default();
-    let depth = QueueKeys::new(&defaults.prefix, &defaults.topic).unwrap().depth();
+    let depth = QueueKeys::new(&defaults.prefix, &defaults.topic)
+        .unwrap()
+        .depth();
     let manifest = repo_file("knative/21-collector-scaledobject.yaml");
     assert_eq!(yaml_value(&manifest, "watchKey"), vec![depth.as_str()]);
 }
@@ -29,7 +33,10 @@ fn knative_scaled_object_watches_the_depth_key_the_queue_writes() {
 fn chart_defaults_build_the_same_depth_key() {
     let defaults = QueueConfig::default();
     let values = repo_file("helm/gpu-telemetry/values.yaml");
-    assert_eq!(yaml_value(&values, "telemetryPrefix"), vec![defaults.prefix.as_str()]);
+    assert_eq!(
+        yaml_value(&values, "telemetryPrefix"),
+        vec![defaults.prefix.as_str()]
+    );
     assert_eq!(yaml_value(&values, "topic"), vec![defaults.topic.as_str()]);
     let helpers = repo_file("helm/gpu-telemetry/templates/_helpers.tpl");
     assert!(

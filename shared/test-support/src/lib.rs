@@ -3,6 +3,8 @@
 
 mod bench_report;
 mod etcd;
+mod http;
 
 pub use bench_report::{median, millis, percentile, BenchReport};
 pub use etcd::{unique_prefix, EtcdHarness};
+pub use http::{http_request, HttpResponse};

@@ -82,7 +82,7 @@ pub async fn run_consumer(
             bytes: 0,
         };
         match consumer.commit(&delivery, fence, &[]).await {
-            Ok(()) => {
+            Ok(_revision) => {
                 commits += 1;
                 committed += ids.len() as u64;
             }

@@ -1,0 +1,246 @@
+//! The consume loop: deliveries from owned partitions are decoded, persisted and committed in one
+//! fenced transaction; undecodable messages go to the dead-letter prefix in the same commit.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_queue::{
+    Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
+    MAX_TXN_OPS,
+};
+use telemetry_model::{BatchEvent, GpuUuid};
+use telemetry_store::{
+    group_by_gpu, StoreError, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
+};
+
+use crate::metrics::CollectorMetrics;
+use crate::CollectorError;
+
+/// How many times a commit is re-prepared after its store fence failed before the delivery is
+/// handed back to the queue.
+const FENCE_RETRIES: usize = 3;
+/// Compares every commit spends besides the store's: owner and offset.
+const COMMIT_RESERVED_COMPARES: usize = 2;
+/// Request bytes one commit may carry (etcd's limit is 1.5 MiB).
+const COMMIT_MAX_BYTES: usize = 1_300 * 1024;
+
+/// One decoded message of a delivery.
+enum Decoded {
+    Event(BatchEvent),
+    Undecodable(String),
+}
+
+/// Persists deliveries of one consumer.
+pub struct DeliveryProcessor {
+    store: TelemetryStore,
+    writer: StoreWriter,
+    metrics: Arc<CollectorMetrics>,
+}
+
+/// What one processed delivery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    pub messages: usize,
+    pub samples: usize,
+    pub dead_letters: usize,
+}
+
+impl DeliveryProcessor {
+    pub fn new(store: TelemetryStore, metrics: Arc<CollectorMetrics>) -> Self {
+        DeliveryProcessor {
+            writer: StoreWriter::new(store.clone()),
+            store,
+            metrics,
+        }
+    }
+
+    /// Persists and commits `delivery` (or the longest prefix of it that fits one transaction;
+    /// the rest is delivered again). Ownership loss is not an error: the partition's new owner
+    /// continues from the committed offset.
+    pub async fn process(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: Delivery,
+    ) -> Result<Processed, CollectorError> {
+        let decoded: Vec<Decoded> = delivery
+            .messages
+            .iter()
+            .map(|m| match BatchEvent::from_json(&m.payload) {
+                Ok(event) => Decoded::Event(event),
+                Err(e) => Decoded::Undecodable(e.to_string()),
+            })
+            .collect();
+        let take = fitting_prefix(&decoded);
+        if take == 0 {
+            // One message alone is too large for a transaction: idempotent writes, then commit.
+            return self
+                .process_oversized(consumer, &delivery, &decoded[0])
+                .await;
+        }
+        let mut prefix = delivery.clone();
+        prefix.messages.truncate(take);
+        let decoded = &decoded[..take];
+        let mut dead = Vec::new();
+        let mut events = Vec::new();
+        for (message, d) in prefix.messages.iter().zip(decoded) {
+            match d {
+                Decoded::Event(event) => events.push(&event.batch),
+                Decoded::Undecodable(reason) => {
+                    tracing::warn!(partition = message.partition, offset = message.offset, %reason, "dead-lettering undecodable message");
+                    dead.push(DeadLetter {
+                        offset: message.offset,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        let grouped = group_by_gpu(events);
+        let started = Instant::now();
+        for attempt in 0..=FENCE_RETRIES {
+            let prepared = match self.writer.prepare(&grouped).await {
+                Ok(p) => p,
+                Err(e) => {
+                    consumer.abandon(&delivery);
+                    return Err(e.into());
+                }
+            };
+            let (samples, expired) = (prepared.samples, prepared.expired);
+            let fence = prepared.fence.clone();
+            match consumer.commit(&prefix, fence, &dead).await {
+                Ok(revision) => {
+                    self.writer.committed(prepared, revision);
+                    self.metrics.commits.inc();
+                    self.metrics
+                        .batches_persisted
+                        .inc_by((take - dead.len()) as u64);
+                    self.metrics.samples_persisted.inc_by(samples as u64);
+                    self.metrics.samples_expired.inc_by(expired as u64);
+                    self.metrics.dead_letters.inc_by(dead.len() as u64);
+                    self.metrics
+                        .commit_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(Processed {
+                        messages: take,
+                        samples,
+                        dead_letters: dead.len(),
+                    });
+                }
+                Err(QueueError::FenceFailed) => {
+                    // Our cached chunks or records are stale: reload and try again.
+                    self.metrics.commit_conflicts.inc();
+                    self.writer.invalidate_all();
+                    tracing::debug!(attempt, "store fence failed; reloading");
+                }
+                Err(
+                    QueueError::LostOwnership { partition }
+                    | QueueError::StaleDelivery { partition, .. },
+                ) => {
+                    tracing::info!(
+                        partition,
+                        "partition moved away mid-delivery; its new owner continues"
+                    );
+                    self.writer.invalidate_all();
+                    return Ok(Processed::default());
+                }
+                Err(QueueError::Etcd { source, .. })
+                    if source.to_string().contains("lease not found") =>
+                {
+                    // A retention lease expired between preparing and committing.
+                    self.store.leases().forget_all().await;
+                    self.writer.invalidate_all();
+                }
+                Err(e) => {
+                    consumer.abandon(&delivery);
+                    self.writer.invalidate_all();
+                    return Err(e.into());
+                }
+            }
+        }
+        self.metrics.commit_conflicts.inc();
+        consumer.abandon(&delivery);
+        Err(CollectorError::Conflict {
+            partition: delivery.partition,
+        })
+    }
+
+    async fn process_oversized(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: &Delivery,
+        decoded: &Decoded,
+    ) -> Result<Processed, CollectorError> {
+        let mut single = delivery.clone();
+        single.messages.truncate(1);
+        let message = &single.messages[0];
+        let Decoded::Event(event) = decoded else {
+            unreachable!("an undecodable message always fits a commit");
+        };
+        let tag = format!("m{}.{}", message.partition, message.offset);
+        let grouped = group_by_gpu([&event.batch]);
+        let stats = match self.store.write_idempotent(&tag, &grouped).await {
+            Ok(stats) => stats,
+            Err(e) => {
+                consumer.abandon(delivery);
+                return Err(e.into());
+            }
+        };
+        self.writer.invalidate_all();
+        match consumer.commit(&single, Fence::default(), &[]).await {
+            Ok(_) => {
+                self.metrics.commits.inc();
+                self.metrics.batches_persisted.inc();
+                self.metrics.samples_persisted.inc_by(stats.samples as u64);
+                self.metrics.samples_expired.inc_by(stats.expired as u64);
+                Ok(Processed {
+                    messages: 1,
+                    samples: stats.samples,
+                    dead_letters: 0,
+                })
+            }
+            // The writes are idempotent: the new owner rewrites the same keys.
+            Err(QueueError::LostOwnership { .. } | QueueError::StaleDelivery { .. }) => {
+                Ok(Processed::default())
+            }
+            Err(e) => {
+                consumer.abandon(delivery);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// How many leading messages fit one commit transaction (0: not even the first).
+fn fitting_prefix(decoded: &[Decoded]) -> usize {
+    let mut gpus: BTreeSet<&GpuUuid> = BTreeSet::new();
+    let mut dead = 0;
+    let mut bytes = 0;
+    for (i, d) in decoded.iter().enumerate() {
+        match d {
+            Decoded::Event(event) => {
+                for gpu in &event.batch.gpus {
+                    gpus.insert(&gpu.uuid);
+                }
+                bytes += event.batch.len() * 16;
+            }
+            Decoded::Undecodable(_) => dead += 1,
+        }
+        let ops = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead + OPS_PER_GPU * gpus.len();
+        let compares = COMMIT_RESERVED_COMPARES + COMPARES_PER_GPU * gpus.len();
+        // Each GPU rewrites its open chunk and record and may seal one chunk: ~24 KiB worst case.
+        let request = bytes + gpus.len() * 24 * 1024;
+        if ops > MAX_TXN_OPS || compares > MAX_TXN_OPS || request > COMMIT_MAX_BYTES {
+            return i;
+        }
+    }
+    decoded.len()
+}
+
+impl From<StoreError> for CollectorError {
+    fn from(e: StoreError) -> Self {
+        CollectorError::Store(e)
+    }
+}
+
+/// Gives `Duration` a readable default for the poll wait.
+pub const POLL_WAIT: Duration = Duration::from_millis(500);

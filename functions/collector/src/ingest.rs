@@ -1,0 +1,98 @@
+//! `POST /`: a CloudEvent sample batch delivered over HTTP (binary or structured content mode), so
+//! the collector can be invoked directly as a function. Stored idempotently: chunk keys derive from
+//! the event's source and id, so posting the same event twice stores it once.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+use telemetry_model::BatchEvent;
+use telemetry_store::{group_by_gpu, id_hash, TelemetryStore};
+
+use crate::metrics::CollectorMetrics;
+
+#[derive(Clone)]
+struct IngestState {
+    store: TelemetryStore,
+    metrics: Arc<CollectorMetrics>,
+}
+
+/// What `POST /` answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IngestResponse {
+    pub id: String,
+    pub samples: usize,
+    pub expired: usize,
+}
+
+/// The `POST /` route.
+pub fn ingest_router(store: TelemetryStore, metrics: Arc<CollectorMetrics>) -> Router {
+    Router::new()
+        .route("/", post(ingest))
+        .with_state(IngestState { store, metrics })
+}
+
+async fn ingest(
+    State(state): State<IngestState>,
+    event: Result<cloudevents::Event, Response>,
+) -> Response {
+    let Ok(event) = event else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid CloudEvent",
+            "the request is neither a structured (application/cloudevents+json) nor a binary-mode (ce-* headers) CloudEvent",
+        );
+    };
+    let event = match BatchEvent::from_cloudevent(event) {
+        Ok(event) => event,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid telemetry batch",
+                &e.to_string(),
+            )
+        }
+    };
+    let tag = format!(
+        "e{:016x}",
+        id_hash(&format!("{}\n{}", event.source, event.id))
+    );
+    let grouped = group_by_gpu([&event.batch]);
+    match state.store.write_idempotent(&tag, &grouped).await {
+        Ok(stats) => {
+            state.metrics.http_events.inc();
+            state.metrics.http_samples.inc_by(stats.samples as u64);
+            (
+                StatusCode::OK,
+                Json(IngestResponse {
+                    id: event.id,
+                    samples: stats.samples,
+                    expired: stats.expired,
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "storing an HTTP event failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail})
+            .to_string(),
+    )
+        .into_response()
+}

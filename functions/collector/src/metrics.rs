@@ -1,0 +1,108 @@
+//! The collector's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub partition: u32,
+}
+
+/// Counters and gauges the collector exports on `/metrics`.
+#[derive(Debug)]
+pub struct CollectorMetrics {
+    pub batches_persisted: Counter,
+    pub samples_persisted: Counter,
+    pub samples_expired: Counter,
+    pub dead_letters: Counter,
+    pub commits: Counter,
+    pub commit_conflicts: Counter,
+    pub ownership_changes: Gauge,
+    pub owned_partitions: Gauge,
+    pub lag: Family<PartitionLabel, Gauge>,
+    pub commit_latency: Histogram,
+    pub http_events: Counter,
+    pub http_samples: Counter,
+}
+
+impl CollectorMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = CollectorMetrics {
+            batches_persisted: Counter::default(),
+            samples_persisted: Counter::default(),
+            samples_expired: Counter::default(),
+            dead_letters: Counter::default(),
+            commits: Counter::default(),
+            commit_conflicts: Counter::default(),
+            ownership_changes: Gauge::default(),
+            owned_partitions: Gauge::default(),
+            lag: Family::default(),
+            commit_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            http_events: Counter::default(),
+            http_samples: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("collector");
+        r.register(
+            "batches_persisted",
+            "Queue messages (CloudEvent batches) persisted",
+            metrics.batches_persisted.clone(),
+        );
+        r.register(
+            "samples_persisted",
+            "Samples persisted from the queue",
+            metrics.samples_persisted.clone(),
+        );
+        r.register(
+            "samples_expired",
+            "Samples dropped because they were older than the retention on arrival",
+            metrics.samples_expired.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages moved to the dead-letter prefix",
+            metrics.dead_letters.clone(),
+        );
+        r.register("commits", "Fenced commits", metrics.commits.clone());
+        r.register(
+            "commit_conflicts",
+            "Commits retried or abandoned after a fence failed",
+            metrics.commit_conflicts.clone(),
+        );
+        r.register(
+            "ownership_changes",
+            "Partitions acquired, released or lost since start",
+            metrics.ownership_changes.clone(),
+        );
+        r.register(
+            "owned_partitions",
+            "Partitions owned now",
+            metrics.owned_partitions.clone(),
+        );
+        r.register(
+            "partition_lag",
+            "Pending messages per owned partition",
+            metrics.lag.clone(),
+        );
+        r.register(
+            "commit_latency_seconds",
+            "Time to persist and commit one delivery",
+            metrics.commit_latency.clone(),
+        );
+        r.register(
+            "http_events",
+            "CloudEvents received over HTTP",
+            metrics.http_events.clone(),
+        );
+        r.register(
+            "http_samples",
+            "Samples stored from CloudEvents received over HTTP",
+            metrics.http_samples.clone(),
+        );
+        metrics
+    }
+}

@@ -1,0 +1,246 @@
+//! The collector end to end against a real etcd: queue -> collector -> store, exact counts, with
+//! collector processes killed (SIGKILL) and scaled while it runs, dead letters, HTTP invocation.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use etcd_queue::{OutgoingMessage, Queue};
+use prometheus_client::registry::Registry;
+use rand::Rng;
+use telemetry_model::{BatchEvent, SampleBatch, TimestampMicros};
+use test_support::{http_request, unique_prefix, EtcdHarness};
+
+fn now_us() -> i64 {
+    TimestampMicros::now().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_through_the_queue_are_stored_exactly_once() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-passes");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    publish_passes(&queue, 3, now_us() - 600_000_000).await;
+    let mut collector = spawn_collector(&etcd.endpoint(), &prefix, "c1");
+    wait_until("queue drained", Duration::from_secs(60), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    assert!(terminate(&mut collector), "collector exits 0 on SIGTERM");
+    assert_store_exact(&store_for(etcd.client().await, &prefix), 3).await;
+    let status = queue.status().await.unwrap();
+    assert!(
+        status.members.is_empty(),
+        "the collector left the group: {:?}",
+        status.members
+    );
+    assert!(
+        status.partitions.iter().all(|p| p.owner.is_none()),
+        "partitions released on SIGTERM"
+    );
+    assert_eq!(queue.depth_key_value().await.unwrap(), Some(0));
+}
+
+async fn run_with_kills(collectors: usize, kills: usize) {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-kill");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let mut children: Vec<_> = (0..collectors)
+        .map(|i| spawn_collector(&etcd.endpoint(), &prefix, &format!("c{i}-0")))
+        .collect();
+    let t0 = now_us() - 600_000_000;
+    let mut passes = 0;
+    for kill in 0..kills {
+        // A pass of traffic, then a kill at a random point while it is being consumed.
+        let committed_before: u64 = queue.progress().await.unwrap().offsets.values().sum();
+        publish_passes(&queue, 1, t0 + (passes * ROWS * 10) as i64).await;
+        passes += 1;
+        let target = committed_before + rand::rng().random_range(1..=12);
+        wait_until(
+            "progress before the kill",
+            Duration::from_secs(60),
+            || async {
+                queue
+                    .progress()
+                    .await
+                    .unwrap()
+                    .offsets
+                    .values()
+                    .sum::<u64>()
+                    >= target
+            },
+        )
+        .await;
+        let victim = rand::rng().random_range(0..collectors);
+        children[victim].kill().unwrap(); // SIGKILL: no drain, the lease is left to expire
+        children[victim].wait().unwrap();
+        children[victim] = spawn_collector(
+            &etcd.endpoint(),
+            &prefix,
+            &format!("c{victim}-{}", kill + 1),
+        );
+    }
+    publish_passes(&queue, 2, t0 + (passes * ROWS * 10) as i64).await;
+    passes += 2;
+    wait_until("queue drained", Duration::from_secs(120), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    for child in &mut children {
+        assert!(terminate(child));
+    }
+    assert_store_exact(&store_for(etcd.client().await, &prefix), passes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_killed_ten_times_loses_and_duplicates_nothing() {
+    run_with_kills(1, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_collectors_killed_independently_store_exactly_once() {
+    run_with_kills(3, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_two_five_one_collectors_keeps_counts_exact() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-scale");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|i| spawn_collector(&etcd.endpoint(), &prefix, &format!("s{i}")))
+        .collect();
+    publish_passes(&queue, 4, now_us() - 600_000_000).await;
+    let grow = children.len();
+    children
+        .extend((grow..5).map(|i| spawn_collector(&etcd.endpoint(), &prefix, &format!("s{i}"))));
+    wait_until("five members", Duration::from_secs(30), || async {
+        queue.status().await.unwrap().members.len() == 5
+    })
+    .await;
+    publish_passes(&queue, 4, now_us() - 500_000_000).await;
+    while children.len() > 1 {
+        let mut child = children.pop().unwrap();
+        assert!(terminate(&mut child), "graceful scale-down exits 0");
+    }
+    publish_passes(&queue, 4, now_us() - 400_000_000).await;
+    wait_until("queue drained", Duration::from_secs(60), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    assert!(terminate(&mut children[0]));
+    assert_store_exact(&store_for(etcd.client().await, &prefix), 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_are_dead_lettered_and_do_not_block() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-dead");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let mut producer = queue.producer();
+    producer
+        .publish_batch(vec![
+            OutgoingMessage {
+                partition: 3,
+                payload: b"{not json".to_vec(),
+            },
+            OutgoingMessage {
+                partition: 3,
+                payload: br#"{"specversion":"0.3"}"#.to_vec(),
+            },
+        ])
+        .await
+        .unwrap();
+    producer.close().await.unwrap();
+    publish_passes(&queue, 1, now_us() - 600_000_000).await;
+    let mut collector = spawn_collector(&etcd.endpoint(), &prefix, "d");
+    wait_until("queue drained", Duration::from_secs(60), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    assert!(terminate(&mut collector));
+    let dead = queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.partition, d.offset))
+            .collect::<Vec<_>>(),
+        vec![(3, 1), (3, 2)]
+    );
+    assert!(dead.iter().all(|d| !d.reason.is_empty()));
+    assert_store_exact(&store_for(etcd.client().await, &prefix), 1).await;
+}
+
+#[tokio::test]
+async fn an_event_posted_twice_over_http_is_stored_once() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-http");
+    let store = store_for(etcd.client().await, &prefix);
+    let mut registry = Registry::default();
+    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let router = collector::ingest_router(store.clone(), metrics);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let rows = real_rows();
+    let mut builder = SampleBatch::builder();
+    let t0 = now_us() - 1_000_000;
+    for (i, (info, metric, value)) in rows.iter().take(100).enumerate() {
+        builder.push(info, metric, TimestampMicros(t0 + i as i64), *value);
+    }
+    let event = BatchEvent::new("evt-1", "/test/http", builder.build());
+    let url = format!("http://127.0.0.1:{port}/");
+    // Structured mode twice, then binary mode with the same id: one copy stored.
+    for _ in 0..2 {
+        let response = http_request(
+            "POST",
+            &url,
+            &[("content-type", "application/cloudevents+json")],
+            event.to_json(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["samples"], 100);
+    }
+    let data = serde_json::to_vec(&event.batch).unwrap();
+    let binary = http_request(
+        "POST",
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "evt-1"),
+            ("ce-source", "/test/http"),
+            ("ce-type", BatchEvent::EVENT_TYPE),
+            ("ce-time", &event.time.to_rfc3339()),
+        ],
+        data,
+    )
+    .await
+    .unwrap();
+    assert_eq!(binary.status, 200, "{}", binary.text());
+    assert_eq!(store.footprint().await.unwrap().samples, 100, "stored once");
+    assert_eq!(store.list_gpus().await.unwrap().len(), 100);
+    let bad = http_request(
+        "POST",
+        &url,
+        &[("content-type", "application/cloudevents+json")],
+        b"{}".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("content-type"), Some("application/problem+json"));
+}

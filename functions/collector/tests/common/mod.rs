@@ -1,0 +1,175 @@
+//! Shared pieces of the collector's tests: publishing passes of the real CSV the way the streamer
+//! does, running collector processes, and checking the store's exact contents.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_queue::{OutgoingMessage, Queue, QueueConfig};
+use telemetry_model::{
+    BatchEvent, DcgmCsvReader, GpuInfo, MetricName, RowOutcome, SampleBatch, TimestampMicros,
+};
+use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
+
+pub const ROWS: usize = 2_470;
+
+pub fn real_rows() -> Vec<(GpuInfo, MetricName, f64)> {
+    let path = format!(
+        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    DcgmCsvReader::open(path)
+        .unwrap()
+        .filter_map(|o| match o {
+            RowOutcome::Row(r) => Some((r.info, r.metric, r.value)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn queue_config(prefix: &str) -> QueueConfig {
+    QueueConfig {
+        prefix: prefix.to_string(),
+        ..QueueConfig::default()
+    }
+}
+
+/// Publishes `passes` passes of the real CSV like the streamer: per pass, one CloudEvent batch per
+/// queue partition, each row stamped with a strictly increasing time.
+pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
+    let rows = real_rows();
+    let mut producer = queue.producer();
+    for pass in 0..passes {
+        let mut builders: BTreeMap<u32, telemetry_model::SampleBatchBuilder> = BTreeMap::new();
+        for (i, (info, metric, value)) in rows.iter().enumerate() {
+            let partition = queue.partition_for(info.uuid.as_str().as_bytes());
+            let ts = TimestampMicros(t0 + ((pass * ROWS + i) as i64) * 10);
+            builders
+                .entry(partition)
+                .or_insert_with(SampleBatch::builder)
+                .push(info, metric, ts, *value);
+        }
+        let messages = builders
+            .into_iter()
+            .map(|(partition, builder)| OutgoingMessage {
+                partition,
+                payload: BatchEvent::new(
+                    format!("pass{pass}-p{partition}"),
+                    "/test/publisher",
+                    builder.build(),
+                )
+                .to_json(),
+            })
+            .collect();
+        producer.publish_batch(messages).await.unwrap();
+    }
+    producer.close().await.unwrap();
+}
+
+/// A collector process of the real binary.
+pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_collector"))
+        .arg("run")
+        .env("ETCD_ENDPOINTS", endpoint)
+        .env("TELEMETRY_PREFIX", prefix)
+        .env("PORT", "0")
+        .env("COLLECTOR_ID", id)
+        .env("QUEUE_LEASE_TTL", "2s")
+        .env("COLLECTOR_GRACE_PERIOD", "10s")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the collector binary")
+}
+
+/// Sends SIGTERM and waits for exit; returns whether it exited with status 0.
+pub fn terminate(child: &mut Child) -> bool {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap().success()
+}
+
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts the store holds exactly `passes` x 10 samples for each of the 247 GPUs, strictly
+/// increasing in time per metric, and registry records matching the CSV.
+pub async fn assert_store_exact(store: &TelemetryStore, passes: usize) {
+    let rows = real_rows();
+    let mut expected_info: BTreeMap<String, GpuInfo> = BTreeMap::new();
+    for (info, _, _) in &rows {
+        expected_info.insert(info.uuid.as_str().to_string(), info.clone());
+    }
+    let records = store.list_gpus().await.unwrap();
+    assert_eq!(records.len(), 247, "GPUs in the registry");
+    for record in records {
+        let expected = &expected_info[record.info.uuid.as_str()];
+        assert_eq!(record.info.hostname, expected.hostname);
+        assert_eq!(record.info.gpu_index, expected.gpu_index);
+        assert_eq!(record.info.model_name, expected.model_name);
+        let samples = store
+            .query(
+                &record.info.uuid,
+                &SampleQuery {
+                    limit: 100_000,
+                    ..SampleQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .samples;
+        assert_eq!(
+            samples.len(),
+            passes * 10,
+            "samples of {}",
+            record.info.uuid
+        );
+        let mut per_metric: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for s in &samples {
+            per_metric.entry(&s.metric).or_default().push(s.timestamp.0);
+        }
+        assert_eq!(per_metric.len(), 10);
+        for (metric, times) in per_metric {
+            assert_eq!(times.len(), passes, "{} {metric}", record.info.uuid);
+            assert!(
+                times.windows(2).all(|w| w[0] < w[1]),
+                "{metric}: duplicate or unordered times"
+            );
+        }
+    }
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(
+        footprint.samples as usize,
+        passes * ROWS,
+        "samples in all chunks"
+    );
+}
+
+pub fn store_for(client: etcd_client::Client, prefix: &str) -> TelemetryStore {
+    TelemetryStore::new(
+        client,
+        StoreConfig {
+            prefix: prefix.to_string(),
+            ..StoreConfig::default()
+        },
+    )
+}

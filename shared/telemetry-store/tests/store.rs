@@ -1,0 +1,385 @@
+//! The telemetry store against a real etcd: the collector write path, sealing, reads with inclusive
+//! windows and cursors, idempotent writes, retention, stale caches, and bytes per sample.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Txn};
+use telemetry_model::{DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, TimestampMicros};
+use telemetry_store::{
+    GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig, StoreWriter, TelemetryStore,
+};
+use test_support::{unique_prefix, EtcdHarness};
+
+fn real_csv() -> String {
+    format!(
+        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn now_us() -> i64 {
+    TimestampMicros::now().0
+}
+
+/// The real CSV's rows as (info, metric, value), in file order.
+fn real_rows() -> Vec<(GpuInfo, MetricName, f64)> {
+    DcgmCsvReader::open(real_csv())
+        .unwrap()
+        .filter_map(|outcome| match outcome {
+            RowOutcome::Row(row) => Some((row.info, row.metric, row.value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One pass of the real data stamped from `t0`, 10 µs per row, grouped by GPU.
+fn pass(rows: &[(GpuInfo, MetricName, f64)], t0: i64) -> BTreeMap<GpuUuid, GpuSamples> {
+    let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
+    for (i, (info, metric, value)) in rows.iter().enumerate() {
+        by_gpu
+            .entry(info.uuid.clone())
+            .or_insert_with(|| GpuSamples {
+                info: info.clone(),
+                samples: Vec::new(),
+            })
+            .samples
+            .push((metric.clone(), TimestampMicros(t0 + 10 * i as i64), *value));
+    }
+    by_gpu
+}
+
+/// Applies a prepared write as its own transaction (the collector adds it to a queue commit).
+async fn apply(client: &Client, writer: &mut StoreWriter, prepared: PreparedWrite) -> bool {
+    let txn = Txn::new()
+        .when(prepared.fence.compares.clone())
+        .and_then(prepared.fence.ops.clone());
+    let response = client.clone().txn(txn).await.unwrap();
+    if response.succeeded() {
+        writer.committed(prepared, response.header().unwrap().revision());
+    } else {
+        writer.invalidate_all();
+    }
+    response.succeeded()
+}
+
+async fn write_passes(store: &TelemetryStore, passes: usize, t0: i64, step_us: i64) -> usize {
+    let rows = real_rows();
+    let mut writer = StoreWriter::new(store.clone());
+    let mut written = 0;
+    for p in 0..passes {
+        let by_gpu = pass(&rows, t0 + p as i64 * step_us);
+        // One commit per 40 GPUs, the most a collector commit carries.
+        let gpus: Vec<_> = by_gpu.into_iter().collect();
+        for group in gpus.chunks(40) {
+            let group: BTreeMap<_, _> = group.iter().cloned().collect();
+            let prepared = writer.prepare(&group).await.unwrap();
+            written += prepared.samples;
+            assert!(apply(store.client(), &mut writer, prepared).await);
+        }
+    }
+    written
+}
+
+#[tokio::test]
+async fn collector_path_stores_every_sample_once_in_order() {
+    let etcd = EtcdHarness::start().await;
+    let config = StoreConfig {
+        prefix: unique_prefix("store"),
+        chunk_max_samples: 25, // small, so the test crosses many seals
+        ..StoreConfig::default()
+    };
+    let store = TelemetryStore::new(etcd.client().await, config);
+    let t0 = now_us() - 60_000_000;
+    let written = write_passes(&store, 6, t0, 1_000_000).await;
+    assert_eq!(written, 6 * 2_470);
+
+    let gpus = store.list_gpus().await.unwrap();
+    assert_eq!(gpus.len(), 247);
+    let hosts: std::collections::BTreeSet<_> =
+        gpus.iter().map(|g| g.info.hostname.clone()).collect();
+    assert_eq!(hosts.len(), 31);
+    for record in &gpus {
+        assert_eq!(record.latest.len(), 10, "{}", record.info.uuid);
+        let all = store
+            .query(
+                &record.info.uuid,
+                &SampleQuery {
+                    limit: 10_000,
+                    ..SampleQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            all.samples.len(),
+            60,
+            "{}: 6 passes x 10 metrics",
+            record.info.uuid
+        );
+        assert!(all.next_cursor.is_none());
+        let keys: Vec<_> = all
+            .samples
+            .iter()
+            .map(|s| (s.timestamp, s.metric.clone()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted, "ordered by time then metric, no duplicates");
+        assert_eq!(record.first_seen, all.samples.first().unwrap().timestamp);
+        assert_eq!(record.last_seen, all.samples.last().unwrap().timestamp);
+    }
+    assert_eq!(store.metric_names().await.unwrap().len(), 10);
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(footprint.samples, 6 * 2_470);
+}
+
+#[tokio::test]
+async fn windows_are_inclusive_and_pages_resume_exactly() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("window"),
+            chunk_max_samples: 30,
+            ..StoreConfig::default()
+        },
+    );
+    let t0 = now_us() - 600_000_000;
+    write_passes(&store, 12, t0, 1_000_000).await;
+    let gpu = store.list_gpus().await.unwrap()[0].info.uuid.clone();
+    let all = store
+        .query(
+            &gpu,
+            &SampleQuery {
+                limit: 10_000,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .samples;
+    assert_eq!(all.len(), 120);
+    let pick = &all[57];
+    let exact = |start: i64, end: i64| {
+        let store = store.clone();
+        let gpu = gpu.clone();
+        async move {
+            store
+                .query(
+                    &gpu,
+                    &SampleQuery {
+                        start: Some(TimestampMicros(start)),
+                        end: Some(TimestampMicros(end)),
+                        limit: 10_000,
+                        ..SampleQuery::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .samples
+        }
+    };
+    let t = pick.timestamp.0;
+    assert_eq!(
+        exact(t, t).await,
+        vec![pick.clone()],
+        "start = end = a sample's time returns it"
+    );
+    assert!(exact(t + 1, t + 1).await.is_empty());
+    assert!(exact(t - 1, t - 1).await.is_empty());
+    assert_eq!(exact(t - 1, t + 1).await, vec![pick.clone()]);
+
+    // Pages of 7 in both directions return every entry exactly once, in order.
+    for order in [Order::Asc, Order::Desc] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query(
+                    &gpu,
+                    &SampleQuery {
+                        limit: 7,
+                        cursor: cursor.clone(),
+                        order,
+                        ..SampleQuery::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(page.samples.len() <= 7);
+            seen.extend(page.samples);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected = all.clone();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}");
+    }
+
+    // Metric filter.
+    let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+    let only = store
+        .query(
+            &gpu,
+            &SampleQuery {
+                metrics: Some(vec![util.clone()]),
+                limit: 10_000,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .samples;
+    assert_eq!(only.len(), 12);
+    assert!(only.iter().all(|s| &*s.metric == util.as_str()));
+}
+
+#[tokio::test]
+async fn idempotent_writes_do_not_duplicate_on_replay() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("idem"),
+            ..StoreConfig::default()
+        },
+    );
+    let by_gpu = pass(&real_rows(), now_us() - 5_000_000);
+    let first = store
+        .write_idempotent("e00000000000000aa", &by_gpu)
+        .await
+        .unwrap();
+    let replay = store
+        .write_idempotent("e00000000000000aa", &by_gpu)
+        .await
+        .unwrap();
+    assert_eq!(first.samples, 2_470);
+    assert_eq!(replay, first);
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(footprint.samples, 2_470, "a replay rewrites the same keys");
+    assert_eq!(store.list_gpus().await.unwrap().len(), 247);
+}
+
+#[tokio::test]
+async fn a_stale_cache_fails_the_commit_instead_of_overwriting() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("stale"),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = real_rows();
+    let t0 = now_us() - 10_000_000;
+    let mut a = StoreWriter::new(store.clone());
+    let mut b = StoreWriter::new(store.clone());
+    let first = pass(&rows[..10], t0);
+    let prepared = a.prepare(&first).await.unwrap();
+    assert!(apply(store.client(), &mut a, prepared).await);
+    // b loads, then a writes again: b's cache is now stale.
+    let second = pass(&rows[..10], t0 + 1_000_000);
+    let b_prepared = b.prepare(&second).await.unwrap();
+    let a_prepared = a.prepare(&second).await.unwrap();
+    assert!(apply(store.client(), &mut a, a_prepared).await);
+    assert!(
+        !apply(store.client(), &mut b, b_prepared).await,
+        "stale writer must not commit"
+    );
+    let gpu = rows[0].0.uuid.clone();
+    let stored = store
+        .query(&gpu, &SampleQuery::default())
+        .await
+        .unwrap()
+        .samples;
+    // The first 10 rows are one metric of 10 GPUs: one sample per pass for this GPU.
+    assert_eq!(
+        stored.len(),
+        2,
+        "both passes stored once: the stale write left no trace"
+    );
+}
+
+#[tokio::test]
+async fn samples_expire_after_the_retention_period() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("retention"),
+            retention: Duration::from_secs(2),
+            bucket: Duration::from_secs(1),
+            ..StoreConfig::default()
+        },
+    );
+    let written = write_passes(&store, 2, now_us(), 100_000).await;
+    assert_eq!(written, 2 * 2_470);
+    assert_eq!(store.list_gpus().await.unwrap().len(), 247);
+    let gpu = store.list_gpus().await.unwrap()[0].info.uuid.clone();
+    assert_eq!(
+        store
+            .query(&gpu, &SampleQuery::default())
+            .await
+            .unwrap()
+            .samples
+            .len(),
+        20
+    );
+    // Bucket (1 s) + retention (2 s) + lease rounding: gone within a few seconds, by etcd itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let gpus = store.list_gpus().await.unwrap().len();
+        let samples = store
+            .query(&gpu, &SampleQuery::default())
+            .await
+            .unwrap()
+            .samples
+            .len();
+        let footprint = store.footprint().await.unwrap();
+        if gpus == 0 && samples == 0 && footprint.chunks == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {gpus} GPUs, {samples} samples, {} chunks",
+            footprint.chunks
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Data older than the retention is not written at all.
+    let stale = pass(&real_rows(), now_us() - 60_000_000);
+    let stats = store.write_idempotent("eold", &stale).await.unwrap();
+    assert_eq!((stats.samples, stats.expired), (0, 2_470));
+}
+
+#[tokio::test]
+async fn real_feed_is_stored_in_at_most_four_bytes_per_sample() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("bytes"),
+            ..StoreConfig::default()
+        },
+    );
+    // 150 passes 1 s apart: what 2.5 minutes of the looped feed stores.
+    let written = write_passes(&store, 150, now_us() - 200_000_000, 1_000_000).await;
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(footprint.samples as usize, written);
+    let per_sample = footprint.chunk_value_bytes as f64 / footprint.samples as f64;
+    println!(
+        "stored {} samples in {} chunks: {:.3} value bytes/sample ({:.3} with keys, registry {} bytes)",
+        footprint.samples,
+        footprint.chunks,
+        per_sample,
+        (footprint.chunk_value_bytes + footprint.chunk_key_bytes) as f64 / footprint.samples as f64,
+        footprint.registry_value_bytes
+    );
+    assert!(per_sample <= 4.0, "{per_sample} bytes per sample");
+}
