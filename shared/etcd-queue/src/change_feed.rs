@@ -16,12 +16,26 @@ pub struct ChangeFeed {
 }
 
 /// What a wake-up was about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Only keys under the lazy prefixes changed (e.g. partition heads: new messages).
-    Lazy,
+    /// Only keys under the lazy prefixes changed (e.g. partition heads: new messages); their new
+    /// (key, value) pairs, in revision order. Deletions are not reported.
+    Lazy(Vec<(Vec<u8>, Vec<u8>)>),
     /// Something else changed (e.g. membership or ownership): act on it now.
     Urgent,
+}
+
+impl Change {
+    /// Folds a later change into this one.
+    fn merge(self, later: Change) -> Change {
+        match (self, later) {
+            (Change::Lazy(mut a), Change::Lazy(b)) => {
+                a.extend(b);
+                Change::Lazy(a)
+            }
+            _ => Change::Urgent,
+        }
+    }
 }
 
 impl ChangeFeed {
@@ -73,14 +87,17 @@ impl ChangeFeed {
                         )));
                     }
                     if !response.events().is_empty() {
-                        let urgent = response.events().iter().any(|event| {
-                            let key = event.kv().map(|kv| kv.key()).unwrap_or_default();
-                            !self
-                                .lazy
-                                .iter()
-                                .any(|lazy| key.starts_with(lazy.as_bytes()))
-                        });
-                        return Ok(if urgent { Change::Urgent } else { Change::Lazy });
+                        let mut lazy = Vec::new();
+                        for event in response.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            if !self.lazy.iter().any(|p| kv.key().starts_with(p.as_bytes())) {
+                                return Ok(Change::Urgent);
+                            }
+                            if event.event_type() == etcd_client::EventType::Put {
+                                lazy.push((kv.key().to_vec(), kv.value().to_vec()));
+                            }
+                        }
+                        return Ok(Change::Lazy(lazy));
                     }
                 }
                 Ok(None) => return Err(QueueError::WatchBroken("watch stream ended".into())),
@@ -101,9 +118,9 @@ impl ChangeFeed {
         loop {
             match self.changed().now_or_never() {
                 Some(Ok(change)) => {
-                    seen = Some(match (seen, change) {
-                        (Some(Change::Urgent), _) | (_, Change::Urgent) => Change::Urgent,
-                        _ => Change::Lazy,
+                    seen = Some(match seen {
+                        Some(earlier) => earlier.merge(change),
+                        None => change,
                     })
                 }
                 Some(Err(e)) => return Some(Err(e)),

@@ -225,10 +225,26 @@ impl Consumer {
     }
 
     fn changed(&mut self, change: Change) {
-        self.need_snapshot = true;
-        if change == Change::Urgent {
-            // Membership or ownership moved: rebalance before the next delivery.
-            self.last_snapshot = None;
+        match change {
+            Change::Urgent => {
+                // Membership or ownership moved: rebalance before the next delivery.
+                self.need_snapshot = true;
+                self.last_snapshot = None;
+            }
+            Change::Lazy(heads) => {
+                // New messages: the head values in the events are all that changed, so no
+                // re-read is needed before fetching.
+                for (key, value) in heads {
+                    let partition = trailing_number(&key);
+                    let head = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if let (Some(p), Some(h)) = (partition, head) {
+                        let entry = self.heads.entry(p as u32).or_insert(0);
+                        *entry = (*entry).max(h);
+                    }
+                }
+            }
         }
     }
 

@@ -305,3 +305,54 @@ async fn commit_applies_caller_operations_atomically_and_fence_failure_writes_no
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_revision_reports_broken_so_consumers_re_list() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("compacted");
+    let queue = Queue::open(etcd.client().await, config(&prefix))
+        .await
+        .unwrap();
+    let mut producer = queue.producer();
+    for i in 0..5u32 {
+        producer
+            .publish(&i.to_be_bytes(), b"m".to_vec())
+            .await
+            .unwrap();
+    }
+    let mut client = etcd.client().await;
+    let revision = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    let mut feed =
+        etcd_queue::change_feed::ChangeFeed::open(&client, &[format!("{prefix}/")], &[], 2)
+            .await
+            .unwrap();
+    let err = feed
+        .changed()
+        .await
+        .expect_err("a compacted start revision breaks the feed");
+    assert!(matches!(err, QueueError::WatchBroken(_)), "{err}");
+    // A consumer whose feed breaks re-reads from its committed offset: all 5 are delivered once.
+    let mut consumer = queue
+        .consumer(consumer_config("after-compaction"))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < 5 {
+        let d = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        seen += d.messages.len();
+        consumer.commit(&d, Fence::default(), &[]).await.unwrap();
+    }
+    assert_eq!(seen, 5);
+    assert_eq!(queue.depth().await.unwrap(), 0);
+}

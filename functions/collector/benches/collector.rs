@@ -1,0 +1,101 @@
+//! Collector benchmark: samples/s consumed and persisted by one collector from a real etcd, next to
+//! raw etcd writes of the same message bytes in the same run, and stored bytes per sample.
+//! Writes `target/bench/collector.json`. Run with `cargo bench -p collector`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collector::{CollectorMetrics, DeliveryProcessor};
+use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_queue::{ConsumerConfig, Queue};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use telemetry_model::TimestampMicros;
+use test_support::{median, unique_prefix, BenchReport, EtcdHarness};
+
+const PASSES: usize = 40;
+const RUNS: usize = 3;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let etcd = EtcdHarness::start().await;
+        let client = etcd.client().await;
+        let mut report = BenchReport::new("collector");
+        let mut rates = Vec::new();
+        let mut raw_rates = Vec::new();
+        let mut bytes_per_sample = Vec::new();
+        for _ in 0..RUNS {
+            let prefix = unique_prefix("bench-collector");
+            let queue = Queue::open(client.clone(), common::queue_config(&prefix)).await.unwrap();
+            common::publish_passes(&queue, PASSES, TimestampMicros::now().0 - 3_600_000_000).await;
+            // The message bytes the collector will consume, for the raw baseline.
+            let mut c = client.clone();
+            let mut payloads: Vec<Vec<u8>> = Vec::new();
+            let mut from = format!("{prefix}/queue/telemetry/msg/");
+            let end = format!("{prefix}/queue/telemetry/msg0");
+            loop {
+                let page = c
+                    .get(from.clone(), Some(GetOptions::new().with_range(end.clone()).with_limit(100)))
+                    .await
+                    .unwrap();
+                let Some(last) = page.kvs().last() else { break };
+                from = format!("{}\0", last.key_str().unwrap());
+                payloads.extend(page.kvs().iter().map(|kv| kv.value().to_vec()));
+            }
+            let message_bytes: usize = payloads.iter().map(Vec::len).sum();
+
+            let store = common::store_for(client.clone(), &prefix);
+            let mut registry = Registry::default();
+            let metrics = Arc::new(CollectorMetrics::register(&mut registry));
+            let mut processor = DeliveryProcessor::new(store.clone(), metrics);
+            let mut consumer = queue.consumer(ConsumerConfig::new("bench")).await.unwrap();
+            let started = Instant::now();
+            let mut samples = 0;
+            while samples < PASSES * common::ROWS {
+                let delivery = consumer.poll(Duration::from_secs(10)).await.unwrap().expect("pending");
+                samples += processor.process(&mut consumer, delivery).await.unwrap().samples;
+            }
+            let elapsed = started.elapsed();
+            consumer.leave().await.unwrap();
+            rates.push(samples as f64 / elapsed.as_secs_f64());
+
+            // Raw baseline: the same message bytes as plain puts, sequential like one collector,
+            // as many per transaction as the collector's deliveries carried (64).
+            let started = Instant::now();
+            for (i, chunk) in payloads.chunks(64).enumerate() {
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| TxnOp::put(format!("{prefix}/raw/{i:06}-{j:03}"), p.clone(), None))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await.unwrap();
+            }
+            let raw_elapsed = started.elapsed();
+            raw_rates.push(samples as f64 / raw_elapsed.as_secs_f64());
+            let footprint = store.footprint().await.unwrap();
+            bytes_per_sample.push(footprint.chunk_value_bytes as f64 / footprint.samples as f64);
+            println!(
+                "run: {samples} samples in {elapsed:?} ({:.0}/s); raw puts of the {message_bytes} message bytes in {raw_elapsed:?}",
+                samples as f64 / elapsed.as_secs_f64()
+            );
+        }
+        report.add(json!({
+            "name": "collector_throughput",
+            "passes": PASSES,
+            "samples_per_run": PASSES * common::ROWS,
+            "runs": RUNS,
+            "collector_samples_per_s": median(&rates),
+            "raw_put_same_bytes_samples_per_s": median(&raw_rates),
+            "collector_vs_raw": median(&rates) / median(&raw_rates),
+            "stored_value_bytes_per_sample": median(&bytes_per_sample),
+        }));
+        report.write();
+    });
+}
