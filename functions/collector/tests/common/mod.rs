@@ -69,6 +69,24 @@ pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
     producer.close().await.unwrap();
 }
 
+/// Streams `passes` passes of the real CSV with the real streamer (one instance, no pause).
+pub async fn stream_passes(client: etcd_client::Client, prefix: &str, passes: u64) {
+    let csv = format!(
+        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut config = streamer::StreamerConfig::new(csv, queue_config(prefix));
+    config.passes = Some(passes);
+    config.interval = Duration::ZERO;
+    let metrics =
+        streamer::StreamerMetrics::register(&mut prometheus_client::registry::Registry::default());
+    let report = streamer::Streamer::new(client, config, metrics)
+        .run(function_runtime::Shutdown::new())
+        .await
+        .unwrap();
+    assert_eq!(report.samples_published, passes * ROWS as u64);
+}
+
 /// A collector process of the real binary.
 pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_collector"))
