@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test lint fmt coverage bench build
+.PHONY: help run test lint fmt coverage bench build
+
+run: ## Run the whole pipeline locally (etcd, gateway, streamer, autoscaler + collectors); Ctrl-C stops it
+	bash functions/autoscaler/scripts/run-local.sh
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +29,14 @@ coverage: ## Measure line coverage (installs cargo-llvm-cov if missing)
 
 bench: ## Run the benchmarks; results also land in target/bench/*.json
 	$(CARGO) bench --workspace
+
+.PHONY: openapi api-fuzz
+openapi: ## Regenerate testdata/openapi.json from the gateway's code and validate it as OpenAPI 3.1
+	$(CARGO) run -q -p gateway -- openapi > testdata/openapi.json.tmp && mv testdata/openapi.json.tmp testdata/openapi.json
+	bash functions/gateway/scripts/check-openapi.sh
+
+api-fuzz: ## Fuzz the live gateway against its OpenAPI document (schemathesis; starts etcd and the gateway)
+	bash functions/gateway/scripts/api-fuzz.sh
 
 .PHONY: k8s-validate docker-check
 k8s-validate: ## Lint and render the Helm chart, validate every manifest offline (tools cached in .cache/)

@@ -28,56 +28,8 @@ const WAIT: Duration = Duration::from_secs(60);
 fn fake_worker() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binaries live in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("a target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let mut build = std::process::Command::new(env!("CARGO"));
-        // The variables cargo sets for a test process must not reach the inner cargo: some build
-        // scripts track them (ring tracks CARGO_MANIFEST_DIR), and every run would rebuild.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let set_by_cargo = [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-                || name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_");
-            if set_by_cargo {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let status = build
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "autoscaler",
-                "--example",
-                "fake_worker",
-            ])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo to build the fake_worker example");
-        assert!(
-            status.success(),
-            "building the fake_worker example failed: {status}"
-        );
+        let profile_dir =
+            test_support::cargo_build(&["--package", "autoscaler", "--example", "fake_worker"]);
         let path = profile_dir.join("examples").join("fake_worker");
         assert!(
             path.is_file(),

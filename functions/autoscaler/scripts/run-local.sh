@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# `make run`: the whole pipeline on this machine. Starts a local etcd (data under .run/, reused on
+# the next run), the gateway, a streamer looping over the bundled real CSV, and the autoscaler,
+# which brings collectors up from zero on queue depth. Prints where to look, then a status line
+# every few seconds. Ctrl-C stops everything and leaves no process behind.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+root=$(pwd)
+run_dir="$root/.run"
+profile=${PROFILE:-debug}
+etcd_port=${ETCD_PORT:-2379}
+gateway_port=${GATEWAY_PORT:-8080}
+streamer_port=${STREAMER_PORT:-8082}
+autoscaler_port=${AUTOSCALER_PORT:-8083}
+prefix=${TELEMETRY_PREFIX:-/gpu-telemetry}
+csv=${STREAMER_CSV:-$root/testdata/dcgm_metrics_20250718_134233.csv}
+
+say() { printf '\033[1m%s\033[0m\n' "$*"; }
+
+# 1. Tools: install what is missing when we can, otherwise say exactly what to install.
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server etcd-client)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing tools; install them with:  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+# 2. Build.
+say "building ($profile)"
+build_flags=()
+[ "$profile" = release ] && build_flags+=(--release)
+cargo build "${build_flags[@]}" -p streamer -p collector -p gateway -p autoscaler
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+
+# 3. Processes, stopped together on exit.
+mkdir -p "$run_dir/logs"
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  say "stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # The autoscaler drains its collectors; give everyone their grace period, then insist.
+  for _ in $(seq 1 300); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  say "stopped; etcd data kept in .run/etcd (delete it to start empty)"
+}
+trap cleanup INT TERM EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$etcd_port" "$gateway_port" "$streamer_port" "$autoscaler_port"; do
+  port_free "$p" || { echo "port $p is in use; set ETCD_PORT/GATEWAY_PORT/STREAMER_PORT/AUTOSCALER_PORT" >&2; exit 1; }
+done
+
+say "starting etcd on 127.0.0.1:$etcd_port (data: .run/etcd)"
+etcd --name local --data-dir "$run_dir/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
+  --initial-cluster "local=http://127.0.0.1:$((etcd_port + 1))" \
+  --auto-compaction-mode periodic --auto-compaction-retention 5m \
+  --quota-backend-bytes 4294967296 --logger zap --log-level warn \
+  >"$run_dir/logs/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null || { echo "etcd did not start; see .run/logs/etcd.log" >&2; exit 1; }
+
+export ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port" TELEMETRY_PREFIX="$prefix" RUST_LOG="${RUST_LOG:-info}"
+
+PORT=$gateway_port "$bin/gateway" run >"$run_dir/logs/gateway.log" 2>&1 &
+pids+=($!)
+# The autoscaler runs `collector run` from the same directory, one process per replica.
+PORT=$autoscaler_port "$bin/autoscaler" run --stabilization 10s --cooldown 20s >"$run_dir/logs/autoscaler.log" 2>&1 &
+pids+=($!)
+PORT=$streamer_port "$bin/streamer" run --csv "$csv" --interval 1s >"$run_dir/logs/streamer.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$gateway_port/healthz" >/dev/null && break
+  sleep 0.1
+done
+
+cat <<INFO
+
+  Gateway      http://127.0.0.1:$gateway_port/api/v1/gpus
+  Swagger UI   http://127.0.0.1:$gateway_port/swagger-ui/
+  OpenAPI      http://127.0.0.1:$gateway_port/openapi.json
+  Try          curl -s 'http://127.0.0.1:$gateway_port/api/v1/gpus' | head -c 600
+  Logs         .run/logs/{etcd,gateway,streamer,autoscaler}.log
+
+  Ctrl-C stops everything.
+
+INFO
+
+metric() { # metric <port> <name>: first sample value of a Prometheus metric
+  curl -sf "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { print $2; exit }'
+}
+last_published=$(metric "$streamer_port" streamer_samples_published_total || echo 0)
+last_time=$(date +%s.%N)
+while true; do
+  sleep 3
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "a process exited unexpectedly; see .run/logs/" >&2; exit 1; }
+  done
+  now=$(date +%s.%N)
+  published=$(metric "$streamer_port" streamer_samples_published_total || echo 0)
+  depth=$(metric "$autoscaler_port" autoscaler_queue_depth || echo "?")
+  collectors=$(metric "$autoscaler_port" autoscaler_replicas || echo "?")
+  gpus=$(curl -sf "http://127.0.0.1:$gateway_port/api/v1/gpus" | grep -o '"count":[0-9]*' | cut -d: -f2 || echo "?")
+  rate=$(awk -v a="${published:-0}" -v b="${last_published:-0}" -v t1="$now" -v t0="$last_time" 'BEGIN { printf "%.0f", (a - b) / (t1 - t0) }')
+  printf '%s  streamed %s samples/s  queue depth %s  collectors %s  GPUs queryable %s\n' \
+    "$(date +%H:%M:%S)" "$rate" "${depth:-?}" "${collectors:-?}" "${gpus:-0}"
+  last_published=$published
+  last_time=$now
+done

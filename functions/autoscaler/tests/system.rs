@@ -1,0 +1,272 @@
+//! The whole system as real processes: etcd, the gateway, the autoscaler (which starts collector
+//! processes from zero on queue depth) and a streamer doing 3 passes of the real CSV. The gateway
+//! must then report exactly 3 x 10 samples for every one of the 247 GPUs over HTTP, the depth key
+//! must return to 0, and the autoscaler must scale the collectors back to zero.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_queue::{Queue, QueueConfig};
+use test_support::{cargo_build, http_request, unique_prefix, EtcdHarness};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is stopped with SIGTERM (then SIGKILL) when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Process { name, child }
+    }
+
+    /// SIGTERM, then wait; returns whether it exited 0.
+    fn terminate(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if !self.terminate() {
+                eprintln!("{} did not exit cleanly", self.name);
+            }
+        }
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let response = http_request("GET", url, &[], Vec::new()).await.ok()?;
+    (response.status == 200).then(|| response.json())
+}
+
+async fn scrape(port: u16, metric: &str) -> Option<f64> {
+    let response = http_request(
+        "GET",
+        &format!("http://127.0.0.1:{port}/metrics"),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .ok()?;
+    response
+        .text()
+        .lines()
+        .find(|l| l.split(' ').next() == Some(metric))
+        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Pids of live processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains("collector")
+            && String::from_utf8_lossy(&environ).contains(needle)
+            && alive(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
+    let bin = cargo_build(&[
+        "-p",
+        "streamer",
+        "-p",
+        "collector",
+        "-p",
+        "gateway",
+        "-p",
+        "autoscaler",
+    ]);
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("system");
+    let csv = format!(
+        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let env = |command: &mut Command, port: u16| {
+        command
+            .env("ETCD_ENDPOINTS", etcd.endpoint())
+            .env("TELEMETRY_PREFIX", &prefix)
+            .env("PORT", port.to_string())
+            .env("QUEUE_LEASE_TTL", "3s")
+            .env("RUST_LOG", "warn");
+    };
+    let (gateway_port, autoscaler_port, streamer_port) = (free_port(), free_port(), free_port());
+
+    let mut gateway = Command::new(bin.join("gateway"));
+    gateway.arg("run");
+    env(&mut gateway, gateway_port);
+    let mut gateway = Process::spawn("gateway", &mut gateway);
+
+    let mut autoscaler = Command::new(bin.join("autoscaler"));
+    // The default worker is `collector run`, the collector binary beside the autoscaler.
+    autoscaler.args([
+        "run",
+        "--target",
+        "4",
+        "--interval",
+        "100ms",
+        "--stabilization",
+        "2s",
+        "--cooldown",
+        "3s",
+        "--grace-period",
+        "20s",
+    ]);
+    env(&mut autoscaler, autoscaler_port);
+    let mut autoscaler = Process::spawn("autoscaler", &mut autoscaler);
+
+    // Watch the replica count for the whole run.
+    let max_replicas = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let max_replicas = max_replicas.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(r) = scrape(autoscaler_port, "autoscaler_replicas").await {
+                    max_replicas.fetch_max(r as u64, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    wait_until("autoscaler up with 0 collectors", || async {
+        scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
+    })
+    .await;
+
+    let mut streamer = Command::new(bin.join("streamer"));
+    streamer.args(["run", "--csv", &csv, "--passes", "3", "--interval", "0s"]);
+    env(&mut streamer, streamer_port);
+    let mut streamer = Process::spawn("streamer", &mut streamer);
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = streamer.child.wait().unwrap();
+        (status, streamer)
+    })
+    .await
+    .unwrap();
+    assert!(
+        exit.0.success(),
+        "streamer exits 0 after 3 passes: {}",
+        exit.0
+    );
+
+    // Every GPU reports exactly 3 passes x 10 metrics, over HTTP.
+    let base = format!("http://127.0.0.1:{gateway_port}/api/v1");
+    wait_until("247 GPUs with 30 samples each", || async {
+        let Some(list) = get_json(&format!("{base}/gpus")).await else {
+            return false;
+        };
+        if list["count"] != 247 {
+            return false;
+        }
+        for gpu in list["gpus"].as_array().unwrap() {
+            let id = gpu["uuid"].as_str().unwrap();
+            let Some(t) = get_json(&format!("{base}/gpus/{id}/telemetry?limit=1000")).await else {
+                return false;
+            };
+            if t["count"] != 30 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Exact, not "at least": one more full check after the condition held.
+    let list = get_json(&format!("{base}/gpus")).await.unwrap();
+    assert_eq!(list["count"], 247);
+    for gpu in list["gpus"].as_array().unwrap() {
+        let id = gpu["uuid"].as_str().unwrap();
+        let t = get_json(&format!("{base}/gpus/{id}/telemetry?limit=1000"))
+            .await
+            .unwrap();
+        assert_eq!(t["count"], 30, "{id}");
+        assert_eq!(t["entries"].as_array().unwrap().len(), 30, "{id}");
+        assert!(t["next_cursor"].is_null());
+    }
+
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            prefix: prefix.clone(),
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("depth key back to 0", || async {
+        queue.depth_key_value().await.unwrap() == Some(0)
+    })
+    .await;
+    assert!(
+        max_replicas.load(Ordering::SeqCst) > 0,
+        "the autoscaler never scaled above 0"
+    );
+    wait_until("collectors scaled back to 0", || async {
+        scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
+            && processes_with(&prefix).is_empty()
+    })
+    .await;
+    watcher.abort();
+
+    assert!(autoscaler.terminate(), "autoscaler exits 0 on SIGTERM");
+    assert!(gateway.terminate(), "gateway exits 0 on SIGTERM");
+    assert!(
+        processes_with(&prefix).is_empty(),
+        "collector processes left behind"
+    );
+}

@@ -1,0 +1,367 @@
+//! What the API does, without HTTP: reads from the telemetry store and the queue, each etcd call
+//! bounded by the etcd timeout, shaped into the response DTOs.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use etcd_client::Client;
+use telemetry_model::GpuUuid;
+use telemetry_store::{
+    aggregate, Cursor, GpuRecord, Order, SampleQuery, StoreConfig, StoredSample, TelemetryStore,
+};
+
+use crate::config::GatewayArgs;
+use crate::dcgm_fields::dcgm_field;
+use crate::dto::{
+    GpuDetail, GpuList, GpuSummary, LatestValues, MetricInfo, MetricList, PartitionInfo, QueueInfo,
+    TelemetryEntry, TelemetryPage,
+};
+use crate::error::ApiError;
+use crate::params::{ListGpusParams, TelemetryRequest};
+use crate::queue_view::QueueView;
+
+/// The store and queue readers of one deployment (one key prefix).
+#[derive(Clone)]
+pub struct Backend {
+    store: TelemetryStore,
+    queue: QueueView,
+    etcd_timeout: Duration,
+}
+
+impl Backend {
+    /// Readers of the deployment under `args`' prefix; every etcd call is cut off after the
+    /// gateway's etcd timeout.
+    pub fn new(client: Client, args: &GatewayArgs) -> Self {
+        let prefix = &args.common.prefix;
+        let etcd_timeout = args.etcd_read_timeout;
+        let store = TelemetryStore::new(
+            client.clone(),
+            StoreConfig {
+                prefix: prefix.clone(),
+                bucket: args.store_bucket,
+                ..StoreConfig::default()
+            },
+        );
+        let queue_config = etcd_queue::QueueConfig {
+            // A read that etcd cannot serve must fail within the timeout, not retry past it.
+            retry_budget: etcd_timeout,
+            ..args.queue.queue_config(prefix)
+        };
+        Backend {
+            store,
+            queue: QueueView::new(client, queue_config),
+            etcd_timeout,
+        }
+    }
+
+    pub fn store(&self) -> &TelemetryStore {
+        &self.store
+    }
+
+    /// Runs one etcd-backed call, answering 503 if etcd does not answer in time.
+    async fn bounded<T, E: Into<ApiError>>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.etcd_timeout, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(ApiError::EtcdTimeout {
+                operation,
+                waited: self.etcd_timeout,
+            }),
+        }
+    }
+
+    async fn record(&self, id: &GpuUuid) -> Result<GpuRecord, ApiError> {
+        self.bounded("read GPU", self.store.gpu(id))
+            .await?
+            .ok_or_else(|| ApiError::GpuNotFound(id.to_string()))
+    }
+
+    /// Every GPU with telemetry matching the filters, sorted by hostname, GPU index, UUID.
+    pub async fn list_gpus(&self, filter: &ListGpusParams) -> Result<GpuList, ApiError> {
+        let records = self.bounded("list GPUs", self.store.list_gpus()).await?;
+        let mut gpus: Vec<GpuSummary> = records
+            .iter()
+            .filter(|r| {
+                filter
+                    .hostname
+                    .as_ref()
+                    .is_none_or(|h| r.info.hostname.as_ref() == Some(h))
+                    && filter
+                        .model_name
+                        .as_ref()
+                        .is_none_or(|m| r.info.model_name.as_ref() == Some(m))
+            })
+            .map(GpuSummary::from)
+            .collect();
+        // GPUs without an index sort after the indexed ones of their host.
+        gpus.sort_by(|a, b| {
+            (&a.hostname, a.gpu_id.is_none(), a.gpu_id, &a.uuid).cmp(&(
+                &b.hostname,
+                b.gpu_id.is_none(),
+                b.gpu_id,
+                &b.uuid,
+            ))
+        });
+        Ok(GpuList {
+            count: gpus.len(),
+            gpus,
+        })
+    }
+
+    pub async fn gpu(&self, id: &GpuUuid) -> Result<GpuDetail, ApiError> {
+        Ok(GpuDetail::from(&self.record(id).await?))
+    }
+
+    pub async fn latest(&self, id: &GpuUuid) -> Result<LatestValues, ApiError> {
+        Ok(LatestValues::from(&self.record(id).await?))
+    }
+
+    /// One page of a GPU's samples (or of its downsampled buckets).
+    pub async fn telemetry(
+        &self,
+        id: &GpuUuid,
+        request: &TelemetryRequest,
+    ) -> Result<TelemetryPage, ApiError> {
+        let record = self.record(id).await?;
+        let (samples, next_cursor) = match request.aggregation {
+            None => {
+                let query = SampleQuery {
+                    start: request.start,
+                    end: request.end,
+                    metrics: request.metrics.clone(),
+                    limit: request.limit,
+                    cursor: request.cursor.clone(),
+                    order: request.order,
+                };
+                let page = self
+                    .bounded("read telemetry", self.store.query(id, &query))
+                    .await?;
+                (page.samples, page.next_cursor)
+            }
+            Some((step_us, aggregation)) => {
+                let start = request.start.map(|t| t.0).unwrap_or(i64::MIN);
+                let end = request.end.map(|t| t.0).unwrap_or(i64::MAX);
+                let samples = self
+                    .bounded(
+                        "read telemetry",
+                        self.store
+                            .read_window(id, start, end, request.metrics.as_deref()),
+                    )
+                    .await?;
+                let buckets = aggregate(&samples, step_us, aggregation);
+                page_of(buckets, request)
+            }
+        };
+        let entries: Vec<TelemetryEntry> = samples.iter().map(TelemetryEntry::from).collect();
+        Ok(TelemetryPage {
+            gpu: GpuSummary::from(&record),
+            count: entries.len(),
+            entries,
+            next_cursor: next_cursor.map(|c| c.encode()),
+        })
+    }
+
+    /// Metric names seen on any GPU, with the DCGM description and unit where known.
+    pub async fn metrics(&self) -> Result<MetricList, ApiError> {
+        let records = self.bounded("list GPUs", self.store.list_gpus()).await?;
+        let mut gpu_counts: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &records {
+            for metric in record.metrics() {
+                *gpu_counts.entry(metric.to_string()).or_default() += 1;
+            }
+        }
+        let metrics: Vec<MetricInfo> = gpu_counts
+            .into_iter()
+            .map(|(name, gpu_count)| {
+                let field = dcgm_field(&name);
+                MetricInfo {
+                    description: field.map(|f| f.help.to_string()),
+                    unit: field.and_then(|f| f.unit).map(str::to_string),
+                    kind: field.map(|f| f.kind.as_str().to_string()),
+                    name,
+                    gpu_count,
+                }
+            })
+            .collect();
+        Ok(MetricList {
+            count: metrics.len(),
+            metrics,
+        })
+    }
+
+    pub async fn queue_status(&self) -> Result<QueueInfo, ApiError> {
+        let config = self.queue.config();
+        let status = self
+            .bounded("read queue status", self.queue.status())
+            .await?;
+        Ok(match status {
+            None => QueueInfo {
+                topic: config.topic.clone(),
+                group: config.group.clone(),
+                exists: false,
+                depth: 0,
+                dead_letters: 0,
+                partitions: Vec::new(),
+                members: Vec::new(),
+            },
+            Some(status) => QueueInfo {
+                topic: status.topic,
+                group: status.group,
+                exists: true,
+                depth: status.depth,
+                dead_letters: status.dead_letters,
+                partitions: status
+                    .partitions
+                    .into_iter()
+                    .map(|p| PartitionInfo {
+                        partition: p.partition,
+                        owner: p.owner,
+                        head: p.head,
+                        committed_offset: p.committed,
+                        lag: p.lag,
+                    })
+                    .collect(),
+                members: status.members,
+            },
+        })
+    }
+}
+
+/// Applies order, cursor and limit to entries sorted ascending by (timestamp, metric), the same
+/// way the store pages raw samples, so both kinds of query page alike.
+fn page_of(
+    mut entries: Vec<StoredSample>,
+    request: &TelemetryRequest,
+) -> (Vec<StoredSample>, Option<Cursor>) {
+    if request.order == Order::Desc {
+        entries.reverse();
+    }
+    if let Some(cursor) = &request.cursor {
+        let after = (cursor.timestamp.0, cursor.metric.as_str());
+        entries.retain(|s| {
+            let key = (s.timestamp.0, &*s.metric);
+            match request.order {
+                Order::Asc => key > after,
+                Order::Desc => key < after,
+            }
+        });
+    }
+    if entries.len() <= request.limit {
+        return (entries, None);
+    }
+    entries.truncate(request.limit);
+    let next = entries.last().and_then(|s| {
+        Some(Cursor {
+            timestamp: s.timestamp,
+            metric: telemetry_model::MetricName::parse(&s.metric).ok()?,
+        })
+    });
+    (entries, next)
+}
+
+/// The API's view of its backend: connected, or still connecting (then every API call is 503).
+#[derive(Clone, Default)]
+pub struct ApiState {
+    backend: Arc<OnceLock<Backend>>,
+}
+
+impl ApiState {
+    /// A state that answers 503 until [`ApiState::connect`] is called.
+    pub fn connecting() -> Self {
+        ApiState::default()
+    }
+
+    pub fn connected(backend: Backend) -> Self {
+        let state = ApiState::default();
+        state.connect(backend);
+        state
+    }
+
+    pub fn connect(&self, backend: Backend) {
+        let _ = self.backend.set(backend);
+    }
+
+    pub fn backend(&self) -> Result<&Backend, ApiError> {
+        self.backend.get().ok_or(ApiError::NotConnected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc as StdArc;
+    use telemetry_model::{MetricName, TimestampMicros};
+
+    fn sample(ts: i64, metric: &str) -> StoredSample {
+        StoredSample {
+            timestamp: TimestampMicros(ts),
+            metric: StdArc::from(metric),
+            value: ts as f64,
+        }
+    }
+
+    fn keys(samples: &[StoredSample]) -> Vec<(i64, String)> {
+        samples
+            .iter()
+            .map(|s| (s.timestamp.0, s.metric.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn paging_buckets_visits_each_once_in_both_orders() {
+        let all: Vec<StoredSample> = (0..5)
+            .flat_map(|t| [sample(t, "A"), sample(t, "B")])
+            .collect();
+        for order in [Order::Asc, Order::Desc] {
+            let mut request = TelemetryRequest {
+                limit: 3,
+                order,
+                ..TelemetryRequest::default()
+            };
+            let mut seen = Vec::new();
+            let mut pages = 0;
+            loop {
+                let (page, next) = page_of(all.clone(), &request);
+                pages += 1;
+                seen.extend(keys(&page));
+                match next {
+                    Some(cursor) => request.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+            let mut expected = keys(&all);
+            if order == Order::Desc {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "{order:?}");
+            assert_eq!(pages, 4, "10 entries in pages of 3");
+        }
+    }
+
+    #[test]
+    fn a_cursor_past_the_end_gives_an_empty_last_page() {
+        let request = TelemetryRequest {
+            cursor: Some(Cursor {
+                timestamp: TimestampMicros(9),
+                metric: MetricName::parse("Z").unwrap(),
+            }),
+            ..TelemetryRequest::default()
+        };
+        let (page, next) = page_of(vec![sample(1, "A")], &request);
+        assert!(page.is_empty());
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn an_unconnected_state_answers_not_connected() {
+        assert!(matches!(
+            ApiState::connecting().backend(),
+            Err(ApiError::NotConnected)
+        ));
+    }
+}

@@ -1,0 +1,158 @@
+//! The API's handlers. Each carries its OpenAPI annotation (the spec is generated from these) and
+//! does three things: take validated input from the request, call the [`Backend`], wrap the DTO.
+//! Validation happens in extractors and before `state.backend()`, so a bad request is answered
+//! 400 without touching etcd.
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::backend::ApiState;
+use crate::dto::{GpuDetail, GpuList, LatestValues, MetricList, QueueInfo, TelemetryPage};
+use crate::error::{ApiError, BadGateway, BadRequest, NotFound, Unavailable};
+use crate::params::{GpuId, GpuIdPath, ListGpusParams, TelemetryParams};
+
+pub const TAG_GPUS: &str = "gpus";
+pub const TAG_METRICS: &str = "metrics";
+pub const TAG_QUEUE: &str = "queue";
+
+/// The API routes with their OpenAPI description.
+pub fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_gpus))
+        .routes(routes!(get_gpu))
+        .routes(routes!(get_telemetry))
+        .routes(routes!(get_latest))
+        .routes(routes!(list_metrics))
+        .routes(routes!(get_queue))
+}
+
+/// List every GPU that has telemetry.
+///
+/// Sorted by hostname, then GPU index on the host, then UUID. Filters are exact matches.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus",
+    tag = TAG_GPUS,
+    operation_id = "listGpus",
+    params(ListGpusParams),
+    responses(
+        (status = 200, description = "The GPUs", body = GpuList),
+        (status = 400, response = BadRequest),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn list_gpus(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<GpuList>, ApiError> {
+    let filter = ListGpusParams::from_query(query.as_deref())?;
+    Ok(Json(state.backend()?.list_gpus(&filter).await?))
+}
+
+/// One GPU: its summary, placement and exporter labels.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus/{id}",
+    tag = TAG_GPUS,
+    operation_id = "getGpu",
+    params(GpuIdPath),
+    responses(
+        (status = 200, description = "The GPU", body = GpuDetail),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn get_gpu(
+    GpuId(id): GpuId,
+    State(state): State<ApiState>,
+) -> Result<Json<GpuDetail>, ApiError> {
+    Ok(Json(state.backend()?.gpu(&id).await?))
+}
+
+/// A GPU's telemetry in a time window, paged; optionally downsampled.
+///
+/// Entries are ordered by time, ties by metric name. Both bounds are inclusive. Follow
+/// `next_cursor` (repeating the other parameters) until it is null to read every entry exactly
+/// once. With `step`, each entry is one metric's aggregate over one bucket `[t, t + step)`,
+/// timestamped `t` (buckets are aligned to multiples of the step since the Unix epoch).
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus/{id}/telemetry",
+    tag = TAG_GPUS,
+    operation_id = "getGpuTelemetry",
+    params(GpuIdPath, TelemetryParams),
+    responses(
+        (status = 200, description = "One page of entries", body = TelemetryPage),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn get_telemetry(
+    GpuId(id): GpuId,
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<TelemetryPage>, ApiError> {
+    let request = TelemetryParams::from_query(query.as_deref())?.validate()?;
+    Ok(Json(state.backend()?.telemetry(&id, &request).await?))
+}
+
+/// The latest value of every metric of a GPU.
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus/{id}/latest",
+    tag = TAG_GPUS,
+    operation_id = "getGpuLatest",
+    params(GpuIdPath),
+    responses(
+        (status = 200, description = "Latest values, one per metric", body = LatestValues),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn get_latest(
+    GpuId(id): GpuId,
+    State(state): State<ApiState>,
+) -> Result<Json<LatestValues>, ApiError> {
+    Ok(Json(state.backend()?.latest(&id).await?))
+}
+
+/// Metric names seen in the store, with description and unit for known DCGM fields.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    tag = TAG_METRICS,
+    operation_id = "listMetrics",
+    responses(
+        (status = 200, description = "The metrics, sorted by name", body = MetricList),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn list_metrics(State(state): State<ApiState>) -> Result<Json<MetricList>, ApiError> {
+    Ok(Json(state.backend()?.metrics().await?))
+}
+
+/// Queue status: depth, partitions with owner, committed offset and lag, members.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queue",
+    tag = TAG_QUEUE,
+    operation_id = "getQueueStatus",
+    responses(
+        (status = 200, description = "The queue status (exists = false before the topic is created)", body = QueueInfo),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn get_queue(State(state): State<ApiState>) -> Result<Json<QueueInfo>, ApiError> {
+    Ok(Json(state.backend()?.queue_status().await?))
+}

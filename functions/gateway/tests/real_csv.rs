@@ -1,0 +1,426 @@
+//! The gateway served over HTTP on a real etcd holding the real data set (2,470 rows, 247 GPUs on
+//! 31 hosts, 10 metrics), three passes one second apart: exact listings, counts, inclusive bounds
+//! to the microsecond, pagination, aggregation, and ids that could escape the key space.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use common::*;
+use serde_json::{json, Value};
+
+async fn served(test: &str) -> (Fixture, Served) {
+    let fixture = Fixture::filled(test, REAL_CSV).await;
+    let served = Served::start(fixture.args()).await;
+    (fixture, served)
+}
+
+async fn ok_json(served: &Served, path: &str) -> Value {
+    let reply = served.get(path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    assert_eq!(reply.content_type(), "application/json", "{path}");
+    reply.json()
+}
+
+#[tokio::test]
+async fn all_247_gpus_are_listed_with_correct_fields() {
+    let (fixture, served) = served("gateway-real-list").await;
+    assert_eq!(fixture.gpus.len(), 247);
+    let list = ok_json(&served, "/api/v1/gpus").await;
+    assert_eq!(list["count"], 247);
+    let gpus = list["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 247);
+
+    let mut expected: Vec<&ExpectedGpu> = fixture.gpus.values().collect();
+    expected.sort_by(|a, b| {
+        (&a.info.hostname, a.info.gpu_index, &a.info.uuid).cmp(&(
+            &b.info.hostname,
+            b.info.gpu_index,
+            &b.info.uuid,
+        ))
+    });
+    let (first, last) = (fixture.pass_times[0], fixture.pass_times[PASSES - 1]);
+    for (got, want) in gpus.iter().zip(&expected) {
+        let metrics: Vec<String> = {
+            let mut m: Vec<String> = want.samples.iter().map(|s| s.metric.clone()).collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        assert_eq!(metrics.len(), 10);
+        assert_eq!(
+            *got,
+            json!({
+                "uuid": want.info.uuid.to_string(),
+                "gpu_id": want.info.gpu_index,
+                "device": want.info.device,
+                "model_name": want.info.model_name,
+                "hostname": want.info.hostname,
+                "first_seen": rfc3339(first),
+                "last_seen": rfc3339(last),
+                "metrics": metrics,
+            })
+        );
+    }
+    let hosts: std::collections::BTreeSet<String> = gpus
+        .iter()
+        .map(|g| g["hostname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts.len(), 31);
+
+    let on_host = ok_json(&served, "/api/v1/gpus?hostname=mtv5-dgx1-hgpu-031").await;
+    let want_on_host = expected
+        .iter()
+        .filter(|g| g.info.hostname.as_deref() == Some("mtv5-dgx1-hgpu-031"))
+        .count();
+    assert_eq!(on_host["count"], want_on_host);
+    let indexes: Vec<_> = on_host["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gpu_id"].clone())
+        .collect();
+    let mut sorted = indexes.clone();
+    sorted.sort_by_key(|v| v.as_u64());
+    assert_eq!(indexes, sorted, "sorted by GPU index within a host");
+
+    let model = expected[0].info.model_name.clone().unwrap();
+    let of_model = ok_json(
+        &served,
+        &format!("/api/v1/gpus?model_name={}", encode(&model)),
+    )
+    .await;
+    let want_of_model = expected
+        .iter()
+        .filter(|g| g.info.model_name.as_deref() == Some(model.as_str()))
+        .count();
+    assert_eq!(of_model["count"], want_of_model);
+    let none = ok_json(&served, "/api/v1/gpus?hostname=no-such-host").await;
+    assert_eq!(none, json!({"gpus": [], "count": 0}));
+}
+
+#[tokio::test]
+async fn per_gpu_counts_and_contents_are_exact() {
+    let (fixture, served) = served("gateway-real-counts").await;
+    let mut total = 0;
+    for (uuid, gpu) in &fixture.gpus {
+        let page = ok_json(
+            &served,
+            &format!("/api/v1/gpus/{uuid}/telemetry?limit=10000"),
+        )
+        .await;
+        assert_eq!(page["count"], 30, "{uuid}");
+        assert_eq!(entries(&page), expected_entries(&gpu.samples), "{uuid}");
+        assert_eq!(page["next_cursor"], json!(null));
+        total += page["count"].as_u64().unwrap();
+
+        let one_metric = ok_json(
+            &served,
+            &format!("/api/v1/gpus/{uuid}/telemetry?metric_name=DCGM_FI_DEV_POWER_USAGE"),
+        )
+        .await;
+        let want: Vec<_> = gpu
+            .samples
+            .iter()
+            .filter(|s| s.metric == "DCGM_FI_DEV_POWER_USAGE")
+            .collect();
+        assert_eq!(entries(&one_metric), expected_entries(want), "{uuid}");
+    }
+    assert_eq!(total, 2_470 * PASSES as u64);
+
+    let (uuid, gpu) = fixture.gpus.iter().next().unwrap();
+    let latest = ok_json(&served, &format!("/api/v1/gpus/{uuid}/latest")).await;
+    let last = fixture.pass_times[PASSES - 1];
+    let want: Vec<_> = gpu
+        .samples
+        .iter()
+        .filter(|s| s.timestamp == last)
+        .map(|s| json!({"metric_name": s.metric, "timestamp": rfc3339(last), "value": s.value}))
+        .collect();
+    assert_eq!(latest["metrics"], json!(want));
+    assert_eq!(latest["count"], 10);
+
+    let metrics = ok_json(&served, "/api/v1/metrics").await;
+    assert_eq!(metrics["count"], 10);
+    for metric in metrics["metrics"].as_array().unwrap() {
+        assert_eq!(metric["gpu_count"], 247, "{metric}");
+        assert!(metric["description"].is_string(), "{metric}");
+        assert!(metric["unit"].is_string(), "{metric}");
+    }
+}
+
+#[tokio::test]
+async fn time_bounds_are_inclusive_to_the_microsecond() {
+    let (fixture, served) = served("gateway-real-bounds").await;
+    let (uuid, gpu) = fixture.gpus.iter().nth(100).unwrap();
+    let middle = fixture.pass_times[1];
+    let at_middle: Vec<_> = gpu
+        .samples
+        .iter()
+        .filter(|s| s.timestamp == middle)
+        .collect();
+    assert_eq!(at_middle.len(), 10);
+    let window = |start: i64, end: i64| {
+        format!(
+            "/api/v1/gpus/{uuid}/telemetry?start_time={}&end_time={}",
+            encode(&rfc3339(start)),
+            encode(&rfc3339(end))
+        )
+    };
+
+    // start = end = the sample's exact time: exactly that pass.
+    let exact = ok_json(&served, &window(middle, middle)).await;
+    assert_eq!(entries(&exact), expected_entries(at_middle.iter().copied()));
+    // One microsecond off on either side: nothing.
+    for (start, end) in [(middle + 1, middle + 1), (middle - 1, middle - 1)] {
+        let off = ok_json(&served, &window(start, end)).await;
+        assert_eq!(off["count"], 0, "[{start}, {end}]");
+    }
+    // A window ending 1 µs before, or starting 1 µs after, excludes the sample.
+    let before = ok_json(&served, &window(fixture.pass_times[0], middle - 1)).await;
+    assert!(entries(&before)
+        .iter()
+        .all(|e| e.0 == rfc3339(fixture.pass_times[0])));
+    assert_eq!(before["count"], 10);
+    let after = ok_json(&served, &window(middle + 1, fixture.pass_times[2])).await;
+    assert_eq!(after["count"], 10);
+    // ...and one including it by 1 µs on each side includes exactly it.
+    let around = ok_json(&served, &window(middle - 1, middle + 1)).await;
+    assert_eq!(
+        entries(&around),
+        expected_entries(at_middle.iter().copied())
+    );
+
+    // The same bound written as Unix seconds, and with an offset.
+    let seconds = format!(
+        "{}.{:06}",
+        middle.div_euclid(1_000_000),
+        middle.rem_euclid(1_000_000)
+    );
+    let unix = ok_json(
+        &served,
+        &format!("/api/v1/gpus/{uuid}/telemetry?start_time={seconds}&end_time={seconds}"),
+    )
+    .await;
+    assert_eq!(unix["count"], 10);
+    // The same instant as local time at UTC+2.
+    let shifted = rfc3339(middle + 2 * 3_600_000_000).replace('Z', "+02:00");
+    let offset = ok_json(
+        &served,
+        &format!(
+            "/api/v1/gpus/{uuid}/telemetry?start_time={}&end_time={}",
+            encode(&shifted),
+            encode(&shifted)
+        ),
+    )
+    .await;
+    assert_eq!(offset["count"], 10);
+}
+
+#[tokio::test]
+async fn pagination_returns_every_entry_exactly_once_in_order() {
+    let (fixture, served) = served("gateway-real-pages").await;
+    let (uuid, gpu) = fixture.gpus.iter().nth(7).unwrap();
+    for (order, limit) in [
+        ("asc", 7),
+        ("desc", 7),
+        ("asc", 1),
+        ("desc", 30),
+        ("asc", 29),
+    ] {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/gpus/{uuid}/telemetry?limit={limit}&order={order}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={}", encode(c)));
+            }
+            let page = ok_json(&served, &path).await;
+            pages += 1;
+            let got = entries(&page);
+            assert!(got.len() <= limit);
+            assert_eq!(page["count"], got.len());
+            seen.extend(got);
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
+            }
+        }
+        let mut want = expected_entries(&gpu.samples);
+        if order == "desc" {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "order={order} limit={limit}");
+        assert_eq!(
+            pages,
+            30usize.div_ceil(limit),
+            "order={order} limit={limit}"
+        );
+    }
+}
+
+/// Stores 240 samples of two metrics for a new GPU, 250 ms apart starting mid-second, with
+/// values that change on every sample, and returns what was stored.
+async fn varying_gpu(fixture: &Fixture) -> ExpectedGpu {
+    use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
+    let info = GpuInfo::new(GpuUuid::parse("GPU-varying-values").unwrap());
+    let metrics = [
+        MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap(),
+        MetricName::parse("DCGM_FI_DEV_POWER_USAGE").unwrap(),
+    ];
+    let start = fixture.pass_times[0] + 250_000;
+    let mut builder = SampleBatch::builder();
+    let mut samples = Vec::new();
+    for i in 0..120i64 {
+        for (m, metric) in metrics.iter().enumerate() {
+            let timestamp = start + i * 250_000;
+            let value = ((i * 37 + m as i64 * 11) % 101) as f64 / 4.0;
+            builder.push(&info, metric, TimestampMicros(timestamp), value);
+            samples.push(Expected {
+                timestamp,
+                metric: metric.to_string(),
+                value,
+            });
+        }
+    }
+    let batch = builder.build();
+    fixture
+        .store
+        .write_idempotent("varying", &telemetry_store::group_by_gpu([&batch]))
+        .await
+        .unwrap();
+    samples.sort_by(|a, b| (a.timestamp, &a.metric).cmp(&(b.timestamp, &b.metric)));
+    ExpectedGpu { info, samples }
+}
+
+fn expected_aggregate(samples: &[Expected], step: i64, agg: &str) -> Vec<(String, String, f64)> {
+    let mut buckets: BTreeMap<(i64, String), Vec<&Expected>> = BTreeMap::new();
+    for s in samples {
+        buckets
+            .entry((s.timestamp.div_euclid(step) * step, s.metric.clone()))
+            .or_default()
+            .push(s);
+    }
+    buckets
+        .into_iter()
+        .map(|((start, metric), members)| {
+            let values: Vec<f64> = members.iter().map(|s| s.value).collect();
+            let value = match agg {
+                "avg" => values.iter().sum::<f64>() / values.len() as f64,
+                "min" => values.iter().copied().fold(f64::INFINITY, f64::min),
+                "max" => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                "last" => members.iter().max_by_key(|s| s.timestamp).unwrap().value,
+                "count" => values.len() as f64,
+                other => panic!("unknown aggregation {other}"),
+            };
+            (rfc3339(start), metric, value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn aggregation_matches_values_computed_here() {
+    let (mut fixture, served) = served("gateway-real-agg").await;
+    // The CSV repeats its values on every pass, so only `count` differs between buckets of the
+    // real GPUs; one more GPU with values varying sample by sample checks every aggregation.
+    let varying = varying_gpu(&fixture).await;
+    fixture.gpus.insert(varying.info.uuid.to_string(), varying);
+    for (uuid, gpu) in fixture.gpus.iter().step_by(40).chain(
+        fixture
+            .gpus
+            .iter()
+            .filter(|(u, _)| u.starts_with("GPU-varying")),
+    ) {
+        for (step, step_us) in [("2s", 2_000_000), ("1m", 60_000_000), ("500ms", 500_000)] {
+            for agg in ["avg", "min", "max", "last", "count"] {
+                let page = ok_json(
+                    &served,
+                    &format!("/api/v1/gpus/{uuid}/telemetry?step={step}&agg={agg}&limit=10000"),
+                )
+                .await;
+                assert_eq!(
+                    entries(&page),
+                    expected_aggregate(&gpu.samples, step_us, agg),
+                    "{uuid} step={step} agg={agg}"
+                );
+            }
+        }
+        // A window and a metric filter apply before aggregating.
+        let (start, end) = (fixture.pass_times[1], fixture.pass_times[2]);
+        let page = ok_json(
+            &served,
+            &format!(
+                "/api/v1/gpus/{uuid}/telemetry?step=10s&agg=count&metric_name=DCGM_FI_DEV_GPU_TEMP,DCGM_FI_DEV_SM_CLOCK&start_time={}&end_time={}",
+                encode(&rfc3339(start)),
+                encode(&rfc3339(end))
+            ),
+        )
+        .await;
+        let filtered: Vec<Expected> = gpu
+            .samples
+            .iter()
+            .filter(|s| s.timestamp >= start && s.timestamp <= end)
+            .filter(|s| s.metric == "DCGM_FI_DEV_GPU_TEMP" || s.metric == "DCGM_FI_DEV_SM_CLOCK")
+            .cloned()
+            .collect();
+        assert!(!filtered.is_empty());
+        assert_eq!(
+            entries(&page),
+            expected_aggregate(&filtered, 10_000_000, "count")
+        );
+    }
+
+    // Aggregated results page like raw ones.
+    let uuid = "GPU-varying-values";
+    let gpu = fixture.gpu(uuid);
+    let want = expected_aggregate(&gpu.samples, 500_000, "max");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/gpus/{uuid}/telemetry?step=500ms&agg=max&limit=4");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", encode(c)));
+        }
+        let page = ok_json(&served, &path).await;
+        seen.extend(entries(&page));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn ids_that_could_escape_the_key_space_are_rejected() {
+    let (fixture, served) = served("gateway-real-ids").await;
+    let uuid = fixture.gpus.keys().next().unwrap();
+    for path in [
+        "/api/v1/gpus/GPU-x%2F..%2Fy".to_string(),
+        format!("/api/v1/gpus/{uuid}%2F..%2F{uuid}/telemetry"),
+        "/api/v1/gpus/%2E%2E/latest".to_string(),
+        "/api/v1/gpus/..".to_string(),
+        "/api/v1/gpus/GPU-1%00".to_string(),
+        format!("/api/v1/gpus/{}", "9".repeat(65)),
+    ] {
+        assert_eq!(
+            served.get(&path).await.problem(400),
+            "invalid-gpu-id",
+            "{path}"
+        );
+    }
+    // Unencoded separators never reach a GPU route.
+    let raw = served.get(&format!("/api/v1/gpus/{uuid}/../{uuid}")).await;
+    assert_eq!(raw.problem(404), "not-found");
+    // A valid id that is a prefix of a real one finds nothing (no prefix reads).
+    let prefix_of_real = &uuid[..uuid.len() - 4];
+    assert_eq!(
+        served
+            .get(&format!("/api/v1/gpus/{prefix_of_real}"))
+            .await
+            .problem(404),
+        "gpu-not-found"
+    );
+}

@@ -1,0 +1,511 @@
+//! Router tests: every route and every error status, in-process against a real etcd.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::*;
+use etcd_client::GetOptions;
+use etcd_queue::{ConsumerConfig, OutgoingMessage, Queue, QueueKeys};
+use function_runtime::Readiness;
+use gateway::{app, ApiState, HttpSettings};
+use serde_json::json;
+
+const UUID_HOST_0: &str = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50";
+const UNKNOWN_UUID: &str = "GPU-00000000-0000-0000-0000-000000000000";
+
+#[tokio::test]
+async fn every_route_answers_with_its_documented_shape() {
+    let fixture = Fixture::filled("gateway-routes", SLICE_CSV).await;
+    let router = fixture.router().await;
+    let expected = fixture.gpu(UUID_HOST_0);
+
+    let list = get(&router, "/api/v1/gpus").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.content_type(), "application/json");
+    let list = list.json();
+    assert_eq!(list["count"], fixture.gpus.len());
+    assert_eq!(list["gpus"].as_array().unwrap().len(), fixture.gpus.len());
+    let first = list["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["uuid"] == UUID_HOST_0)
+        .expect("the GPU is listed");
+    assert_eq!(first["hostname"], "mtv5-dgx1-hgpu-031");
+    assert_eq!(first["gpu_id"], 0);
+
+    let detail = get(&router, &format!("/api/v1/gpus/{UUID_HOST_0}")).await;
+    assert_eq!(detail.status, StatusCode::OK);
+    let detail = detail.json();
+    for field in [
+        "uuid",
+        "gpu_id",
+        "device",
+        "model_name",
+        "hostname",
+        "first_seen",
+        "last_seen",
+        "metrics",
+    ] {
+        assert_eq!(detail[field], first[field], "{field}");
+    }
+    assert_eq!(detail["container"], json!(null));
+    assert_eq!(
+        detail["labels"]["DCGM_FI_DRIVER_VERSION"],
+        expected.info.labels["DCGM_FI_DRIVER_VERSION"]
+    );
+
+    let page = get(&router, &format!("/api/v1/gpus/{UUID_HOST_0}/telemetry")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let page = page.json();
+    assert_eq!(page["gpu"], *first);
+    assert_eq!(entries(&page), expected_entries(&expected.samples));
+    assert_eq!(page["count"], expected.samples.len());
+    assert_eq!(page["next_cursor"], json!(null));
+
+    let latest = get(&router, &format!("/api/v1/gpus/{UUID_HOST_0}/latest")).await;
+    assert_eq!(latest.status, StatusCode::OK);
+    let latest = latest.json();
+    let last_pass = *fixture.pass_times.last().unwrap();
+    let want: Vec<_> = expected
+        .samples
+        .iter()
+        .filter(|s| s.timestamp == last_pass)
+        .map(
+            |s| json!({"metric_name": s.metric, "timestamp": rfc3339(last_pass), "value": s.value}),
+        )
+        .collect();
+    assert_eq!(latest["metrics"], json!(want));
+    assert_eq!(latest["count"], want.len());
+
+    let metrics = get(&router, "/api/v1/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let metrics = metrics.json();
+    let util = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "DCGM_FI_DEV_GPU_UTIL")
+        .expect("GPU_UTIL listed");
+    assert_eq!(util["description"], "GPU utilization (in %).");
+    assert_eq!(util["unit"], "%");
+    assert_eq!(util["kind"], "gauge");
+    let reporting = fixture
+        .gpus
+        .values()
+        .filter(|g| g.samples.iter().any(|s| s.metric == "DCGM_FI_DEV_GPU_UTIL"))
+        .count();
+    assert_eq!(util["gpu_count"], reporting);
+
+    let queue = get(&router, "/api/v1/queue").await;
+    assert_eq!(queue.status, StatusCode::OK);
+    assert_eq!(
+        queue.json(),
+        json!({"topic": "telemetry", "group": "collectors", "exists": false, "depth": 0,
+               "dead_letters": 0, "partitions": [], "members": []})
+    );
+
+    let health = get(&router, "/healthz").await;
+    assert_eq!(
+        (health.status, health.json()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let ready = get(&router, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+
+    let spec = get(&router, "/openapi.json").await;
+    assert_eq!(spec.status, StatusCode::OK);
+    assert_eq!(
+        spec.json(),
+        serde_json::to_value(gateway::openapi()).unwrap()
+    );
+
+    let ui = get(&router, "/swagger-ui/").await;
+    assert_eq!(ui.status, StatusCode::OK);
+    assert!(
+        ui.content_type().starts_with("text/html"),
+        "{}",
+        ui.content_type()
+    );
+    assert!(ui.text().contains("swagger-ui"));
+    let initializer = get(&router, "/swagger-ui/swagger-initializer.js").await;
+    assert_eq!(initializer.status, StatusCode::OK);
+    assert!(
+        initializer.text().contains("/openapi.json"),
+        "the UI loads our document"
+    );
+    let redirect = get(&router, "/swagger-ui").await;
+    assert!(redirect.status.is_redirection());
+
+    // Every request above is counted by route template and status.
+    let metrics = get(&router, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    for line in [
+        r#"gateway_http_requests_total{route="/api/v1/gpus/{id}/telemetry",method="GET",status="200"} 1"#,
+        r#"gateway_http_requests_total{route="/api/v1/gpus",method="GET",status="200"} 1"#,
+        r#"gateway_http_request_duration_seconds_count{route="/api/v1/gpus/{id}",method="GET"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn every_error_status_is_a_problem_document() {
+    let fixture = Fixture::filled("gateway-errors", SLICE_CSV).await;
+    let router = fixture.router().await;
+    let telemetry = format!("/api/v1/gpus/{UUID_HOST_0}/telemetry");
+    let t = rfc3339(fixture.pass_times[0]);
+
+    let bad_requests = [
+        format!("{telemetry}?start_time=yesterday"),
+        format!("{telemetry}?end_time=2025-02-30T00:00:00Z"),
+        format!("{telemetry}?start_time=2&end_time=1"),
+        format!("{telemetry}?start_time={}&end_time=1", encode(&t)),
+        format!("{telemetry}?limit=0"),
+        format!("{telemetry}?limit=10001"),
+        format!("{telemetry}?limit=ten"),
+        format!("{telemetry}?cursor=not-a-cursor"),
+        format!("{telemetry}?order=sideways"),
+        format!("{telemetry}?step=soon"),
+        format!("{telemetry}?step=0s"),
+        format!("{telemetry}?step=1m&agg=median"),
+        format!("{telemetry}?agg=avg"),
+        format!("{telemetry}?metric_name=bad-name"),
+        "/api/v1/gpus?hostname=a&hostname=b".to_string(),
+    ];
+    for uri in &bad_requests {
+        assert_eq!(
+            get(&router, uri).await.problem(400),
+            "invalid-parameter",
+            "{uri}"
+        );
+    }
+
+    let hostile_ids = [
+        "GPU-x%2F..%2Fy".to_string(),
+        "..".to_string(),
+        "%2E%2E".to_string(),
+        "GPU-1%00".to_string(),
+        "%00".to_string(),
+        "GPU%20x".to_string(),
+        "%FF%FE".to_string(),
+        "a".repeat(65),
+        "b".repeat(5000),
+    ];
+    for id in &hostile_ids {
+        for suffix in ["", "/telemetry", "/latest"] {
+            let uri = format!("/api/v1/gpus/{id}{suffix}");
+            assert_eq!(
+                get(&router, &uri).await.problem(400),
+                "invalid-gpu-id",
+                "{uri}"
+            );
+        }
+    }
+
+    for suffix in ["", "/telemetry", "/latest"] {
+        let uri = format!("/api/v1/gpus/{UNKNOWN_UUID}{suffix}");
+        assert_eq!(
+            get(&router, &uri).await.problem(404),
+            "gpu-not-found",
+            "{uri}"
+        );
+    }
+    // An unencoded `..` never matches a GPU route.
+    assert_eq!(
+        get(&router, "/api/v1/gpus/GPU-x/../y").await.problem(404),
+        "not-found"
+    );
+    assert_eq!(get(&router, "/api/v2/gpus").await.problem(404), "not-found");
+
+    let post = send(
+        &router,
+        Request::post("/api/v1/gpus").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(post.problem(405), "method-not-allowed");
+
+    let small_limit = HttpSettings {
+        body_limit: 16,
+        ..HttpSettings::default()
+    };
+    let limited = router_for(&fixture.etcd, &fixture.args(), &small_limit).await;
+    let big = send(
+        &limited,
+        Request::get("/api/v1/gpus")
+            .header(header::CONTENT_LENGTH, "100")
+            .body(Body::from(vec![b'x'; 100]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(big.problem(413), "payload-too-large");
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_before_etcd_is_touched() {
+    // No backend at all: anything that reached etcd would be answered 503.
+    let router = app(
+        ApiState::connecting(),
+        Readiness::new(Duration::from_secs(1)),
+        &HttpSettings::default(),
+    );
+    for uri in [
+        "/api/v1/gpus/GPU-x%2F..%2Fy",
+        "/api/v1/gpus/GPU-x%2F..%2Fy/telemetry",
+        "/api/v1/gpus/..",
+        "/api/v1/gpus/%00/latest",
+        "/api/v1/gpus/GPU-1/telemetry?limit=0",
+        "/api/v1/gpus/GPU-1/telemetry?start_time=3&end_time=2",
+        "/api/v1/gpus?model_name=a&model_name=b",
+    ] {
+        let reply = get(&router, uri).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{uri}: {}",
+            reply.text()
+        );
+    }
+    for uri in [
+        "/api/v1/gpus",
+        "/api/v1/gpus/GPU-1",
+        "/api/v1/gpus/GPU-1/telemetry?limit=5",
+        "/api/v1/gpus/GPU-1/latest",
+        "/api/v1/metrics",
+        "/api/v1/queue",
+    ] {
+        assert_eq!(
+            get(&router, uri).await.problem(503),
+            "etcd-unavailable",
+            "{uri}"
+        );
+    }
+    let ready = get(&router, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json()["status"], "not ready");
+    assert_eq!(get(&router, "/healthz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
+    let mut fixture = Fixture::filled("gateway-etcd-down", SLICE_CSV).await;
+    let mut args = fixture.args();
+    args.etcd_read_timeout = Duration::from_millis(500);
+    let router = router_for(&fixture.etcd, &args, &HttpSettings::default()).await;
+    let timeout_first = HttpSettings {
+        request_timeout: Duration::from_millis(200),
+        ..HttpSettings::default()
+    };
+    let mut slow_args = fixture.args();
+    slow_args.etcd_read_timeout = Duration::from_secs(30);
+    let request_bound = router_for(&fixture.etcd, &slow_args, &timeout_first).await;
+    let routes = [
+        "/api/v1/gpus".to_string(),
+        format!("/api/v1/gpus/{UUID_HOST_0}"),
+        format!("/api/v1/gpus/{UUID_HOST_0}/telemetry"),
+        format!("/api/v1/gpus/{UUID_HOST_0}/telemetry?step=1s&agg=max"),
+        format!("/api/v1/gpus/{UUID_HOST_0}/latest"),
+        "/api/v1/metrics".to_string(),
+        "/api/v1/queue".to_string(),
+    ];
+    assert_eq!(get(&router, &routes[0]).await.status, StatusCode::OK);
+
+    // Stalled: etcd accepts connections but answers nothing (SIGSTOP).
+    let pid = fixture.etcd.pid().expect("etcd runs").to_string();
+    signal(&pid, "-STOP");
+    for uri in &routes {
+        assert_eq!(
+            get(&router, uri).await.problem(503),
+            "etcd-unavailable",
+            "{uri}"
+        );
+        assert_eq!(
+            get(&request_bound, uri).await.problem(503),
+            "request-timeout",
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        get(&router, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    signal(&pid, "-CONT");
+
+    // Down: connections are refused.
+    fixture.etcd.kill();
+    for uri in &routes {
+        assert_eq!(
+            get(&router, uri).await.problem(503),
+            "etcd-unavailable",
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        get(&router, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Validation still comes first.
+    let hostile = get(&router, "/api/v1/gpus/GPU-x%2F..%2Fy").await;
+    assert_eq!(hostile.problem(400), "invalid-gpu-id");
+
+    // Back: the same router recovers without a restart.
+    fixture.etcd.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get(&router, &routes[0]).await.status != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "API did not recover after etcd came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(pid: &str, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+#[tokio::test]
+async fn queue_status_reports_partitions_owners_and_lag_without_creating_the_topic() {
+    let etcd = test_support::EtcdHarness::start().await;
+    let prefix = test_support::unique_prefix("gateway-queue");
+    let args = gateway::GatewayArgs::local(&etcd.endpoint(), &prefix);
+    let router = router_for(&etcd, &args, &HttpSettings::default()).await;
+
+    let before = get(&router, "/api/v1/queue").await.json();
+    assert_eq!(before["exists"], false);
+    let keys = QueueKeys::new(&prefix, "telemetry").unwrap();
+    let mut client = etcd.client().await;
+    let under_prefix = client
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(under_prefix.count(), 0, "the gateway wrote nothing");
+
+    // A topic created by a producer with 4 partitions (the gateway is configured with 16).
+    let queue = Queue::open(
+        client.clone(),
+        etcd_queue::QueueConfig {
+            prefix: prefix.clone(),
+            partitions: 4,
+            ..etcd_queue::QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    let messages: Vec<OutgoingMessage> = (0..5)
+        .map(|i| OutgoingMessage {
+            partition: if i < 3 { 1 } else { 2 },
+            payload: format!("m{i}").into_bytes(),
+        })
+        .collect();
+    producer.publish_batch(messages).await.unwrap();
+    let status = get(&router, "/api/v1/queue").await.json();
+    assert_eq!(status["exists"], true);
+    assert_eq!(status["depth"], 5);
+    let lags: Vec<u64> = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["lag"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lags, vec![0, 3, 2, 0]);
+    assert_eq!(status["partitions"][1]["head"], 3);
+    assert_eq!(status["partitions"][1]["committed_offset"], 0);
+    assert_eq!(status["partitions"][1]["owner"], json!(null));
+    assert_eq!(status["members"], json!([]));
+
+    let mut consumer = queue
+        .consumer(ConsumerConfig::new("collector-a"))
+        .await
+        .unwrap();
+    // The first poll claims the partitions (the only member owns them all) and delivers.
+    let delivery = consumer
+        .poll(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a delivery");
+    consumer.abandon(&delivery);
+    let status = get(&router, "/api/v1/queue").await.json();
+    let owners: Vec<_> = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["owner"].clone())
+        .collect();
+    assert_eq!(owners, vec![json!("collector-a"); 4]);
+    assert_eq!(status["members"], json!(["collector-a"]));
+    assert_eq!(status["depth"], 5, "nothing committed");
+    consumer.leave().await.unwrap();
+    let meta = client.get(keys.meta(), None).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(meta.kvs()[0].value()).unwrap()["partitions"],
+        4,
+        "the gateway did not rewrite the topic"
+    );
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_large_responses_are_gzipped() {
+    let fixture = Fixture::filled("gateway-http", SLICE_CSV).await;
+    let plain = fixture.router().await;
+    let with_cors = router_for(
+        &fixture.etcd,
+        &fixture.args(),
+        &HttpSettings {
+            cors_origins: vec!["https://dash.example".into()],
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let request = |uri: &str, headers: &[(&str, &str)]| {
+        let mut builder = Request::get(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+    let origin = [("origin", "https://dash.example")];
+    let off = send(&plain, request("/api/v1/gpus", &origin)).await;
+    assert_eq!(off.status, StatusCode::OK);
+    assert!(off
+        .headers
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+    let on = send(&with_cors, request("/api/v1/gpus", &origin)).await;
+    assert_eq!(
+        on.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://dash.example"
+    );
+    let other = send(
+        &with_cors,
+        request("/api/v1/gpus", &[("origin", "https://evil.example")]),
+    )
+    .await;
+    assert!(other
+        .headers
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+
+    let gzip = [("accept-encoding", "gzip")];
+    let large = send(&plain, request("/api/v1/gpus", &gzip)).await;
+    assert_eq!(large.status, StatusCode::OK);
+    assert_eq!(large.headers[header::CONTENT_ENCODING], "gzip");
+    let small = send(&plain, request("/healthz", &gzip)).await;
+    assert!(small.headers.get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(small.json(), json!({"status": "ok"}));
+}
