@@ -44,19 +44,33 @@ bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 # 3. Processes, stopped together on exit.
 mkdir -p "$run_dir/logs"
 pids=()
+names=()
+start() { # start <name> <command...>: run in the background, logging to .run/logs/<name>.log
+  local name=$1
+  shift
+  # A session of its own: Ctrl-C reaches only this script, which stops everything in order.
+  setsid "$@" >"$run_dir/logs/$name.log" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+}
+stop_one() { # stop_one <pid> <seconds>: SIGTERM, wait up to <seconds>, then SIGKILL
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 $(($2 * 10))); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
   trap - INT TERM EXIT
   echo
   say "stopping"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # The autoscaler drains its collectors; give everyone their grace period, then insist.
-  for _ in $(seq 1 300); do
-    alive=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
+  # Reverse start order: producers and consumers first (the autoscaler drains its collectors
+  # while etcd is still up), etcd last.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    stop_one "${pids[$i]}" 40
+    echo "  stopped ${names[$i]}"
   done
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   say "stopped; etcd data kept in .run/etcd (delete it to start empty)"
 }
@@ -68,15 +82,13 @@ for p in "$etcd_port" "$gateway_port" "$streamer_port" "$autoscaler_port"; do
 done
 
 say "starting etcd on 127.0.0.1:$etcd_port (data: .run/etcd)"
-etcd --name local --data-dir "$run_dir/etcd" \
+start etcd etcd --name local --data-dir "$run_dir/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
   --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
   --initial-cluster "local=http://127.0.0.1:$((etcd_port + 1))" \
   --auto-compaction-mode periodic --auto-compaction-retention 5m \
-  --quota-backend-bytes 4294967296 --logger zap --log-level warn \
-  >"$run_dir/logs/etcd.log" 2>&1 &
-pids+=($!)
+  --quota-backend-bytes 4294967296 --logger zap --log-level warn
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null && break
   sleep 0.1
@@ -85,13 +97,10 @@ curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null || { echo "etcd did not
 
 export ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port" TELEMETRY_PREFIX="$prefix" RUST_LOG="${RUST_LOG:-info}"
 
-PORT=$gateway_port "$bin/gateway" run >"$run_dir/logs/gateway.log" 2>&1 &
-pids+=($!)
+PORT=$gateway_port start gateway "$bin/gateway" run
 # The autoscaler runs `collector run` from the same directory, one process per replica.
-PORT=$autoscaler_port "$bin/autoscaler" run --stabilization 10s --cooldown 20s >"$run_dir/logs/autoscaler.log" 2>&1 &
-pids+=($!)
-PORT=$streamer_port "$bin/streamer" run --csv "$csv" --interval 1s >"$run_dir/logs/streamer.log" 2>&1 &
-pids+=($!)
+PORT=$autoscaler_port start autoscaler "$bin/autoscaler" run --stabilization 10s --cooldown 20s
+PORT=$streamer_port start streamer "$bin/streamer" run --csv "$csv" --interval 1s
 
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$gateway_port/healthz" >/dev/null && break
