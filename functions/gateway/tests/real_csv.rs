@@ -1,6 +1,7 @@
 //! The gateway served over HTTP on a real etcd holding the real data set (2,470 rows, 247 GPUs on
-//! 31 hosts, 10 metrics), three passes one second apart: exact listings, counts, inclusive bounds
-//! to the microsecond, pagination, aggregation, and ids that could escape the key space.
+//! 31 hosts, 10 metrics), streamed three times, a second apart, by the streamer and persisted by
+//! the collector: exact listings, counts, inclusive bounds to the microsecond, pagination,
+//! aggregation, and ids that could escape the key space.
 
 mod common;
 
@@ -40,8 +41,11 @@ async fn all_247_gpus_are_listed_with_correct_fields() {
             &b.info.uuid,
         ))
     });
-    let (first, last) = (fixture.pass_times[0], fixture.pass_times[PASSES - 1]);
     for (got, want) in gpus.iter().zip(&expected) {
+        assert_eq!(want.samples.len(), 10 * PASSES);
+        let first = want.samples[0].timestamp;
+        let last = want.samples[want.samples.len() - 1].timestamp;
+        assert!(fixture.passes[0].contains(first) && fixture.passes[PASSES - 1].contains(last));
         let metrics: Vec<String> = {
             let mut m: Vec<String> = want.samples.iter().map(|s| s.metric.clone()).collect();
             m.sort();
@@ -131,13 +135,14 @@ async fn per_gpu_counts_and_contents_are_exact() {
 
     let (uuid, gpu) = fixture.gpus.iter().next().unwrap();
     let latest = ok_json(&served, &format!("/api/v1/gpus/{uuid}/latest")).await;
-    let last = fixture.pass_times[PASSES - 1];
-    let want: Vec<_> = gpu
-        .samples
+    // Each metric's sample of the last pass, by metric name.
+    let mut last_pass = gpu.in_pass(&fixture.passes[PASSES - 1]);
+    last_pass.sort_by(|a, b| a.metric.cmp(&b.metric));
+    let want: Vec<_> = last_pass
         .iter()
-        .filter(|s| s.timestamp == last)
-        .map(|s| json!({"metric_name": s.metric, "timestamp": rfc3339(last), "value": s.value}))
+        .map(|s| json!({"metric_name": s.metric, "timestamp": rfc3339(s.timestamp), "value": s.value}))
         .collect();
+    assert_eq!(want.len(), 10);
     assert_eq!(latest["metrics"], json!(want));
     assert_eq!(latest["count"], 10);
 
@@ -154,13 +159,14 @@ async fn per_gpu_counts_and_contents_are_exact() {
 async fn time_bounds_are_inclusive_to_the_microsecond() {
     let (fixture, served) = served("gateway-real-bounds").await;
     let (uuid, gpu) = fixture.gpus.iter().nth(100).unwrap();
-    let middle = fixture.pass_times[1];
-    let at_middle: Vec<_> = gpu
-        .samples
-        .iter()
-        .filter(|s| s.timestamp == middle)
-        .collect();
+    let [first_pass, middle_pass, last_pass] = [0, 1, PASSES - 1].map(|i| fixture.passes[i]);
+    // The GPU's first sample of the middle pass, stamped by the streamer: no other sample of the
+    // GPU lies within a microsecond of it.
+    let at_middle = gpu.in_pass(&middle_pass);
     assert_eq!(at_middle.len(), 10);
+    let sample = at_middle[0];
+    let t = sample.timestamp;
+    assert_eq!(gpu.between(t - 1, t + 1), vec![sample]);
     let window = |start: i64, end: i64| {
         format!(
             "/api/v1/gpus/{uuid}/telemetry?start_time={}&end_time={}",
@@ -169,43 +175,41 @@ async fn time_bounds_are_inclusive_to_the_microsecond() {
         )
     };
 
-    // start = end = the sample's exact time: exactly that pass.
-    let exact = ok_json(&served, &window(middle, middle)).await;
-    assert_eq!(entries(&exact), expected_entries(at_middle.iter().copied()));
+    // start = end = the sample's exact time: exactly that sample.
+    let exact = ok_json(&served, &window(t, t)).await;
+    assert_eq!(entries(&exact), expected_entries([sample]));
     // One microsecond off on either side: nothing.
-    for (start, end) in [(middle + 1, middle + 1), (middle - 1, middle - 1)] {
+    for (start, end) in [(t + 1, t + 1), (t - 1, t - 1)] {
         let off = ok_json(&served, &window(start, end)).await;
         assert_eq!(off["count"], 0, "[{start}, {end}]");
     }
-    // A window ending 1 µs before, or starting 1 µs after, excludes the sample.
-    let before = ok_json(&served, &window(fixture.pass_times[0], middle - 1)).await;
-    assert!(entries(&before)
-        .iter()
-        .all(|e| e.0 == rfc3339(fixture.pass_times[0])));
+    // A window ending 1 µs before it holds exactly the first pass; one starting 1 µs after it
+    // holds the rest of the middle pass and the last pass.
+    let before = ok_json(&served, &window(first_pass.first, t - 1)).await;
+    assert_eq!(entries(&before), expected_entries(gpu.in_pass(&first_pass)));
     assert_eq!(before["count"], 10);
-    let after = ok_json(&served, &window(middle + 1, fixture.pass_times[2])).await;
-    assert_eq!(after["count"], 10);
+    let after = ok_json(&served, &window(t + 1, last_pass.last)).await;
+    let mut rest: Vec<&Expected> = at_middle[1..].to_vec();
+    rest.extend(gpu.in_pass(&last_pass));
+    assert_eq!(entries(&after), expected_entries(rest));
+    assert_eq!(after["count"], 19);
     // ...and one including it by 1 µs on each side includes exactly it.
-    let around = ok_json(&served, &window(middle - 1, middle + 1)).await;
-    assert_eq!(
-        entries(&around),
-        expected_entries(at_middle.iter().copied())
-    );
+    let around = ok_json(&served, &window(t - 1, t + 1)).await;
+    assert_eq!(entries(&around), expected_entries([sample]));
+    // The whole middle pass, bounds being its first and last stamps.
+    let pass = ok_json(&served, &window(middle_pass.first, middle_pass.last)).await;
+    assert_eq!(entries(&pass), expected_entries(at_middle.iter().copied()));
 
     // The same bound written as Unix seconds, and with an offset.
-    let seconds = format!(
-        "{}.{:06}",
-        middle.div_euclid(1_000_000),
-        middle.rem_euclid(1_000_000)
-    );
+    let seconds = format!("{}.{:06}", t.div_euclid(1_000_000), t.rem_euclid(1_000_000));
     let unix = ok_json(
         &served,
         &format!("/api/v1/gpus/{uuid}/telemetry?start_time={seconds}&end_time={seconds}"),
     )
     .await;
-    assert_eq!(unix["count"], 10);
+    assert_eq!(entries(&unix), expected_entries([sample]));
     // The same instant as local time at UTC+2.
-    let shifted = rfc3339(middle + 2 * 3_600_000_000).replace('Z', "+02:00");
+    let shifted = rfc3339(t + 2 * 3_600_000_000).replace('Z', "+02:00");
     let offset = ok_json(
         &served,
         &format!(
@@ -215,7 +219,7 @@ async fn time_bounds_are_inclusive_to_the_microsecond() {
         ),
     )
     .await;
-    assert_eq!(offset["count"], 10);
+    assert_eq!(entries(&offset), expected_entries([sample]));
 }
 
 #[tokio::test]
@@ -261,8 +265,9 @@ async fn pagination_returns_every_entry_exactly_once_in_order() {
     }
 }
 
-/// Stores 240 samples of two metrics for a new GPU, 250 ms apart starting mid-second, with
-/// values that change on every sample, and returns what was stored.
+/// Stores 240 samples of two metrics for an extra, synthetic GPU (not in the CSV), 250 ms apart
+/// starting mid-second, with values that change on every sample, and returns what was stored.
+/// They are written directly with the store's idempotent write, not through the pipeline.
 async fn varying_gpu(fixture: &Fixture) -> ExpectedGpu {
     use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
     let info = GpuInfo::new(GpuUuid::parse("GPU-varying-values").unwrap());
@@ -270,7 +275,7 @@ async fn varying_gpu(fixture: &Fixture) -> ExpectedGpu {
         MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap(),
         MetricName::parse("DCGM_FI_DEV_POWER_USAGE").unwrap(),
     ];
-    let start = fixture.pass_times[0] + 250_000;
+    let start = fixture.passes[0].first + 250_000;
     let mut builder = SampleBatch::builder();
     let mut samples = Vec::new();
     for i in 0..120i64 {
@@ -324,7 +329,8 @@ fn expected_aggregate(samples: &[Expected], step: i64, agg: &str) -> Vec<(String
 async fn aggregation_matches_values_computed_here() {
     let (mut fixture, served) = served("gateway-real-agg").await;
     // The CSV repeats its values on every pass, so only `count` differs between buckets of the
-    // real GPUs; one more GPU with values varying sample by sample checks every aggregation.
+    // real GPUs; one extra synthetic GPU with values varying sample by sample checks every
+    // aggregation.
     let varying = varying_gpu(&fixture).await;
     fixture.gpus.insert(varying.info.uuid.to_string(), varying);
     for (uuid, gpu) in fixture.gpus.iter().step_by(40).chain(
@@ -348,7 +354,7 @@ async fn aggregation_matches_values_computed_here() {
             }
         }
         // A window and a metric filter apply before aggregating.
-        let (start, end) = (fixture.pass_times[1], fixture.pass_times[2]);
+        let (start, end) = (fixture.passes[1].first, fixture.passes[2].last);
         let page = ok_json(
             &served,
             &format!(

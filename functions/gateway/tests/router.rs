@@ -69,14 +69,13 @@ async fn every_route_answers_with_its_documented_shape() {
     let latest = get(&router, &format!("/api/v1/gpus/{UUID_HOST_0}/latest")).await;
     assert_eq!(latest.status, StatusCode::OK);
     let latest = latest.json();
-    let last_pass = *fixture.pass_times.last().unwrap();
-    let want: Vec<_> = expected
-        .samples
+    // Each metric's sample of the last pass, by metric name.
+    let mut last_pass = expected.in_pass(&fixture.passes[PASSES - 1]);
+    last_pass.sort_by(|a, b| a.metric.cmp(&b.metric));
+    assert!(!last_pass.is_empty());
+    let want: Vec<_> = last_pass
         .iter()
-        .filter(|s| s.timestamp == last_pass)
-        .map(
-            |s| json!({"metric_name": s.metric, "timestamp": rfc3339(last_pass), "value": s.value}),
-        )
+        .map(|s| json!({"metric_name": s.metric, "timestamp": rfc3339(s.timestamp), "value": s.value}))
         .collect();
     assert_eq!(latest["metrics"], json!(want));
     assert_eq!(latest["count"], want.len());
@@ -100,12 +99,31 @@ async fn every_route_answers_with_its_documented_shape() {
         .count();
     assert_eq!(util["gpu_count"], reporting);
 
+    // The streamer's topic, drained by the collector, which has left the group.
     let queue = get(&router, "/api/v1/queue").await;
     assert_eq!(queue.status, StatusCode::OK);
+    let mut queue = queue.json();
+    let partitions = queue["partitions"].take();
     assert_eq!(
-        queue.json(),
-        json!({"topic": "telemetry", "group": "collectors", "exists": false, "depth": 0,
-               "dead_letters": 0, "partitions": [], "members": []})
+        queue,
+        json!({"topic": "telemetry", "group": "collectors", "exists": true, "depth": 0,
+               "dead_letters": 0, "partitions": null, "members": []})
+    );
+    let partitions = partitions.as_array().expect("partitions is an array");
+    assert_eq!(partitions.len(), 16);
+    let mut published = 0;
+    for (i, partition) in partitions.iter().enumerate() {
+        let head = partition["head"].as_u64().expect("head is a number");
+        assert_eq!(
+            *partition,
+            json!({"partition": i, "owner": null, "head": head, "committed_offset": head,
+                   "lag": 0}),
+        );
+        published += head;
+    }
+    assert_eq!(
+        published, fixture.messages,
+        "every published message committed"
     );
 
     let health = get(&router, "/healthz").await;
@@ -161,7 +179,7 @@ async fn every_error_status_is_a_problem_document() {
     let fixture = Fixture::filled("gateway-errors", SLICE_CSV).await;
     let router = fixture.router().await;
     let telemetry = format!("/api/v1/gpus/{UUID_HOST_0}/telemetry");
-    let t = rfc3339(fixture.pass_times[0]);
+    let t = rfc3339(fixture.passes[0].first);
 
     let bad_requests = [
         format!("{telemetry}?start_time=yesterday"),

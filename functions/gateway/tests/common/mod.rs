@@ -1,34 +1,44 @@
-//! Shared pieces of the gateway's integration tests: the store filled from a DCGM CSV (with the
-//! samples the tests expect back), the application in-process or served over HTTP, and a small
-//! HTTP client.
+//! Shared pieces of the gateway's integration tests: the store filled by the real pipeline from a
+//! DCGM CSV (with the samples the tests expect back), the application in-process or served over
+//! HTTP, and a small HTTP client.
 //!
-//! The store is filled with `TelemetryStore::write_idempotent` from batches built here: every row
-//! of the CSV once per pass, pass `i` stamped `first_pass_at + i * PASS_INTERVAL_US`.
+//! The store is filled the way production fills it: the streamer library streams `PASSES` passes
+//! over the CSV onto the etcd queue, stamping every row with the time it processes it, and the
+//! collector library consumes the queue and persists each delivery in its fenced commit. The
+//! samples the tests expect are then derived from the CSV (GPU, metric, value of every row) and
+//! the stored timestamps, after checking that the store holds exactly one sample per row and pass.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
+use collector::{CollectorMetrics, DeliveryProcessor};
+use etcd_queue::{ConsumerConfig, Queue, QueueConfig};
 use function_runtime::{Readiness, Shutdown};
 use gateway::{app, ApiState, Backend, GatewayArgs, HttpSettings};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
-use telemetry_model::{CsvRow, DcgmCsvReader, GpuInfo, RowOutcome, SampleBatch, TimestampMicros};
-use telemetry_store::{group_by_gpu, StoreConfig, TelemetryStore};
+use telemetry_model::{CsvRow, DcgmCsvReader, GpuInfo, RowOutcome, TimestampMicros};
+use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
 use test_support::{unique_prefix, EtcdHarness};
 use tower::ServiceExt;
 
 pub const REAL_CSV: &str = "dcgm_metrics_20250718_134233.csv";
 pub const SLICE_CSV: &str = "dcgm-slice-100.csv";
 pub const PASSES: usize = 3;
-pub const PASS_INTERVAL_US: i64 = 1_000_000;
+/// The streamer's pause between passes, so the passes fall into different seconds.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the fixture's collector may take to persist everything the streamer published.
+const COLLECT_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -44,7 +54,7 @@ pub struct Expected {
     pub value: f64,
 }
 
-/// What was written for one GPU.
+/// What was stored for one GPU.
 #[derive(Debug, Clone)]
 pub struct ExpectedGpu {
     pub info: GpuInfo,
@@ -52,69 +62,89 @@ pub struct ExpectedGpu {
     pub samples: Vec<Expected>,
 }
 
-/// A real etcd with the store filled from a CSV.
+impl ExpectedGpu {
+    /// This GPU's samples stamped during `pass`.
+    pub fn in_pass(&self, pass: &Pass) -> Vec<&Expected> {
+        self.samples
+            .iter()
+            .filter(|s| pass.contains(s.timestamp))
+            .collect()
+    }
+
+    /// This GPU's samples in the inclusive window `[start, end]`.
+    pub fn between(&self, start: i64, end: i64) -> Vec<&Expected> {
+        self.samples
+            .iter()
+            .filter(|s| start <= s.timestamp && s.timestamp <= end)
+            .collect()
+    }
+}
+
+/// The first and last timestamp the streamer stamped in one pass over the CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl Pass {
+    pub fn contains(&self, timestamp: i64) -> bool {
+        self.first <= timestamp && timestamp <= self.last
+    }
+}
+
+/// A real etcd with the store filled by the streamer and the collector from a CSV.
 pub struct Fixture {
     pub etcd: EtcdHarness,
     pub prefix: String,
     pub store: TelemetryStore,
     pub gpus: BTreeMap<String, ExpectedGpu>,
-    /// Time of each pass, oldest first.
-    pub pass_times: Vec<i64>,
+    /// The passes, oldest first.
+    pub passes: Vec<Pass>,
+    /// Queue messages the streamer published, all committed by the collector.
+    pub messages: u64,
 }
 
 impl Fixture {
-    /// Starts etcd and stores `PASSES` passes over `csv`. The first pass is stamped ten minutes
-    /// ago with a sub-second part, so microsecond precision is exercised.
+    /// Starts etcd, streams `PASSES` passes over `csv` with the streamer (`PASS_INTERVAL` apart)
+    /// while the collector persists them, and waits until every sample is stored and the queue
+    /// is empty.
     pub async fn filled(test: &str, csv: &str) -> Fixture {
         let etcd = EtcdHarness::start().await;
         let prefix = unique_prefix(test);
-        let store = TelemetryStore::new(
-            etcd.client().await,
-            StoreConfig {
-                prefix: prefix.clone(),
-                ..StoreConfig::default()
-            },
-        );
-        let now = TimestampMicros::now().0;
-        let first_pass_at = (now / 1_000_000 - 600) * 1_000_000 + 123_457;
-        let pass_times: Vec<i64> = (0..PASSES as i64)
-            .map(|i| first_pass_at + i * PASS_INTERVAL_US)
-            .collect();
+        let client = etcd.client().await;
+        let store = TelemetryStore::new(client.clone(), store_config(&prefix));
         let rows = csv_rows(csv);
-        let mut gpus: BTreeMap<String, ExpectedGpu> = BTreeMap::new();
-        for &at in &pass_times {
-            let mut builder = SampleBatch::builder();
-            for row in &rows {
-                builder.push(&row.info, &row.metric, TimestampMicros(at), row.value);
-                gpus.entry(row.info.uuid.to_string())
-                    .or_insert_with(|| ExpectedGpu {
-                        info: row.info.clone(),
-                        samples: Vec::new(),
-                    })
-                    .samples
-                    .push(Expected {
-                        timestamp: at,
-                        metric: row.metric.to_string(),
-                        value: row.value,
-                    });
-            }
-            let batch = builder.build();
-            let stats = store
-                .write_idempotent(&format!("fixture-{at}"), &group_by_gpu([&batch]))
-                .await
-                .expect("fill the store");
-            assert_eq!(stats.samples, rows.len());
-        }
-        for gpu in gpus.values_mut() {
-            gpu.samples
-                .sort_by(|a, b| (a.timestamp, &a.metric).cmp(&(b.timestamp, &b.metric)));
-        }
+        let total = PASSES * rows.len();
+
+        let (report, collected) = tokio::join!(
+            stream(client.clone(), &prefix, csv),
+            collect(client.clone(), &prefix, total),
+        );
+        assert!(report.passes_reached, "the streamer stopped early");
+        assert_eq!(report.samples_published, total as u64, "samples streamed");
+        assert_eq!(collected.samples, total, "samples persisted");
+        assert_eq!(
+            collected.messages, report.batches_published,
+            "messages committed"
+        );
+        let queue = Queue::open(client, queue_config(&prefix))
+            .await
+            .expect("open the queue");
+        assert_eq!(
+            queue.depth().await.expect("queue depth"),
+            0,
+            "queue drained"
+        );
+
+        let (gpus, passes) = read_back(&store, &rows).await;
         Fixture {
             etcd,
             prefix,
             store,
             gpus,
-            pass_times,
+            passes,
+            messages: report.batches_published,
         }
     }
 
@@ -141,6 +171,157 @@ pub fn csv_rows(name: &str) -> Vec<CsvRow> {
             _ => None,
         })
         .collect()
+}
+
+pub fn queue_config(prefix: &str) -> QueueConfig {
+    QueueConfig {
+        prefix: prefix.to_string(),
+        ..QueueConfig::default()
+    }
+}
+
+pub fn store_config(prefix: &str) -> StoreConfig {
+    StoreConfig {
+        prefix: prefix.to_string(),
+        ..StoreConfig::default()
+    }
+}
+
+/// Streams `PASSES` passes over a testdata CSV with the streamer (one instance).
+async fn stream(client: etcd_client::Client, prefix: &str, csv: &str) -> streamer::RunReport {
+    let mut config = streamer::StreamerConfig::new(testdata(csv), queue_config(prefix));
+    config.passes = Some(PASSES as u64);
+    config.interval = PASS_INTERVAL;
+    let metrics = streamer::StreamerMetrics::register(&mut Registry::default());
+    streamer::Streamer::new(client, config, metrics)
+        .run(Shutdown::new())
+        .await
+        .expect("stream the CSV")
+}
+
+/// What the fixture's collector persisted.
+struct Collected {
+    messages: u64,
+    samples: usize,
+}
+
+/// Runs the collector's consume loop (one member of the group) until `expected` samples are
+/// persisted, then leaves the group.
+async fn collect(client: etcd_client::Client, prefix: &str, expected: usize) -> Collected {
+    let queue = Queue::open(client.clone(), queue_config(prefix))
+        .await
+        .expect("open the queue");
+    let metrics = Arc::new(CollectorMetrics::register(&mut Registry::default()));
+    let mut processor =
+        DeliveryProcessor::new(TelemetryStore::new(client, store_config(prefix)), metrics);
+    let mut consumer = queue
+        .consumer(ConsumerConfig::new("fixture-collector"))
+        .await
+        .expect("join the consumer group");
+    let mut collected = Collected {
+        messages: 0,
+        samples: 0,
+    };
+    let deadline = Instant::now() + COLLECT_LIMIT;
+    while collected.samples < expected {
+        assert!(
+            Instant::now() < deadline,
+            "persisted {} of {expected} samples in {COLLECT_LIMIT:?}",
+            collected.samples
+        );
+        let Some(delivery) = consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .expect("poll the queue")
+        else {
+            continue;
+        };
+        let done = processor
+            .process(&mut consumer, delivery)
+            .await
+            .expect("persist a delivery");
+        assert_eq!(done.dead_letters, 0, "the streamer's batches decode");
+        collected.messages += done.messages as u64;
+        collected.samples += done.samples;
+    }
+    consumer.leave().await.expect("leave the consumer group");
+    collected
+}
+
+/// Reads every stored sample back and checks it is exactly the CSV once per pass: the streamer
+/// stamps rows in file order with strictly increasing times, so the stored timestamps, sorted,
+/// are those of rows 0..n of the first pass, then of the second, and so on. Returns the samples
+/// per GPU (CSV values at the stored times) and the passes.
+async fn read_back(
+    store: &TelemetryStore,
+    rows: &[CsvRow],
+) -> (BTreeMap<String, ExpectedGpu>, Vec<Pass>) {
+    let mut stored: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
+    for record in store.list_gpus().await.expect("list GPUs") {
+        let page = store
+            .query(
+                &record.info.uuid,
+                &SampleQuery {
+                    limit: 100_000,
+                    ..SampleQuery::default()
+                },
+            )
+            .await
+            .expect("read a GPU's samples");
+        assert_eq!(page.next_cursor, None);
+        let samples = page
+            .samples
+            .into_iter()
+            .map(|s| Expected {
+                timestamp: s.timestamp.0,
+                metric: s.metric.to_string(),
+                value: s.value,
+            })
+            .collect();
+        stored.insert(record.info.uuid.to_string(), samples);
+    }
+
+    let mut stamps: Vec<i64> = stored.values().flatten().map(|s| s.timestamp).collect();
+    stamps.sort_unstable();
+    assert_eq!(stamps.len(), PASSES * rows.len(), "samples stored");
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "every row of every pass has its own timestamp"
+    );
+    let mut gpus: BTreeMap<String, ExpectedGpu> = BTreeMap::new();
+    let mut passes = Vec::with_capacity(PASSES);
+    for pass_stamps in stamps.chunks(rows.len()) {
+        for (row, &timestamp) in rows.iter().zip(pass_stamps) {
+            gpus.entry(row.info.uuid.to_string())
+                .or_insert_with(|| ExpectedGpu {
+                    info: row.info.clone(),
+                    samples: Vec::new(),
+                })
+                .samples
+                .push(Expected {
+                    timestamp,
+                    metric: row.metric.to_string(),
+                    value: row.value,
+                });
+        }
+        passes.push(Pass {
+            first: pass_stamps[0],
+            last: pass_stamps[pass_stamps.len() - 1],
+        });
+    }
+    for gpu in gpus.values_mut() {
+        gpu.samples
+            .sort_by(|a, b| (a.timestamp, &a.metric).cmp(&(b.timestamp, &b.metric)));
+    }
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        gpus.keys().collect::<Vec<_>>(),
+        "GPUs stored"
+    );
+    for (uuid, gpu) in &gpus {
+        assert_eq!(stored[uuid], gpu.samples, "{uuid}: stored samples");
+    }
+    (gpus, passes)
 }
 
 /// The application connected to `etcd` with `args`' prefix and timeouts.
