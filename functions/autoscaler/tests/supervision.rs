@@ -4,7 +4,6 @@
 //! process behind on shutdown, in-process and as the `autoscaler` binary.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -15,7 +14,7 @@ use etcd_queue::{ConsumerConfig, Fence, OutgoingMessage, Queue};
 use function_runtime::{QueueArgs, Shutdown};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{unique_prefix, wait_until, EtcdHarness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -87,27 +86,6 @@ fn port_of(pid: u32) -> u16 {
         .find_map(|var| var.strip_prefix(b"PORT="))
         .and_then(|port| std::str::from_utf8(port).ok()?.parse().ok())
         .unwrap_or_else(|| panic!("process {pid} has no PORT"))
-}
-
-/// Polls `condition` until it is true or `limit` passes; panics with `what` on timeout.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }
 
 /// `/metrics` of the autoscaler on `port`.

@@ -6,20 +6,12 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_queue::{Queue, QueueConfig};
-use test_support::{cargo_build, http_request, unique_prefix, EtcdHarness};
+use test_support::{cargo_build, free_port, http_request, unique_prefix, wait_until, EtcdHarness};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process that is stopped with SIGTERM (then SIGKILL) when dropped.
 struct Process {
@@ -52,24 +44,6 @@ impl Drop for Process {
                 eprintln!("{} did not exit cleanly", self.name);
             }
         }
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -184,7 +158,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
             }
         })
     };
-    wait_until("autoscaler up with 0 collectors", || async {
+    wait_until("autoscaler up with 0 collectors", WAIT, || async {
         scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
     })
     .await;
@@ -207,7 +181,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
 
     // Every GPU reports exactly 3 passes x 10 metrics, over HTTP.
     let base = format!("http://127.0.0.1:{gateway_port}/api/v1");
-    wait_until("247 GPUs with 30 samples each", || async {
+    wait_until("247 GPUs with 30 samples each", WAIT, || async {
         let Some(list) = get_json(&format!("{base}/gpus")).await else {
             return false;
         };
@@ -248,7 +222,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     )
     .await
     .unwrap();
-    wait_until("depth key back to 0", || async {
+    wait_until("depth key back to 0", WAIT, || async {
         queue.depth_key_value().await.unwrap() == Some(0)
     })
     .await;
@@ -256,7 +230,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
         max_replicas.load(Ordering::SeqCst) > 0,
         "the autoscaler never scaled above 0"
     );
-    wait_until("collectors scaled back to 0", || async {
+    wait_until("collectors scaled back to 0", WAIT, || async {
         scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
             && processes_with(&prefix).is_empty()
     })

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use etcd_queue::Queue;
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{free_port, unique_prefix, EtcdHarness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_streamer");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET path` on localhost; `None` while nothing listens.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

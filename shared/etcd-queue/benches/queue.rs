@@ -80,7 +80,17 @@ async fn raw_read_delete(client: &Client, prefix: &str, size: usize) -> (Duratio
     (started.elapsed(), read)
 }
 
-async fn queue_publish(queue: &Queue, size: usize, count: usize) -> Duration {
+/// How producers pick partitions: `Disjoint` gives each producer its own partitions (how streamers
+/// publish: a CSV shard maps to one partition and shards are owned by one streamer); `Shared`
+/// spreads every producer's batches over all partitions (the worst case: producers race on every
+/// partition head and retry on conflicts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spread {
+    Disjoint,
+    Shared,
+}
+
+async fn queue_publish(queue: &Queue, size: usize, count: usize, spread: Spread) -> Duration {
     let payload = vec![b'x'; size];
     let batch = per_request(size);
     let partitions = queue.config().partitions;
@@ -96,7 +106,13 @@ async fn queue_publish(queue: &Queue, size: usize, count: usize) -> Duration {
                 let messages = chunk
                     .iter()
                     .map(|i| OutgoingMessage {
-                        partition: (*i as u32) % partitions,
+                        partition: match spread {
+                            Spread::Shared => (*i as u32) % partitions,
+                            Spread::Disjoint => {
+                                let own = partitions / IN_FLIGHT as u32;
+                                task as u32 * own + (*i as u32 / IN_FLIGHT as u32) % own
+                            }
+                        },
                         payload: payload.clone(),
                     })
                     .collect();
@@ -256,18 +272,26 @@ fn main() {
         let mut report = BenchReport::new("queue");
         for (size, count) in [(1024usize, 10_000usize), (64 * 1024, 600), (512 * 1024, 80)] {
             let mut publish = Vec::new();
+            let mut publish_shared = Vec::new();
             let mut consume = Vec::new();
             let mut raw_put_s = Vec::new();
             let mut raw_read_s = Vec::new();
             for _ in 0..RUNS {
                 let prefix = unique_prefix("bench-queue");
                 let queue = Queue::open(client.clone(), config(&prefix)).await.unwrap();
-                let p = queue_publish(&queue, size, count).await;
+                let p = queue_publish(&queue, size, count, Spread::Disjoint).await;
                 let c = queue_consume(&queue, size, count).await;
+                let shared_prefix = unique_prefix("bench-queue-shared");
+                let shared = Queue::open(client.clone(), config(&shared_prefix))
+                    .await
+                    .unwrap();
+                let ps = queue_publish(&shared, size, count, Spread::Shared).await;
+                queue_consume(&shared, size, count).await;
                 let r = raw_put(&client, &prefix, size, count).await;
                 let (rd, read) = raw_read_delete(&client, &prefix, size).await;
                 assert_eq!(read, count);
                 publish.push(throughput(count, size, p).1);
+                publish_shared.push(throughput(count, size, ps).1);
                 consume.push(throughput(count, size, c).1);
                 raw_put_s.push(throughput(count, size, r).1);
                 raw_read_s.push(throughput(count, size, rd).1);
@@ -293,6 +317,8 @@ fn main() {
                 "publish_msgs_per_s": pub_mb * 1e6 / size as f64,
                 "raw_put_mb_per_s": raw_mb,
                 "publish_vs_raw": pub_mb / raw_mb,
+                "publish_all_partitions_mb_per_s": median(&publish_shared),
+                "publish_all_partitions_vs_raw": median(&publish_shared) / raw_mb,
                 "consume_mb_per_s": con_mb,
                 "consume_msgs_per_s": con_mb * 1e6 / size as f64,
                 "raw_read_delete_mb_per_s": raw_rd_mb,

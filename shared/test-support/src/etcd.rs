@@ -3,13 +3,14 @@
 //! Tests that touch the queue or the store run against this, never against a mock: the behaviour under
 //! test (transactions, leases, watches, compaction) is etcd's own.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use tempfile::TempDir;
+
+use crate::wait::free_port;
 
 /// How long a member may take to become healthy before the test fails.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -192,13 +193,6 @@ fn find_etcd() -> PathBuf {
         .map(|dir| dir.join("etcd"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind an ephemeral loopback port")
 }
 
 fn clear_dir(dir: &Path) {

@@ -1,18 +1,18 @@
 //! Shared pieces of the collector's tests: publishing passes of the real CSV the way the streamer
 //! does, running collector processes, and checking the store's exact contents.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_queue::{OutgoingMessage, Queue, QueueConfig};
 use telemetry_model::{
     BatchEvent, DcgmCsvReader, GpuInfo, MetricName, RowOutcome, SampleBatch, TimestampMicros,
 };
 use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
+pub use test_support::wait_until;
 
 pub const ROWS: usize = 2_470;
 
@@ -109,24 +109,6 @@ pub fn terminate(child: &mut Child) -> bool {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     child.wait().unwrap().success()
-}
-
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Asserts the store holds exactly `passes` x 10 samples for each of the 247 GPUs, strictly

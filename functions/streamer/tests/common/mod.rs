@@ -1,17 +1,17 @@
 //! Shared pieces of the streamer's integration tests: configs on a fresh prefix, reading every
 //! sample back from the queue, the CSV's rows per shard, and bounded waits on conditions.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use etcd_queue::{Queue, QueueConfig, WorkGroupKeys};
 use streamer::{shard_for, ShardState, StreamerConfig, SHARDS, WORK_GROUP};
 use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome};
+pub use test_support::wait_until;
 
 pub const REAL_CSV: &str = "dcgm_metrics_20250718_134233.csv";
 pub const REAL_ROWS: u64 = 2_470;
@@ -181,27 +181,6 @@ pub async fn group_keys(client: &Client, prefix: &str, kind: &str) -> Vec<String
         .iter()
         .map(|kv| kv.key_str().unwrap().to_string())
         .collect()
-}
-
-/// Polls `condition` until it is true or `limit` passes; panics with `what` on timeout.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }
 
 pub fn all_shards() -> Vec<u32> {

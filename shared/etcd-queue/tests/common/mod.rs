@@ -1,14 +1,14 @@
 //! Shared pieces of the queue's integration tests: a queue on a fresh prefix, a consumer loop that
 //! records every commit in a sink, and bounded waits on conditions.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, TxnOp};
 use etcd_queue::{ConsumerConfig, Fence, Queue, QueueConfig, QueueError};
+pub use test_support::wait_until;
 use tokio::sync::watch;
 
 pub fn config(prefix: &str) -> QueueConfig {
@@ -23,27 +23,6 @@ pub fn consumer_config(member_id: &str) -> ConsumerConfig {
     ConsumerConfig {
         lease_ttl: Duration::from_secs(2),
         ..ConsumerConfig::new(member_id)
-    }
-}
-
-/// Polls `condition` until it is true or `limit` passes; panics with `what` on timeout.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
