@@ -244,3 +244,65 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.header("content-type"), Some("application/problem+json"));
 }
+
+#[tokio::test]
+async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committed() {
+    use collector::DeliveryProcessor;
+    use etcd_queue::ConsumerConfig;
+    use telemetry_store::group_by_gpu;
+
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-oversized");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = store_for(etcd.client().await, &prefix);
+    // One event with every GPU of the real CSV: 247 GPUs need more operations than one
+    // transaction allows, so the collector takes the idempotent path for it.
+    let mut builder = SampleBatch::builder();
+    let t0 = now_us() - 60_000_000;
+    for (i, (info, metric, value)) in real_rows().iter().enumerate() {
+        builder.push(info, metric, TimestampMicros(t0 + i as i64), *value);
+    }
+    let event = BatchEvent::new("all-gpus", "/test/oversized", builder.build());
+    let mut producer = queue.producer();
+    let position = producer
+        .publish_batch(vec![OutgoingMessage {
+            partition: 5,
+            payload: event.to_json(),
+        }])
+        .await
+        .unwrap()[0];
+    producer.close().await.unwrap();
+    // A previous attempt crashed after writing but before committing: the same keys exist already.
+    let tag = format!("m{}.{}", position.partition, position.offset);
+    store
+        .write_idempotent(&tag, &group_by_gpu([&event.batch]))
+        .await
+        .unwrap();
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let mut processor = DeliveryProcessor::new(store.clone(), metrics);
+    let mut consumer = queue
+        .consumer(ConsumerConfig::new("oversized"))
+        .await
+        .unwrap();
+    let delivery = consumer
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message");
+    let done = processor.process(&mut consumer, delivery).await.unwrap();
+    assert_eq!(
+        (done.messages, done.samples, done.dead_letters),
+        (1, ROWS, 0)
+    );
+    assert_eq!(
+        queue.depth().await.unwrap(),
+        0,
+        "committed after the writes"
+    );
+    consumer.leave().await.unwrap();
+    assert_store_exact(&store, 1).await;
+}
