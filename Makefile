@@ -30,6 +30,10 @@ coverage: ## Measure line coverage (installs cargo-llvm-cov if missing)
 bench: ## Run the benchmarks; results also land in target/bench/*.json
 	$(CARGO) bench --workspace
 
+.PHONY: soak
+soak: ## Soak the local pipeline (own etcd, 2m retention) for SOAK_DURATION (10m); checks the etcd DB size levels off, CSV in target/soak/
+	bash functions/autoscaler/scripts/soak.sh
+
 .PHONY: openapi api-fuzz
 openapi: ## Regenerate testdata/openapi.json from the gateway's code and validate it as OpenAPI 3.1
 	$(CARGO) run -q -p gateway -- openapi > testdata/openapi.json.tmp && mv testdata/openapi.json.tmp testdata/openapi.json
