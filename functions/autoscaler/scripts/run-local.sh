@@ -43,35 +43,16 @@ bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
 # 3. Processes, stopped together on exit.
 mkdir -p "$run_dir/logs"
-pids=()
-names=()
-start() { # start <name> <command...>: run in the background, logging to .run/logs/<name>.log
-  local name=$1
-  shift
-  # A session of its own: Ctrl-C reaches only this script, which stops everything in order.
-  setsid "$@" >"$run_dir/logs/$name.log" 2>&1 &
-  pids+=($!)
-  names+=("$name")
-}
-stop_one() { # stop_one <pid> <seconds>: SIGTERM, wait up to <seconds>, then SIGKILL
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 $(($2 * 10))); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$1" 2>/dev/null || true
-}
+log_dir="$run_dir/logs"
+# shellcheck source=functions/autoscaler/scripts/processes.sh
+source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 cleanup() {
   trap - INT TERM EXIT
   echo
   say "stopping"
   # Reverse start order: producers and consumers first (the autoscaler drains its collectors
   # while etcd is still up), etcd last.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${pids[$i]}" 40
-    echo "  stopped ${names[$i]}"
-  done
-  wait 2>/dev/null || true
+  stop_all
   say "stopped; etcd data kept in .run/etcd (delete it to start empty)"
 }
 trap cleanup INT TERM EXIT

@@ -86,47 +86,13 @@ mkdir -p "$log_dir"
 work=$(mktemp -d "${TMPDIR:-/tmp}/soak.XXXXXX")
 
 # 3. Processes, stopped together on exit (reverse start order, etcd last).
-pids=()
-names=()
-start() { # start <name> <command...>: run in the background in a session of its own
-  local name=$1
-  shift
-  setsid "$@" >"$log_dir/$name.log" 2>&1 &
-  pids+=($!)
-  names+=("$name")
-}
-stop_one() { # stop_one <pid> <seconds>: SIGTERM, wait up to <seconds>, then SIGKILL
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 $(($2 * 10))); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$1" 2>/dev/null || true
-}
-session_members() { # session_members <sid>: pids still alive in that session
-  ps -eo pid=,sid= | awk -v s="$1" '$2 == s { print $1 }'
-}
+# shellcheck source=functions/autoscaler/scripts/processes.sh
+source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 cleanup() {
   local rc=$?
   trap - INT TERM EXIT
   say "stopping"
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${pids[$i]}" 40
-    echo "  stopped ${names[$i]}"
-  done
-  wait 2>/dev/null || true
-  # Each process was a session leader: anything left in those sessions (a collector the
-  # autoscaler failed to reap) is ours, and is stopped by its pid.
-  local left=()
-  for pid in "${pids[@]}"; do
-    mapfile -t -O "${#left[@]}" left < <(session_members "$pid")
-  done
-  if ((${#left[@]})); then
-    echo "  processes left behind: ${left[*]}; killing them" >&2
-    for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  else
-    echo "  no process left behind"
-  fi
+  stop_all
   rm -rf "$work"
   exit "$rc"
 }

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::{EventType, WatchOptions};
+
 use etcd_queue::Queue;
 use function_runtime::Shutdown;
 use streamer::{RunReport, Streamer, StreamerConfig, StreamerMetrics, SHARDS, WORK_GROUP};
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{unique_prefix, EtcdHarness, OwnershipLog};
 
 type StreamerTask = tokio::task::JoinHandle<RunReport>;
 
@@ -148,32 +148,8 @@ async fn a_join_and_a_leave_rebalance_with_no_shard_owned_twice() {
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("rebalance");
     let owners_prefix = format!("{prefix}/{WORK_GROUP}/owner/");
-    let mut client = etcd.client().await;
-    let mut watch = client
-        .watch(
-            owners_prefix.clone(),
-            Some(WatchOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    let recorder = tokio::spawn(async move {
-        let mut events = Vec::new();
-        while let Ok(Some(response)) = watch.message().await {
-            for event in response.events() {
-                let kv = event.kv().unwrap();
-                events.push((
-                    kv.key_str().unwrap().to_string(),
-                    event.event_type(),
-                    kv.value_str().unwrap_or("").to_string(),
-                    kv.version(),
-                ));
-            }
-            if events.iter().any(|(k, _, _, _)| k.ends_with("/done")) {
-                break;
-            }
-        }
-        events
-    });
+    let client = etcd.client().await;
+    let ownership = OwnershipLog::start(&client, &owners_prefix).await;
 
     // A streams alone, passes back to back, until told to stop.
     let (a_stop, a_metrics) = (Shutdown::new(), StreamerMetrics::default());
@@ -233,11 +209,7 @@ async fn a_join_and_a_leave_rebalance_with_no_shard_owned_twice() {
     .await;
     b_stop.trigger();
     let b_report = b.await.unwrap();
-    client
-        .put(format!("{owners_prefix}done"), "", None)
-        .await
-        .unwrap();
-    let events = recorder.await.unwrap();
+    let ownership = ownership.finish().await;
 
     // Exactly once per pass across both moves: the queue holds what the shard states account for.
     let queue = open_queue(&etcd, &prefix).await;
@@ -251,30 +223,8 @@ async fn a_join_and_a_leave_rebalance_with_no_shard_owned_twice() {
     );
     assert_timestamps_increase_per_gpu(&samples);
 
-    // Exclusivity: per shard, owner keys alternate create (version 1) and delete.
-    let mut owned: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut acquisitions: BTreeMap<String, u32> = BTreeMap::new();
-    for (key, kind, value, version) in events {
-        if key.ends_with("/done") {
-            continue;
-        }
-        let state = owned.entry(key.clone()).or_insert(None);
-        match kind {
-            EventType::Put => {
-                assert!(
-                    state.is_none(),
-                    "{key} acquired by {value} while owned by {state:?}"
-                );
-                assert_eq!(version, 1, "{key} overwritten instead of created");
-                *acquisitions.entry(value.clone()).or_insert(0) += 1;
-                *state = Some(value);
-            }
-            EventType::Delete => {
-                assert!(state.is_some(), "{key} released while free");
-                *state = None;
-            }
-        }
-    }
+    // Exclusivity (checked by the log): per shard, owner keys alternate create and delete.
+    let acquisitions = &ownership.acquisitions;
     assert_eq!(acquisitions.get("member-a"), Some(&32));
     assert_eq!(
         acquisitions.get("member-b").copied(),
@@ -282,8 +232,9 @@ async fn a_join_and_a_leave_rebalance_with_no_shard_owned_twice() {
         "B acquired its own shards on joining and A's when A left"
     );
     assert!(
-        owned.values().all(Option::is_none),
-        "still owned: {owned:?}"
+        ownership.still_owned.is_empty(),
+        "still owned: {:?}",
+        ownership.still_owned
     );
 }
 

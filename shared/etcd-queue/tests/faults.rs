@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::{EventType, TxnOp, WatchOptions};
+use etcd_client::TxnOp;
 use etcd_queue::{Fence, OutgoingMessage, Queue, QueueConfig, QueueError};
 use rand::Rng;
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{unique_prefix, EtcdHarness, OwnershipLog};
 use tokio::sync::watch;
 
 type ConsumerTask = tokio::task::JoinHandle<Result<u64, QueueError>>;
@@ -227,33 +226,9 @@ async fn membership_churn_never_double_owns_a_partition() {
         .await
         .unwrap();
     // Record every owner-key event from the start to check exclusivity afterwards.
-    let mut client = etcd.client().await;
+    let client = etcd.client().await;
     let owners_prefix = format!("{prefix}/queue/telemetry/group/collectors/owner/");
-    let mut watch = client
-        .watch(
-            owners_prefix.clone(),
-            Some(WatchOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    let recorder = tokio::spawn(async move {
-        let mut events = Vec::new();
-        while let Ok(Some(response)) = watch.message().await {
-            for event in response.events() {
-                let kv = event.kv().unwrap();
-                events.push((
-                    kv.key_str().unwrap().to_string(),
-                    event.event_type(),
-                    kv.value_str().unwrap_or("").to_string(),
-                    kv.version(),
-                ));
-            }
-            if events.iter().any(|(k, _, _, _)| k.ends_with("/done")) {
-                break;
-            }
-        }
-        events
-    });
+    let ownership = OwnershipLog::start(&client, &owners_prefix).await;
 
     let producer = tokio::spawn(publish_all(queue.clone(), 0, 6_000, 20));
     let mut running: Vec<(watch::Sender<bool>, ConsumerTask)> = Vec::new();
@@ -308,44 +283,18 @@ async fn membership_churn_never_double_owns_a_partition() {
         final_count <= remaining,
         "final consumer committed {final_count} > backlog {remaining}"
     );
-    client
-        .put(format!("{owners_prefix}done"), "", None)
-        .await
-        .unwrap();
-    let events = recorder.await.unwrap();
+    let ownership = ownership.finish().await;
     assert_exactly_once(&sink_contents(&client, &sink).await, &expected);
-
-    // Exclusivity: per partition, owner keys alternate create (version 1) / delete.
-    let mut owned: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut acquisitions = 0;
-    for (key, kind, value, version) in events {
-        if key.ends_with("/done") {
-            continue;
-        }
-        let state = owned.entry(key.clone()).or_insert(None);
-        match kind {
-            EventType::Put => {
-                assert!(
-                    state.is_none(),
-                    "{key} acquired by {value} while owned by {state:?}"
-                );
-                assert_eq!(version, 1, "{key} overwritten instead of created");
-                *state = Some(value);
-                acquisitions += 1;
-            }
-            EventType::Delete => {
-                assert!(state.is_some(), "{key} released while free");
-                *state = None;
-            }
-        }
-    }
+    // Exclusivity (checked by the log): per partition, owner keys alternate create and delete.
     assert!(
-        acquisitions >= 16 * 3,
-        "expected ownership to move through the churn, saw {acquisitions}"
+        ownership.total_acquisitions() >= 16 * 3,
+        "expected ownership to move through the churn, saw {}",
+        ownership.total_acquisitions()
     );
     assert!(
-        owned.values().all(Option::is_none),
-        "partitions still owned after all left: {owned:?}"
+        ownership.still_owned.is_empty(),
+        "partitions still owned after all left: {:?}",
+        ownership.still_owned
     );
 }
 

@@ -1,14 +1,17 @@
 //! Test and benchmark support: a real etcd member started on free loopback ports, unique key
-//! prefixes per test, and the JSON report writer used by every benchmark.
+//! prefixes per test, waiting on conditions, an ownership log for exclusivity checks, a small HTTP
+//! client, building other workspace binaries, and the JSON report writer used by every benchmark.
 
 mod bench_report;
 mod cargo_build;
 mod etcd;
 mod http;
+mod ownership;
 mod wait;
 
 pub use bench_report::{median, millis, percentile, BenchReport};
 pub use cargo_build::cargo_build;
 pub use etcd::{unique_prefix, EtcdHarness};
 pub use http::{http_request, HttpResponse};
+pub use ownership::{OwnershipLog, OwnershipSummary};
 pub use wait::{free_port, wait_until};

@@ -1,0 +1,48 @@
+# Sourced by run-local.sh and soak.sh: starts the pipeline's processes, each in a session of its
+# own (so a terminal's Ctrl-C reaches only the calling script), and stops them in reverse start
+# order with SIGTERM and a bounded wait, so consumers drain while etcd is still up.
+# The caller sets log_dir before calling start.
+
+pids=()
+names=()
+
+start() { # start <name> <command...>: run in the background, logging to $log_dir/<name>.log
+  local name=$1
+  shift
+  setsid "$@" >"$log_dir/$name.log" 2>&1 &
+  pids+=($!)
+  names+=("$name")
+}
+
+stop_one() { # stop_one <pid> <seconds>: SIGTERM, wait up to <seconds>, then SIGKILL
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 $(($2 * 10))); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+session_members() { # session_members <sid>: pids still alive in that session
+  ps -eo pid=,sid= | awk -v s="$1" '$2 == s { print $1 }'
+}
+
+stop_all() { # stop everything started, newest first, then anything left in their sessions
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    stop_one "${pids[$i]}" 40
+    echo "  stopped ${names[$i]}"
+  done
+  wait 2>/dev/null || true
+  # Each process led its own session: anything still in one (a collector the autoscaler could
+  # not reap) is ours, and is stopped by its pid.
+  local left=()
+  for pid in "${pids[@]}"; do
+    mapfile -t -O "${#left[@]}" left < <(session_members "$pid")
+  done
+  if ((${#left[@]})); then
+    echo "  processes left behind: ${left[*]}; killing them" >&2
+    for pid in "${left[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  else
+    echo "  no process left behind"
+  fi
+}
