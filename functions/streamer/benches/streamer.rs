@@ -22,7 +22,7 @@ use function_runtime::Shutdown;
 use serde_json::json;
 use streamer::{shard_for, Streamer, StreamerConfig, StreamerMetrics};
 use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome};
-use test_support::{median, unique_prefix, BenchReport, EtcdHarness};
+use test_support::{median, target_dir, unique_prefix, BenchReport, EtcdHarness};
 
 const REAL_FILE: &str = "dcgm_metrics_20250718_134233.csv";
 const REAL_ROWS: u64 = 2_470;
@@ -35,20 +35,6 @@ fn manifest_dir() -> PathBuf {
 
 fn real_csv() -> PathBuf {
     manifest_dir().join("../../testdata").join(REAL_FILE)
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                manifest_dir().join("../..").join(dir)
-            }
-        }
-        None => manifest_dir().join("../../target"),
-    }
 }
 
 fn queue_config(prefix: &str) -> QueueConfig {

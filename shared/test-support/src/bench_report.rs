@@ -44,10 +44,18 @@ impl BenchReport {
 }
 
 fn bench_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("bench")
+    target_dir().join("bench")
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR`, relative to the workspace root when
+/// relative, or `<workspace>/target`), for benchmark reports and generated benchmark data.
+pub fn target_dir() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
 }
 
 /// The median of `values` (mean of the middle two for an even count). Panics on an empty slice.

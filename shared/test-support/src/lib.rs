@@ -9,7 +9,7 @@ mod http;
 mod ownership;
 mod wait;
 
-pub use bench_report::{median, millis, percentile, BenchReport};
+pub use bench_report::{median, millis, percentile, target_dir, BenchReport};
 pub use cargo_build::cargo_build;
 pub use etcd::{unique_prefix, EtcdHarness};
 pub use http::{http_request, HttpResponse};
