@@ -98,7 +98,7 @@ impl DeliveryProcessor {
         let grouped = group_by_gpu(events);
         let started = Instant::now();
         for attempt in 0..=FENCE_RETRIES {
-            let prepared = match self.writer.prepare(&grouped).await {
+            let mut prepared = match self.writer.prepare(&grouped).await {
                 Ok(p) => p,
                 Err(e) => {
                     consumer.abandon(&delivery);
@@ -106,7 +106,8 @@ impl DeliveryProcessor {
                 }
             };
             let (samples, expired) = (prepared.samples, prepared.expired);
-            let fence = prepared.fence.clone();
+            // The fence moves into the commit; the rest of `prepared` updates the cache after it.
+            let fence = std::mem::take(&mut prepared.fence);
             match consumer.commit(&prefix, fence, &dead).await {
                 Ok(revision) => {
                     self.writer.committed(prepared, revision);
