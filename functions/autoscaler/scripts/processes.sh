@@ -46,3 +46,13 @@ stop_all() { # stop everything started, newest first, then anything left in thei
     echo "  no process left behind"
   fi
 }
+
+start_etcd() { # start_etcd <name> <data-dir> <client-port> <peer-port> <compaction-retention> <quota-bytes>
+  local name=$1 data=$2 client="http://127.0.0.1:$3" peer="http://127.0.0.1:$4"
+  start etcd etcd --name "$name" --data-dir "$data" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+    --initial-cluster "$name=$peer" \
+    --auto-compaction-mode periodic --auto-compaction-retention "$5" \
+    --quota-backend-bytes "$6" --logger zap --log-level warn
+}

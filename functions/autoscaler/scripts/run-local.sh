@@ -63,13 +63,7 @@ for p in "$etcd_port" "$gateway_port" "$streamer_port" "$autoscaler_port"; do
 done
 
 say "starting etcd on 127.0.0.1:$etcd_port (data: .run/etcd)"
-start etcd etcd --name local --data-dir "$run_dir/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
-  --initial-cluster "local=http://127.0.0.1:$((etcd_port + 1))" \
-  --auto-compaction-mode periodic --auto-compaction-retention 5m \
-  --quota-backend-bytes 4294967296 --logger zap --log-level warn
+start_etcd local "$run_dir/etcd" "$etcd_port" "$((etcd_port + 1))" 5m 4294967296
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null && break
   sleep 0.1

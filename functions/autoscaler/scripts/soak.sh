@@ -117,13 +117,7 @@ endpoint="http://127.0.0.1:$etcd_port"
 export ETCDCTL_API=3
 
 say "starting etcd on $endpoint (compaction periodic $compaction_retention, quota $quota bytes)"
-start etcd etcd --name soak --data-dir "$work/etcd" \
-  --listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "soak=http://127.0.0.1:$peer_port" \
-  --auto-compaction-mode periodic --auto-compaction-retention "$compaction_retention" \
-  --quota-backend-bytes "$quota" --logger zap --log-level warn
+start_etcd soak "$work/etcd" "$etcd_port" "$peer_port" "$compaction_retention" "$quota"
 wait_http "$endpoint/health" 30 etcd
 
 export ETCD_ENDPOINTS=$endpoint TELEMETRY_PREFIX=$prefix RUST_LOG=${RUST_LOG:-warn}
