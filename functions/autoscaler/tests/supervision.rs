@@ -27,8 +27,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn fake_worker() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let profile_dir =
-            test_support::cargo_build(&["--package", "autoscaler", "--example", "fake_worker"]);
+        let profile_dir = test_support::build_workspace_binaries();
         let path = profile_dir.join("examples").join("fake_worker");
         assert!(
             path.is_file(),

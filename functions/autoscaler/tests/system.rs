@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_queue::{Queue, QueueConfig};
-use test_support::{cargo_build, free_port, http_request, unique_prefix, wait_until, EtcdHarness};
+use test_support::{
+    build_workspace_binaries, free_port, http_request, unique_prefix, wait_until, EtcdHarness,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -96,16 +98,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
-    let bin = cargo_build(&[
-        "-p",
-        "streamer",
-        "-p",
-        "collector",
-        "-p",
-        "gateway",
-        "-p",
-        "autoscaler",
-    ]);
+    let bin = build_workspace_binaries();
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("system");
     let csv = format!(

@@ -20,7 +20,9 @@ command -v etcd >/dev/null || { echo "api-fuzz needs etcd on PATH (apt-get insta
 ensure_api_tools
 
 cd "$ROOT"
-cargo build --quiet -p gateway
+# Every binary and example: the selection `cargo test --workspace` resolves features for, so after
+# `make test` nothing is compiled again (`-p gateway` alone would rebuild its dependencies).
+cargo build --quiet --workspace --bins --examples
 GATEWAY="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway"
 
 WORK="$(mktemp -d)"

@@ -1,12 +1,18 @@
 //! Building other workspace targets from a test: `cargo test -p x` builds only x's binaries, so
-//! tests that run another package's binary (or an example) build it first, with the same cargo,
-//! target directory and profile as the running test, so it is never stale.
+//! tests that run another package's binary (or an example) build them first, with the same cargo,
+//! target directory and profile as the running test, so they are never stale.
+//!
+//! It always builds every binary and example of the workspace. That selection resolves dependency
+//! features exactly as `cargo test --workspace` does, so after `make test` has compiled the tests
+//! nothing is compiled again; building single packages (`-p x`) would unify features differently
+//! and put a second copy of tokio, axum and the rest into `target/`.
 
 use std::path::{Path, PathBuf};
 
-/// Runs `cargo build --quiet <args>` for the profile and target directory of the running test and
-/// returns that profile's output directory (e.g. `target/debug`). Panics if the build fails.
-pub fn cargo_build(args: &[&str]) -> PathBuf {
+/// Runs `cargo build --workspace --bins --examples` for the profile and target directory of the
+/// running test and returns that profile's output directory (e.g. `target/debug`; examples are in
+/// its `examples/`). Panics if the build fails.
+pub fn build_workspace_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
@@ -41,14 +47,16 @@ pub fn cargo_build(args: &[&str]) -> PathBuf {
         }
     }
     let status = build
-        .args(["build", "--quiet"])
-        .args(args)
+        .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
         .args(["--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed: {status}");
+    assert!(
+        status.success(),
+        "cargo build of the workspace binaries failed: {status}"
+    );
     profile_dir
 }

@@ -10,7 +10,7 @@ mod ownership;
 mod wait;
 
 pub use bench_report::{median, millis, percentile, target_dir, BenchReport};
-pub use cargo_build::cargo_build;
+pub use cargo_build::build_workspace_binaries;
 pub use etcd::{unique_prefix, EtcdHarness};
 pub use http::{http_request, HttpResponse};
 pub use ownership::{OwnershipLog, OwnershipSummary};
