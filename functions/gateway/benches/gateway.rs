@@ -1,7 +1,9 @@
 //! Gateway latency under load, over real HTTP against a real etcd: listing the 247 GPUs of the real
-//! data set, and reading one GPU's telemetry over a 1 h window at 1 Hz for 10 metrics (36,000
-//! entries) in pages of 10,000. A fixed number of client tasks send requests back to back for a
-//! fixed time; requests/s, p50 and p99 go to `target/bench/gateway.json`.
+//! data set, reading one GPU's telemetry over a 1 h window at 1 Hz for 10 metrics (36,000
+//! entries) in pages of 10,000, and the first page of 1,000 entries (oldest and newest) of a GPU
+//! with 24 h at 1 Hz for 10 metrics (864,000 entries in chunks of 1,200, as the collector seals
+//! them). A fixed number of client tasks send requests back to back for a fixed time;
+//! requests/s, p50 and p99 go to `target/bench/gateway.json`.
 //!
 //! `GATEWAY_BENCH_SECONDS` (default 5) and `GATEWAY_BENCH_CONCURRENCY` (default 4) tune the load.
 
@@ -28,6 +30,8 @@ const BENCH_GPU: &str = "GPU-bench-1h-1hz";
 const WINDOW_SECONDS: i64 = 3600;
 const METRICS: usize = 10;
 const PAGE: usize = 10_000;
+const DAY_GPU: &str = "GPU-bench-24h-1hz";
+const DAY_SECONDS: i64 = 24 * 3600;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -71,6 +75,30 @@ async fn fill_bench_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
         let batch = builder.build();
         store
             .write_idempotent(&format!("bench-{slice}"), &group_by_gpu([&batch]))
+            .await
+            .expect("store bench samples");
+    }
+    (start, end)
+}
+
+/// Stores 24 h of 1 Hz samples of 10 metrics for [`DAY_GPU`], ending at `end`, in chunks of 1,200
+/// samples (two minutes), the size the collector seals. Returns the window.
+async fn fill_day_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
+    let info = GpuInfo::new(GpuUuid::parse(DAY_GPU).unwrap());
+    let metrics: Vec<MetricName> = (0..METRICS)
+        .map(|m| MetricName::parse(&format!("DCGM_FI_BENCH_METRIC_{m}")).unwrap())
+        .collect();
+    let start = end - (DAY_SECONDS - 1) * 1_000_000;
+    for slice in 0..DAY_SECONDS / 120 {
+        let mut builder = SampleBatch::builder();
+        for second in slice * 120..(slice + 1) * 120 {
+            let at = TimestampMicros(start + second * 1_000_000);
+            for (m, metric) in metrics.iter().enumerate() {
+                builder.push(&info, metric, at, ((second + m as i64) % 100) as f64);
+            }
+        }
+        store
+            .write_idempotent(&format!("day-{slice}"), &group_by_gpu([&builder.build()]))
             .await
             .expect("store bench samples");
     }
@@ -145,11 +173,14 @@ async fn bench() {
         etcd.client().await,
         StoreConfig {
             prefix: prefix.clone(),
+            // The 24 h GPU's oldest bucket must not expire while the bench runs.
+            retention: Duration::from_secs(48 * 3600),
             ..StoreConfig::default()
         },
     );
     let now = TimestampMicros::now().0 / 1_000_000 * 1_000_000;
     let (start, end) = fill_bench_gpu(&store, now - 60_000_000).await;
+    let (day_start, day_end) = fill_day_gpu(&store, now - 60_000_000).await;
     fill_real_csv(&store, now).await;
 
     let shutdown = Shutdown::new();
@@ -195,11 +226,28 @@ async fn bench() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["count"],
-        248
+        249
     );
+    let day_window = format!(
+        "{base}/api/v1/gpus/{DAY_GPU}/telemetry?start_time={}&end_time={}&limit=1000",
+        TimestampMicros(day_start).to_rfc3339(),
+        TimestampMicros(day_end).to_rfc3339()
+    );
+    for order in ["asc", "desc"] {
+        let (status, body) = get(&client, &format!("{day_window}&order={order}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(page["count"], 1000, "{order}");
+        let expected_first = if order == "asc" { day_start } else { day_end };
+        assert_eq!(
+            page["entries"][0]["timestamp"],
+            TimestampMicros(expected_first).to_rfc3339(),
+            "{order}"
+        );
+    }
 
     let scenarios: Vec<(&str, Vec<String>, u64)> = vec![
-        ("list_gpus", vec![format!("{base}/api/v1/gpus")], 248),
+        ("list_gpus", vec![format!("{base}/api/v1/gpus")], 249),
         (
             "telemetry_first_page_10k",
             vec![pages[0].clone()],
@@ -210,6 +258,16 @@ async fn bench() {
             "telemetry_1h_window_step_1m_avg",
             vec![format!("{window}&step=1m&agg=avg")],
             60 * METRICS as u64,
+        ),
+        (
+            "telemetry_24h_window_first_page_1k_asc",
+            vec![format!("{day_window}&order=asc")],
+            1000,
+        ),
+        (
+            "telemetry_24h_window_first_page_1k_desc",
+            vec![format!("{day_window}&order=desc")],
+            1000,
         ),
     ];
     let mut report = BenchReport::new("gateway");

@@ -1,7 +1,7 @@
 //! Reading samples back: one GPU, an inclusive time window, optionally some metrics, in time order
 //! (ties by metric name), in pages with a resumable cursor. Only chunks overlapping the window are
 //! fetched: sealed-chunk keys carry their time range, so a keys-only scan picks the overlapping
-//! ones before any value is read.
+//! ones before any value is read, and a page reads them in its direction only until it is full.
 
 use std::sync::Arc;
 
@@ -88,26 +88,38 @@ pub struct StoredSample {
 pub struct SamplePage {
     pub samples: Vec<StoredSample>,
     pub next_cursor: Option<Cursor>,
+    /// Chunks read to answer (the open chunk counts as one).
+    pub chunks_read: usize,
 }
 
+/// A sealed chunk found by a keys-only scan: its key and the time range the key carries.
+#[derive(Debug, Clone)]
+struct SealedRef {
+    key: String,
+    start: i64,
+    end: i64,
+}
+
+/// Sealed chunks fetched in the first round trip of a page; later rounds are sized from the
+/// samples per chunk seen so far, up to [`MAX_FETCH`].
+const FIRST_FETCH: usize = 2;
+/// At most this many gets in one transaction (etcd's default `--max-txn-ops` is 128).
+const MAX_FETCH: usize = 64;
+
 impl TelemetryStore {
-    /// Samples of `uuid` in the inclusive window `[start, end]`, optionally only `metrics`,
-    /// ordered by (timestamp, metric name).
-    pub async fn read_window(
+    /// The chunks that may hold samples of `uuid` in `[start, end]`, from one consistent read: the
+    /// open chunk's bytes, and the sealed chunks whose key range overlaps the window, in key
+    /// (start time) order. No sealed value is read.
+    async fn scan(
         &self,
         uuid: &GpuUuid,
         start: i64,
         end: i64,
-        metrics: Option<&[MetricName]>,
-    ) -> Result<Vec<StoredSample>, StoreError> {
-        if start > end {
-            return Ok(Vec::new());
-        }
+    ) -> Result<(Option<Vec<u8>>, Vec<SealedRef>), StoreError> {
         let keys = self.keys();
-        let max_span = self.leases().bucket_us();
         // Sealed chunks never span more than one retention bucket, so any chunk overlapping the
         // window starts no earlier than one bucket before it.
-        let scan_from = start.saturating_sub(max_span);
+        let scan_from = start.saturating_sub(self.leases().bucket_us());
         let txn = Txn::new().and_then([
             TxnOp::get(keys.open_chunk(uuid), None),
             TxnOp::get(
@@ -125,26 +137,87 @@ impl TelemetryStore {
             source,
         })?;
         let responses = response.op_responses();
-        let mut chunks: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(TxnOpResponse::Get(get)) = responses.first() {
-            if let Some(kv) = get.kvs().first() {
-                chunks.push((keys.open_chunk(uuid), kv.value().to_vec()));
-            }
-        }
-        let overlapping: Vec<String> = match responses.get(1) {
+        let open = match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        };
+        let sealed = match responses.get(1) {
             Some(TxnOpResponse::Get(get)) => get
                 .kvs()
                 .iter()
-                .filter(|kv| parse_sealed(kv.key()).is_some_and(|(s, e)| e >= start && s <= end))
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .filter_map(|kv| {
+                    let (chunk_start, chunk_end) = parse_sealed(kv.key())?;
+                    (chunk_end >= start && chunk_start <= end).then(|| SealedRef {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        start: chunk_start,
+                        end: chunk_end,
+                    })
+                })
                 .collect(),
             _ => Vec::new(),
         };
-        if let (Some(first), Some(_)) = (overlapping.first(), overlapping.last()) {
+        Ok((open, sealed))
+    }
+
+    /// The values of `chunks` (one transaction of gets), in their order; `None` for a chunk whose
+    /// retention lease expired since the scan.
+    async fn fetch(&self, chunks: &[SealedRef]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let ops: Vec<TxnOp> = chunks
+            .iter()
+            .map(|chunk| TxnOp::get(chunk.key.clone(), None))
+            .collect();
+        let mut client = self.client().clone();
+        let response = client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|source| StoreError::Etcd {
+                operation: "read chunks",
+                source,
+            })?;
+        Ok(response
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Samples of `uuid` in the inclusive window `[start, end]`, optionally only `metrics`,
+    /// ordered by (timestamp, metric name). Reads every overlapping chunk: for whole windows
+    /// (aggregation); pages come from [`TelemetryStore::query`].
+    pub async fn read_window(
+        &self,
+        uuid: &GpuUuid,
+        start: i64,
+        end: i64,
+        metrics: Option<&[MetricName]>,
+    ) -> Result<Vec<StoredSample>, StoreError> {
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let (open, sealed) = self.scan(uuid, start, end).await?;
+        let names: Option<Vec<&str>> = metrics.map(|m| m.iter().map(MetricName::as_str).collect());
+        let mut samples = Vec::new();
+        if let Some(bytes) = open {
+            decode_into(
+                &mut samples,
+                self.keys().open_chunk(uuid),
+                &bytes,
+                start,
+                end,
+                names.as_deref(),
+            )?;
+        }
+        if let (Some(first), Some(_)) = (sealed.first(), sealed.last()) {
+            // One range read from the first overlapping chunk to the window's end; the few
+            // chunks in it that end before the window are skipped.
+            let mut client = self.client().clone();
             let got = client
                 .get(
-                    first.clone(),
-                    Some(GetOptions::new().with_range(keys.sealed_through(uuid, end))),
+                    first.key.clone(),
+                    Some(GetOptions::new().with_range(self.keys().sealed_through(uuid, end))),
                 )
                 .await
                 .map_err(|source| StoreError::Etcd {
@@ -153,36 +226,21 @@ impl TelemetryStore {
                 })?;
             for kv in got.kvs() {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
-                if overlapping.binary_search(&key).is_ok() {
-                    chunks.push((key, kv.value().to_vec()));
+                if sealed
+                    .binary_search_by(|c| c.key.as_str().cmp(&key))
+                    .is_ok()
+                {
+                    decode_into(&mut samples, key, kv.value(), start, end, names.as_deref())?;
                 }
             }
         }
-        let names: Option<Vec<&str>> = metrics.map(|m| m.iter().map(MetricName::as_str).collect());
-        let mut samples = Vec::new();
-        for (key, bytes) in chunks {
-            let chunk =
-                Chunk::decode(&bytes).map_err(|source| StoreError::CorruptChunk { key, source })?;
-            samples.extend(
-                chunk
-                    .samples_in(start, end, names.as_deref())
-                    .into_iter()
-                    .map(|s| StoredSample {
-                        timestamp: TimestampMicros(s.timestamp_us),
-                        metric: s.metric,
-                        value: s.value,
-                    }),
-            );
-        }
-        samples.sort_by(|a, b| {
-            a.timestamp
-                .cmp(&b.timestamp)
-                .then_with(|| a.metric.cmp(&b.metric))
-        });
+        sort_by_time(&mut samples);
         Ok(samples)
     }
 
-    /// One page of a query.
+    /// One page of a query. Sealed chunks are read in the page's direction, in rounds sized from
+    /// the samples per chunk seen so far, until `limit` samples are known to come before
+    /// everything still unread: a page costs about the chunks it returns, whatever the window.
     pub async fn query(
         &self,
         uuid: &GpuUuid,
@@ -199,21 +257,105 @@ impl TelemetryStore {
                 Order::Desc => end = end.min(cursor.timestamp.0),
             }
         }
-        let mut samples = self
-            .read_window(uuid, start, end, query.metrics.as_deref())
-            .await?;
-        if query.order == Order::Desc {
-            samples.reverse();
-        }
-        if let Some(cursor) = &query.cursor {
-            let after = cursor.key();
-            samples.retain(|s| {
-                let key = (s.timestamp.0, &*s.metric);
-                match query.order {
-                    Order::Asc => key > after,
-                    Order::Desc => key < after,
-                }
+        if start > end {
+            return Ok(SamplePage {
+                samples: Vec::new(),
+                next_cursor: None,
+                chunks_read: 0,
             });
+        }
+        let order = query.order;
+        let after_cursor = |sample: &StoredSample| match &query.cursor {
+            None => true,
+            Some(cursor) => {
+                let key = (sample.timestamp.0, &*sample.metric);
+                match order {
+                    Order::Asc => key > cursor.key(),
+                    Order::Desc => key < cursor.key(),
+                }
+            }
+        };
+        let (open, mut sealed) = self.scan(uuid, start, end).await?;
+        // Ascending, no unread chunk holds a sample before the next one's start; descending, none
+        // holds one after the next one's end.
+        if order == Order::Desc {
+            sealed.sort_by_key(|chunk| std::cmp::Reverse(chunk.end));
+        }
+        let bound = |chunk: &SealedRef| match order {
+            Order::Asc => chunk.start,
+            Order::Desc => chunk.end,
+        };
+        let settled = |sample: &StoredSample, bound: Option<i64>| match (order, bound) {
+            (_, None) => true,
+            (Order::Asc, Some(bound)) => sample.timestamp.0 < bound,
+            (Order::Desc, Some(bound)) => sample.timestamp.0 > bound,
+        };
+        let names: Option<Vec<&str>> = query
+            .metrics
+            .as_ref()
+            .map(|m| m.iter().map(MetricName::as_str).collect());
+        let mut samples = Vec::new();
+        let mut chunks_read = 0;
+        if let Some(bytes) = open {
+            decode_into(
+                &mut samples,
+                self.keys().open_chunk(uuid),
+                &bytes,
+                start,
+                end,
+                names.as_deref(),
+            )?;
+            chunks_read += 1;
+        }
+        let mut next = 0;
+        let mut round = FIRST_FETCH;
+        // The most samples a chunk lying wholly inside the window gave: how full the chunks
+        // ahead probably are (chunks cut by the window's ends, or sparse ones written over HTTP,
+        // would underestimate it).
+        let mut per_chunk = 0;
+        loop {
+            let unread_bound = sealed.get(next).map(bound);
+            if unread_bound.is_none() {
+                break;
+            }
+            let ready = samples
+                .iter()
+                .filter(|s| settled(s, unread_bound) && after_cursor(s))
+                .count();
+            if ready > query.limit {
+                break;
+            }
+            if next > 0 {
+                // As many chunks as the missing samples need at that fill, plus one; without an
+                // estimate yet, twice the last round.
+                round = match per_chunk {
+                    0 => round * 2,
+                    full => (query.limit + 1 - ready).div_ceil(full) + 1,
+                };
+            }
+            let batch = &sealed[next..(next + round.min(MAX_FETCH)).min(sealed.len())];
+            for (bytes, chunk) in self.fetch(batch).await?.into_iter().zip(batch) {
+                let Some(bytes) = bytes else { continue };
+                let added = decode_into(
+                    &mut samples,
+                    chunk.key.clone(),
+                    &bytes,
+                    start,
+                    end,
+                    names.as_deref(),
+                )?;
+                if chunk.start >= start && chunk.end <= end {
+                    per_chunk = per_chunk.max(added);
+                }
+                chunks_read += 1;
+            }
+            next += batch.len();
+        }
+        let unread_bound = sealed.get(next).map(bound);
+        samples.retain(|s| settled(s, unread_bound) && after_cursor(s));
+        sort_by_time(&mut samples);
+        if order == Order::Desc {
+            samples.reverse();
         }
         let next_cursor = if samples.len() > query.limit {
             samples.truncate(query.limit);
@@ -227,8 +369,43 @@ impl TelemetryStore {
         Ok(SamplePage {
             samples,
             next_cursor,
+            chunks_read,
         })
     }
+}
+
+/// Decodes one chunk and appends its samples in `[start, end]` (of `metrics`, if given); returns
+/// how many it appended.
+fn decode_into(
+    samples: &mut Vec<StoredSample>,
+    key: String,
+    bytes: &[u8],
+    start: i64,
+    end: i64,
+    metrics: Option<&[&str]>,
+) -> Result<usize, StoreError> {
+    let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk { key, source })?;
+    let before = samples.len();
+    samples.extend(
+        chunk
+            .samples_in(start, end, metrics)
+            .into_iter()
+            .map(|s| StoredSample {
+                timestamp: TimestampMicros(s.timestamp_us),
+                metric: s.metric,
+                value: s.value,
+            }),
+    );
+    Ok(samples.len() - before)
+}
+
+/// Orders samples by (timestamp, metric name).
+fn sort_by_time(samples: &mut [StoredSample]) {
+    samples.sort_by(|a, b| {
+        a.timestamp
+            .cmp(&b.timestamp)
+            .then_with(|| a.metric.cmp(&b.metric))
+    });
 }
 
 #[cfg(test)]

@@ -240,6 +240,122 @@ async fn windows_are_inclusive_and_pages_resume_exactly() {
     assert!(only.iter().all(|s| &*s.metric == util.as_str()));
 }
 
+/// Pages read their chunks in the page's direction and stop once the page is settled, also when a
+/// chunk written over HTTP overlaps the collector's chunks in time.
+#[tokio::test]
+async fn pages_read_only_the_chunks_they_need() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("paging"),
+            chunk_max_samples: 10,
+            ..StoreConfig::default()
+        },
+    );
+    let second = 1_000_000;
+    // One retention bucket (1 h), well inside retention, so only the sample count seals chunks.
+    let t0 = store.leases().bucket_of(now_us() - 3 * 3_600 * second) + second;
+    let info = GpuInfo::new(GpuUuid::parse("GPU-paging").unwrap());
+    let (a, b, c) = (
+        MetricName::parse("A").unwrap(),
+        MetricName::parse("B").unwrap(),
+        MetricName::parse("C").unwrap(),
+    );
+    // The collector path: 100 seconds of A and B, 10 samples per chunk: chunk k holds seconds
+    // 5k..5k+4; 19 sealed chunks and the open one.
+    let mut collected = GpuSamples {
+        info: info.clone(),
+        samples: Vec::new(),
+    };
+    for i in 0..100 {
+        for metric in [&a, &b] {
+            collected
+                .samples
+                .push((metric.clone(), TimestampMicros(t0 + i * second), i as f64));
+        }
+    }
+    let mut writer = StoreWriter::new(store.clone());
+    let group = BTreeMap::from([(info.uuid.clone(), collected)]);
+    let prepared = writer.prepare(&group).await.unwrap();
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    // An event posted over HTTP: metric C every 20 s across the whole span, one chunk that
+    // overlaps all the others.
+    let posted = GpuSamples {
+        info: info.clone(),
+        samples: (0..5)
+            .map(|i| (c.clone(), TimestampMicros(t0 + 20 * i * second), -1.0))
+            .collect(),
+    };
+    store
+        .write_idempotent("e1", &BTreeMap::from([(info.uuid.clone(), posted)]))
+        .await
+        .unwrap();
+
+    let everything = store
+        .query(
+            &info.uuid,
+            &SampleQuery {
+                limit: 10_000,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(everything.samples.len(), 205);
+    assert_eq!(
+        everything.chunks_read, 21,
+        "19 sealed + the open one + the posted one"
+    );
+
+    for order in [Order::Asc, Order::Desc] {
+        let mut pages = Vec::new();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .query(
+                    &info.uuid,
+                    &SampleQuery {
+                        limit: 15,
+                        cursor: cursor.clone(),
+                        order,
+                        ..SampleQuery::default()
+                    },
+                )
+                .await
+                .unwrap();
+            pages.push((page.samples.len(), page.chunks_read));
+            seen.extend(page.samples);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected = everything.samples.clone();
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{order:?}: every sample once, in order");
+        assert_eq!(pages.len(), 14, "{order:?}: 205 samples in pages of 15");
+        // The first page. Ascending: the open chunk, then a first round of 2 sealed chunks (the
+        // posted one, which starts first, and seconds 0-4): 10 samples + 1 of C before second 5
+        // is not yet a page; those 2 chunks held 15 samples, so the 5 missing need 1 chunk,
+        // plus 1 (seconds 5-14). Descending: the open chunk and the 2 chunks ending last
+        // (seconds 85-94) already settle 30 samples; the posted one ends at second 80.
+        let first_page = match order {
+            Order::Asc => (15, 1 + 2 + 2),
+            Order::Desc => (15, 1 + 2),
+        };
+        assert_eq!(pages[0], first_page, "{order:?}");
+        // A later page reads at most the open chunk, then the posted one and the chunk its
+        // cursor cuts (neither tells how full the chunks ahead are), then a round of 4: never
+        // the 21 chunks of the whole history.
+        let most = pages.iter().map(|(_, read)| *read).max().unwrap();
+        assert_eq!(most, 1 + 2 + 4, "{order:?}: {pages:?}");
+    }
+}
+
 #[tokio::test]
 async fn idempotent_writes_do_not_duplicate_on_replay() {
     let etcd = EtcdHarness::start().await;
