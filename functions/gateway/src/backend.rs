@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use telemetry_model::GpuUuid;
-use telemetry_store::{
-    aggregate, Cursor, GpuRecord, Order, SampleQuery, StoreConfig, StoredSample, TelemetryStore,
-};
+use telemetry_store::{aggregate, GpuRecord, StoreConfig, TelemetryStore};
 
 use crate::config::GatewayArgs;
 use crate::dcgm_fields::dcgm_field;
@@ -128,33 +126,25 @@ impl Backend {
         request: &TelemetryRequest,
     ) -> Result<TelemetryPage, ApiError> {
         let record = self.record(id).await?;
+        let query = &request.query;
         let (samples, next_cursor) = match request.aggregation {
             None => {
-                let query = SampleQuery {
-                    start: request.start,
-                    end: request.end,
-                    metrics: request.metrics.clone(),
-                    limit: request.limit,
-                    cursor: request.cursor.clone(),
-                    order: request.order,
-                };
                 let page = self
-                    .bounded("read telemetry", self.store.query(id, &query))
+                    .bounded("read telemetry", self.store.query(id, query))
                     .await?;
                 (page.samples, page.next_cursor)
             }
             Some((step_us, aggregation)) => {
-                let start = request.start.map(|t| t.0).unwrap_or(i64::MIN);
-                let end = request.end.map(|t| t.0).unwrap_or(i64::MAX);
+                let start = query.start.map(|t| t.0).unwrap_or(i64::MIN);
+                let end = query.end.map(|t| t.0).unwrap_or(i64::MAX);
                 let samples = self
                     .bounded(
                         "read telemetry",
                         self.store
-                            .read_window(id, start, end, request.metrics.as_deref()),
+                            .read_window(id, start, end, query.metrics.as_deref()),
                     )
                     .await?;
-                let buckets = aggregate(&samples, step_us, aggregation);
-                page_of(buckets, request)
+                query.page(aggregate(&samples, step_us, aggregation))
             }
         };
         let entries: Vec<TelemetryEntry> = samples.iter().map(TelemetryEntry::from).collect();
@@ -232,38 +222,6 @@ impl Backend {
     }
 }
 
-/// Applies order, cursor and limit to entries sorted ascending by (timestamp, metric), the same
-/// way the store pages raw samples, so both kinds of query page alike.
-fn page_of(
-    mut entries: Vec<StoredSample>,
-    request: &TelemetryRequest,
-) -> (Vec<StoredSample>, Option<Cursor>) {
-    if request.order == Order::Desc {
-        entries.reverse();
-    }
-    if let Some(cursor) = &request.cursor {
-        let after = (cursor.timestamp.0, cursor.metric.as_str());
-        entries.retain(|s| {
-            let key = (s.timestamp.0, &*s.metric);
-            match request.order {
-                Order::Asc => key > after,
-                Order::Desc => key < after,
-            }
-        });
-    }
-    if entries.len() <= request.limit {
-        return (entries, None);
-    }
-    entries.truncate(request.limit);
-    let next = entries.last().and_then(|s| {
-        Some(Cursor {
-            timestamp: s.timestamp,
-            metric: telemetry_model::MetricName::parse(&s.metric).ok()?,
-        })
-    });
-    (entries, next)
-}
-
 /// The API's view of its backend: connected, or still connecting (then every API call is 503).
 #[derive(Clone, Default)]
 pub struct ApiState {
@@ -294,68 +252,6 @@ impl ApiState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc as StdArc;
-    use telemetry_model::{MetricName, TimestampMicros};
-
-    fn sample(ts: i64, metric: &str) -> StoredSample {
-        StoredSample {
-            timestamp: TimestampMicros(ts),
-            metric: StdArc::from(metric),
-            value: ts as f64,
-        }
-    }
-
-    fn keys(samples: &[StoredSample]) -> Vec<(i64, String)> {
-        samples
-            .iter()
-            .map(|s| (s.timestamp.0, s.metric.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn paging_buckets_visits_each_once_in_both_orders() {
-        let all: Vec<StoredSample> = (0..5)
-            .flat_map(|t| [sample(t, "A"), sample(t, "B")])
-            .collect();
-        for order in [Order::Asc, Order::Desc] {
-            let mut request = TelemetryRequest {
-                limit: 3,
-                order,
-                ..TelemetryRequest::default()
-            };
-            let mut seen = Vec::new();
-            let mut pages = 0;
-            loop {
-                let (page, next) = page_of(all.clone(), &request);
-                pages += 1;
-                seen.extend(keys(&page));
-                match next {
-                    Some(cursor) => request.cursor = Some(cursor),
-                    None => break,
-                }
-            }
-            let mut expected = keys(&all);
-            if order == Order::Desc {
-                expected.reverse();
-            }
-            assert_eq!(seen, expected, "{order:?}");
-            assert_eq!(pages, 4, "10 entries in pages of 3");
-        }
-    }
-
-    #[test]
-    fn a_cursor_past_the_end_gives_an_empty_last_page() {
-        let request = TelemetryRequest {
-            cursor: Some(Cursor {
-                timestamp: TimestampMicros(9),
-                metric: MetricName::parse("Z").unwrap(),
-            }),
-            ..TelemetryRequest::default()
-        };
-        let (page, next) = page_of(vec![sample(1, "A")], &request);
-        assert!(page.is_empty());
-        assert_eq!(next, None);
-    }
 
     #[test]
     fn an_unconnected_state_answers_not_connected() {

@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use serde::Serialize;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
-use telemetry_store::{Aggregation, Cursor, Order};
+use telemetry_store::{Aggregation, Cursor, Order, SampleQuery};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -166,13 +166,8 @@ pub struct TelemetryParams {
 /// A validated telemetry query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryRequest {
-    pub start: Option<TimestampMicros>,
-    pub end: Option<TimestampMicros>,
-    /// `None`: every metric.
-    pub metrics: Option<Vec<MetricName>>,
-    pub limit: usize,
-    pub cursor: Option<Cursor>,
-    pub order: Order,
+    /// Window, metrics (`None`: every metric), limit, cursor and order, as the store takes them.
+    pub query: SampleQuery,
     /// Step (µs) and aggregation, when downsampling.
     pub aggregation: Option<(i64, Aggregation)>,
 }
@@ -180,12 +175,10 @@ pub struct TelemetryRequest {
 impl Default for TelemetryRequest {
     fn default() -> Self {
         TelemetryRequest {
-            start: None,
-            end: None,
-            metrics: None,
-            limit: DEFAULT_LIMIT,
-            cursor: None,
-            order: Order::Asc,
+            query: SampleQuery {
+                limit: DEFAULT_LIMIT,
+                ..SampleQuery::default()
+            },
             aggregation: None,
         }
     }
@@ -304,12 +297,14 @@ impl TelemetryParams {
             }
         };
         Ok(TelemetryRequest {
-            start,
-            end,
-            metrics,
-            limit,
-            cursor,
-            order,
+            query: SampleQuery {
+                start,
+                end,
+                metrics,
+                limit,
+                cursor,
+                order,
+            },
             aggregation,
         })
     }
@@ -514,19 +509,19 @@ mod tests {
         )
         .validate()
         .unwrap();
-        assert_eq!(ok.start, Some(TimestampMicros(10_000_000)));
-        assert_eq!(ok.end, Some(TimestampMicros(10_000_000)));
+        assert_eq!(ok.query.start, Some(TimestampMicros(10_000_000)));
+        assert_eq!(ok.query.end, Some(TimestampMicros(10_000_000)));
         assert_eq!(
-            ok.metrics,
+            ok.query.metrics,
             Some(vec![
                 MetricName::parse("A").unwrap(),
                 MetricName::parse("B").unwrap()
             ])
         );
-        assert_eq!(ok.limit, 10_000);
-        assert_eq!(ok.order, Order::Desc);
+        assert_eq!(ok.query.limit, 10_000);
+        assert_eq!(ok.query.order, Order::Desc);
         assert_eq!(ok.aggregation, Some((60_000_000, Aggregation::Max)));
-        assert_eq!(ok.cursor.unwrap().timestamp, TimestampMicros(5));
+        assert_eq!(ok.query.cursor.unwrap().timestamp, TimestampMicros(5));
         assert_eq!(
             params("step=10s").validate().unwrap().aggregation,
             Some((10_000_000, Aggregation::Avg))

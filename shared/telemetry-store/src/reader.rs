@@ -43,8 +43,14 @@ impl Cursor {
         })
     }
 
-    fn key(&self) -> (i64, &str) {
-        (self.timestamp.0, self.metric.as_str())
+    /// Whether `sample` comes after this cursor in `order` (belongs to the next page).
+    fn precedes(&self, sample: &StoredSample, order: Order) -> bool {
+        let cursor = (self.timestamp.0, self.metric.as_str());
+        let sample = (sample.timestamp.0, &*sample.metric);
+        match order {
+            Order::Asc => sample > cursor,
+            Order::Desc => sample < cursor,
+        }
     }
 }
 
@@ -72,6 +78,29 @@ impl Default for SampleQuery {
             cursor: None,
             order: Order::Asc,
         }
+    }
+}
+
+impl SampleQuery {
+    /// Applies this query's order, cursor and limit to samples sorted ascending by (timestamp,
+    /// metric): the page and the cursor of the next one. Raw samples and aggregated buckets page
+    /// alike through it.
+    pub fn page(&self, mut sorted: Vec<StoredSample>) -> (Vec<StoredSample>, Option<Cursor>) {
+        if self.order == Order::Desc {
+            sorted.reverse();
+        }
+        if let Some(cursor) = &self.cursor {
+            sorted.retain(|s| cursor.precedes(s, self.order));
+        }
+        if sorted.len() <= self.limit {
+            return (sorted, None);
+        }
+        sorted.truncate(self.limit);
+        let next = sorted.last().map(|s| Cursor {
+            timestamp: s.timestamp,
+            metric: MetricName::parse(&s.metric).expect("stored metric names are valid"),
+        });
+        (sorted, next)
     }
 }
 
@@ -265,15 +294,11 @@ impl TelemetryStore {
             });
         }
         let order = query.order;
-        let after_cursor = |sample: &StoredSample| match &query.cursor {
-            None => true,
-            Some(cursor) => {
-                let key = (sample.timestamp.0, &*sample.metric);
-                match order {
-                    Order::Asc => key > cursor.key(),
-                    Order::Desc => key < cursor.key(),
-                }
-            }
+        let after_cursor = |sample: &StoredSample| {
+            query
+                .cursor
+                .as_ref()
+                .is_none_or(|cursor| cursor.precedes(sample, order))
         };
         let (open, mut sealed) = self.scan(uuid, start, end).await?;
         // Ascending, no unread chunk holds a sample before the next one's start; descending, none
@@ -352,20 +377,9 @@ impl TelemetryStore {
             next += batch.len();
         }
         let unread_bound = sealed.get(next).map(bound);
-        samples.retain(|s| settled(s, unread_bound) && after_cursor(s));
+        samples.retain(|s| settled(s, unread_bound));
         sort_by_time(&mut samples);
-        if order == Order::Desc {
-            samples.reverse();
-        }
-        let next_cursor = if samples.len() > query.limit {
-            samples.truncate(query.limit);
-            samples.last().map(|s| Cursor {
-                timestamp: s.timestamp,
-                metric: MetricName::parse(&s.metric).expect("stored metric names are valid"),
-            })
-        } else {
-            None
-        };
+        let (samples, next_cursor) = query.page(samples);
         Ok(SamplePage {
             samples,
             next_cursor,
@@ -411,6 +425,66 @@ fn sort_by_time(samples: &mut [StoredSample]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(ts: i64, metric: &str) -> StoredSample {
+        StoredSample {
+            timestamp: TimestampMicros(ts),
+            metric: Arc::from(metric),
+            value: ts as f64,
+        }
+    }
+
+    fn keys(samples: &[StoredSample]) -> Vec<(i64, String)> {
+        samples
+            .iter()
+            .map(|s| (s.timestamp.0, s.metric.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn paging_visits_each_sample_once_in_both_orders() {
+        let all: Vec<StoredSample> = (0..5)
+            .flat_map(|t| [sample(t, "A"), sample(t, "B")])
+            .collect();
+        for order in [Order::Asc, Order::Desc] {
+            let mut query = SampleQuery {
+                limit: 3,
+                order,
+                ..SampleQuery::default()
+            };
+            let mut seen = Vec::new();
+            let mut pages = 0;
+            loop {
+                let (page, next) = query.page(all.clone());
+                pages += 1;
+                seen.extend(keys(&page));
+                match next {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+            let mut expected = keys(&all);
+            if order == Order::Desc {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "{order:?}");
+            assert_eq!(pages, 4, "10 samples in pages of 3");
+        }
+    }
+
+    #[test]
+    fn a_cursor_past_the_end_gives_an_empty_last_page() {
+        let query = SampleQuery {
+            cursor: Some(Cursor {
+                timestamp: TimestampMicros(9),
+                metric: MetricName::parse("Z").unwrap(),
+            }),
+            ..SampleQuery::default()
+        };
+        let (page, next) = query.page(vec![sample(1, "A")]);
+        assert!(page.is_empty());
+        assert_eq!(next, None);
+    }
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
