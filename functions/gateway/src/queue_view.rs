@@ -1,9 +1,8 @@
-//! Read-only access to the queue's status. `Queue::open` creates a missing topic, which a reader
-//! must never do: the topic's metadata key is checked first and a missing topic is reported as
-//! such. An existing topic is opened once (with its stored partition count) and reused.
+//! Read-only access to the queue's status: the topic is attached (`Queue::attach` writes nothing;
+//! the stored partition count wins), once it exists, and reused.
 
-use etcd_client::{Client, GetOptions};
-use etcd_queue::{Queue, QueueConfig, QueueError, QueueKeys, QueueStatus};
+use etcd_client::Client;
+use etcd_queue::{Queue, QueueConfig, QueueError, QueueStatus};
 use tokio::sync::OnceCell;
 
 /// The queue status as the gateway sees it: `None` until the topic exists.
@@ -32,41 +31,12 @@ impl QueueView {
         if let Some(queue) = self.opened.get() {
             return queue.status().await.map(Some);
         }
-        if !self.topic_exists().await? {
-            return Ok(None);
+        match Queue::attach(self.client.clone(), self.config.clone()).await? {
+            None => Ok(None),
+            Some(queue) => {
+                let queue = self.opened.get_or_init(|| async { queue }).await;
+                queue.status().await.map(Some)
+            }
         }
-        let queue = self
-            .opened
-            .get_or_try_init(|| async {
-                match Queue::open(self.client.clone(), self.config.clone()).await {
-                    // The stored partition count wins: the gateway only reads.
-                    Err(QueueError::PartitionMismatch { stored, .. }) => {
-                        Queue::open(
-                            self.client.clone(),
-                            QueueConfig {
-                                partitions: stored,
-                                ..self.config.clone()
-                            },
-                        )
-                        .await
-                    }
-                    other => other,
-                }
-            })
-            .await?;
-        queue.status().await.map(Some)
-    }
-
-    async fn topic_exists(&self) -> Result<bool, QueueError> {
-        let keys = QueueKeys::new(&self.config.prefix, &self.config.topic)?;
-        let mut client = self.client.clone();
-        let response = client
-            .get(keys.meta(), Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|source| QueueError::Etcd {
-                operation: "read topic metadata",
-                source,
-            })?;
-        Ok(response.count() > 0)
     }
 }

@@ -46,6 +46,15 @@ struct TopicMeta {
     version: u32,
 }
 
+impl TopicMeta {
+    fn parse(keys: &QueueKeys, stored: &[u8]) -> Result<Self, QueueError> {
+        serde_json::from_slice(stored).map_err(|e| QueueError::CorruptMetadata {
+            key: keys.meta(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// A handle on one topic and its consumer group. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -121,11 +130,7 @@ impl Queue {
                 _ => None,
             }
             .unwrap_or_default();
-            let stored: TopicMeta =
-                serde_json::from_slice(&stored).map_err(|e| QueueError::CorruptMetadata {
-                    key: keys.meta(),
-                    reason: e.to_string(),
-                })?;
+            let stored = TopicMeta::parse(&keys, &stored)?;
             if stored.partitions != config.partitions {
                 return Err(QueueError::PartitionMismatch {
                     topic: config.topic.clone(),
@@ -144,6 +149,34 @@ impl Queue {
         };
         queue.ensure_offsets().await?;
         Ok(queue)
+    }
+
+    /// Attaches to an existing topic without writing anything, for readers such as a status page:
+    /// the stored partition count wins over `config.partitions`. `None` if no producer or
+    /// consumer has created the topic yet. Producing or consuming through an attached queue is
+    /// possible once the group's offsets exist, which [`Queue::open`] guarantees.
+    pub async fn attach(client: Client, config: QueueConfig) -> Result<Option<Self>, QueueError> {
+        let keys = QueueKeys::new(&config.prefix, &config.topic)?;
+        let group = keys.group(&config.group)?;
+        let response = retry("read topic", config.retry_budget, || {
+            let mut client = client.clone();
+            let key = keys.meta();
+            async move { client.get(key, None).await }
+        })
+        .await?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let stored = TopicMeta::parse(&keys, kv.value())?;
+        Ok(Some(Queue {
+            client,
+            config: QueueConfig {
+                partitions: stored.partitions,
+                ..config
+            },
+            keys,
+            group,
+        }))
     }
 
     /// Every partition's committed offset exists (as "0" until the first commit), so commits can

@@ -49,6 +49,53 @@ async fn topic_partition_count_is_fixed_at_creation() {
     );
 }
 
+/// A reader attaches without writing: nothing for a missing topic, the stored partition count
+/// for an existing one, and etcd's revision unchanged either way.
+#[tokio::test]
+async fn attaching_reads_the_topic_and_writes_nothing() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("attach");
+    let mut client = etcd.client().await;
+    let revision = |response: etcd_client::GetResponse| response.header().unwrap().revision();
+
+    let before = revision(client.get("/", None).await.unwrap());
+    let missing = Queue::attach(client.clone(), config(&prefix))
+        .await
+        .unwrap();
+    assert!(missing.is_none());
+    let keys = client
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys.count(), 0, "a missing topic is not created");
+    assert_eq!(revision(keys), before, "nothing was written");
+
+    Queue::open(client.clone(), config(&prefix)).await.unwrap();
+    let before = revision(client.get("/", None).await.unwrap());
+    let attached = Queue::attach(
+        client.clone(),
+        QueueConfig {
+            partitions: 32,
+            ..config(&prefix)
+        },
+    )
+    .await
+    .unwrap()
+    .expect("the topic exists");
+    assert_eq!(attached.config().partitions, 16, "the stored count wins");
+    let status = attached.status().await.unwrap();
+    assert_eq!(status.partitions.len(), 16);
+    assert_eq!(status.depth, 0);
+    assert_eq!(
+        revision(client.get("/", None).await.unwrap()),
+        before,
+        "attaching and reading the status wrote nothing"
+    );
+}
+
 #[tokio::test]
 async fn per_partition_order_is_publish_order_across_producers() {
     let etcd = EtcdHarness::start().await;
