@@ -419,7 +419,7 @@ impl Session<'_> {
     /// Nothing to stream: waits until the group changes (a member joins or leaves, a shard is
     /// released or advances), the lease is lost, or the streamer stops.
     async fn wait_for_change(&mut self, revision: i64) {
-        let root = group_root(&self.keys);
+        let root = self.keys.prefix();
         match ChangeFeed::open(&self.client, &[root], &[], revision + 1).await {
             Ok(mut feed) => {
                 tokio::select! {
@@ -930,15 +930,6 @@ async fn publish(
     }
 }
 
-/// The key prefix of the whole work group (members, owners, states), for watching it.
-fn group_root(keys: &WorkGroupKeys) -> String {
-    let states = keys.item_states_prefix();
-    states
-        .strip_suffix("state/")
-        .map(str::to_string)
-        .unwrap_or(states)
-}
-
 #[cfg(test)]
 mod tests {
     use etcd_client::CompareOp;
@@ -1049,15 +1040,6 @@ mod tests {
             size = size.with(&part(&keys, shard, 1));
         }
         assert!(!size.fits(), "72 parts do not: {size:?}");
-    }
-
-    #[test]
-    fn group_root_covers_members_owners_and_states() {
-        let keys = WorkGroupKeys::new("/gpu-telemetry", WORK_GROUP).unwrap();
-        let root = group_root(&keys);
-        assert_eq!(root, "/gpu-telemetry/streamers/");
-        assert!(keys.owner(3).starts_with(&root));
-        assert!(keys.item_state(3).starts_with(&root));
     }
 
     #[test]

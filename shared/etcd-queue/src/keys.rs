@@ -138,6 +138,11 @@ impl WorkGroupKeys {
         })
     }
 
+    /// The prefix of every key of the group (members, owners, item states), for watching it.
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.root)
+    }
+
     pub(crate) fn members_prefix(&self) -> String {
         format!("{}/member/", self.root)
     }
@@ -212,6 +217,17 @@ pub fn validate_member_id(id: &str) -> Result<(), QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_work_group_prefix_covers_its_members_owners_and_states() {
+        let keys = WorkGroupKeys::new("/gpu-telemetry", "streamers").unwrap();
+        assert_eq!(keys.prefix(), "/gpu-telemetry/streamers/");
+        for key in [keys.member("m1"), keys.owner(3), keys.item_state(3)] {
+            assert!(key.starts_with(&keys.prefix()), "{key}");
+        }
+        let other = WorkGroupKeys::new("/gpu-telemetry", "streamers2").unwrap();
+        assert!(!other.owner(3).starts_with(&keys.prefix()));
+    }
 
     #[test]
     fn layout_is_stable() {
