@@ -1,5 +1,6 @@
 //! Collector benchmark: samples/s consumed and persisted by one collector from a real etcd, next to
-//! raw etcd writes of the same message bytes in the same run, and stored bytes per sample.
+//! raw etcd writes of the same message bytes in the same run, stored bytes per sample, and the
+//! registry's bytes and puts.
 //! Writes `target/bench/collector.json`. Run with `cargo bench -p collector`.
 
 #[path = "../tests/common/mod.rs"]
@@ -31,6 +32,9 @@ fn main() {
         let mut rates = Vec::new();
         let mut raw_rates = Vec::new();
         let mut bytes_per_sample = Vec::new();
+        let mut registry_bytes = Vec::new();
+        let mut registry_puts = Vec::new();
+        let mut chunk_puts = Vec::new();
         for _ in 0..RUNS {
             let prefix = unique_prefix("bench-collector");
             let queue = Queue::open(client.clone(), common::queue_config(&prefix)).await.unwrap();
@@ -81,9 +85,17 @@ fn main() {
             raw_rates.push(samples as f64 / raw_elapsed.as_secs_f64());
             let footprint = store.footprint().await.unwrap();
             bytes_per_sample.push(footprint.chunk_value_bytes as f64 / footprint.samples as f64);
+            registry_bytes.push(footprint.registry_value_bytes as f64);
+            // Nothing under the store expired or was deleted during the run, so the sum of the
+            // keys' versions is the number of puts each part of the store made.
+            let registry = puts_under(&mut c, store.keys().gpus_prefix()).await;
+            let chunks = puts_under(&mut c, store.keys().chunks_prefix()).await;
+            registry_puts.push(registry as f64);
+            chunk_puts.push(chunks as f64);
             println!(
-                "run: {samples} samples in {elapsed:?} ({:.0}/s); raw puts of the {message_bytes} message bytes in {raw_elapsed:?}",
-                samples as f64 / elapsed.as_secs_f64()
+                "run: {samples} samples in {elapsed:?} ({:.0}/s); raw puts of the {message_bytes} message bytes in {raw_elapsed:?}; registry {} bytes, {registry} puts (chunks {chunks} puts)",
+                samples as f64 / elapsed.as_secs_f64(),
+                footprint.registry_value_bytes
             );
         }
         report.add(json!({
@@ -95,7 +107,25 @@ fn main() {
             "raw_put_same_bytes_samples_per_s": median(&raw_rates),
             "collector_vs_raw": median(&rates) / median(&raw_rates),
             "stored_value_bytes_per_sample": median(&bytes_per_sample),
+            "registry_value_bytes": median(&registry_bytes),
+            "registry_puts": median(&registry_puts),
+            "chunk_puts": median(&chunk_puts),
         }));
         report.write();
     });
+}
+
+/// Puts made under `prefix`: the sum of its keys' versions.
+async fn puts_under(client: &mut etcd_client::Client, prefix: String) -> i64 {
+    client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| kv.version())
+        .sum()
 }

@@ -228,7 +228,8 @@ fn fitting_prefix(decoded: &[Decoded]) -> usize {
         }
         let ops = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead + OPS_PER_GPU * gpus.len();
         let compares = COMMIT_RESERVED_COMPARES + COMPARES_PER_GPU * gpus.len();
-        // Each GPU rewrites its open chunk and record and may seal one chunk: ~24 KiB worst case.
+        // Each GPU rewrites its open chunk and seen value and may seal one chunk and rewrite its
+        // identity: ~24 KiB worst case. At 4 operations per GPU a commit holds up to 31 GPUs.
         let request = bytes + gpus.len() * 24 * 1024;
         if ops > MAX_TXN_OPS || compares > MAX_TXN_OPS || request > COMMIT_MAX_BYTES {
             return i;

@@ -2,7 +2,8 @@
 //! documents the same layout.
 //!
 //! ```text
-//! {prefix}/store/gpu/{uuid}                                   GPU registry record (JSON)
+//! {prefix}/store/gpu/{uuid}                                   GPU identity: info, first seen, metric names, bucket (JSON)
+//! {prefix}/store/gpu/{uuid}/seen                              GPU last seen and latest values (binary), rewritten per commit
 //! {prefix}/store/chunk/{uuid}/open                            the GPU's open chunk, rewritten per commit
 //! {prefix}/store/chunk/{uuid}/s/{start:020}-{end:020}-{tag}   a sealed (immutable) chunk
 //! {prefix}/store/retention/{bucket_start:020}                 lease id of a retention bucket
@@ -11,6 +12,10 @@
 //! chunk's tag says who wrote it: `q` (sealed from the open chunk), `m{partition}.{offset}` (a queue
 //! message too large for one transaction) or `e{hash}` (an event posted over HTTP); tags derived
 //! from message and event ids make replays rewrite the same keys.
+//!
+//! Both registry keys of a GPU live under `gpu/`, so one range read lists every GPU. They are not
+//! always adjacent in that range: `-` sorts before `/`, so `GPU-1-2` comes between `GPU-1` and
+//! `GPU-1/seen`. Readers group them by the UUID [`StoreKeys::parse_gpu_key`] returns.
 
 use telemetry_model::GpuUuid;
 
@@ -31,8 +36,26 @@ impl StoreKeys {
         format!("{}/gpu/", self.root)
     }
 
+    /// A GPU's identity record.
     pub fn gpu(&self, uuid: &GpuUuid) -> String {
         format!("{}/gpu/{}", self.root, uuid.as_str())
+    }
+
+    /// A GPU's seen value: last seen and latest values.
+    pub fn gpu_seen(&self, uuid: &GpuUuid) -> String {
+        format!("{}/gpu/{}/{SEEN_SUFFIX}", self.root, uuid.as_str())
+    }
+
+    /// Which registry key `key` (from a range read of [`StoreKeys::gpus_prefix`]) is, and the
+    /// UUID it belongs to. `None` for a key of neither kind.
+    pub fn parse_gpu_key<'a>(&self, key: &'a [u8]) -> Option<(&'a str, GpuKey)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/gpu/")?;
+        match rest.split_once('/') {
+            None => Some((rest, GpuKey::Identity)),
+            Some((uuid, SEEN_SUFFIX)) => Some((uuid, GpuKey::Seen)),
+            Some(_) => None,
+        }
     }
 
     pub fn chunks_prefix(&self) -> String {
@@ -78,6 +101,17 @@ impl StoreKeys {
     }
 }
 
+const SEEN_SUFFIX: &str = "seen";
+
+/// The two registry keys of a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuKey {
+    /// `gpu/{uuid}`: the identity record.
+    Identity,
+    /// `gpu/{uuid}/seen`: last seen and latest values.
+    Seen,
+}
+
 /// Times before the epoch sort as the epoch (they never come from the streamer).
 fn key_time(us: i64) -> u64 {
     us.max(0) as u64
@@ -102,6 +136,9 @@ mod tests {
         let keys = StoreKeys::new("/gpu-telemetry");
         let gpu = GpuUuid::parse("GPU-1").unwrap();
         assert_eq!(keys.gpu(&gpu), "/gpu-telemetry/store/gpu/GPU-1");
+        assert_eq!(keys.gpu_seen(&gpu), "/gpu-telemetry/store/gpu/GPU-1/seen");
+        assert!(keys.gpu(&gpu).starts_with(&keys.gpus_prefix()));
+        assert!(keys.gpu_seen(&gpu).starts_with(&keys.gpus_prefix()));
         assert_eq!(
             keys.open_chunk(&gpu),
             "/gpu-telemetry/store/chunk/GPU-1/open"
@@ -115,5 +152,35 @@ mod tests {
         assert!(keys.sealed_from(&gpu, 5) <= sealed && sealed < keys.sealed_through(&gpu, 5));
         assert!(sealed < keys.sealed_from(&gpu, 6));
         assert!(keys.sealed_chunk(&gpu, 10, 11, "q") > keys.sealed_chunk(&gpu, 9, 1000, "q"));
+    }
+
+    #[test]
+    fn registry_keys_parse_by_suffix_not_by_adjacency() {
+        let keys = StoreKeys::new("/gpu-telemetry/");
+        let one = GpuUuid::parse("GPU-1").unwrap();
+        let other = GpuUuid::parse("GPU-1-2").unwrap();
+        // Another GPU's key sorts between a GPU's identity and its seen key.
+        let mut sorted = [keys.gpu(&one), keys.gpu_seen(&one), keys.gpu(&other)];
+        sorted.sort();
+        assert_eq!(sorted[1], keys.gpu(&other));
+        assert_eq!(
+            keys.parse_gpu_key(keys.gpu(&one).as_bytes()),
+            Some(("GPU-1", GpuKey::Identity))
+        );
+        assert_eq!(
+            keys.parse_gpu_key(keys.gpu_seen(&one).as_bytes()),
+            Some(("GPU-1", GpuKey::Seen))
+        );
+        assert_eq!(
+            keys.parse_gpu_key(keys.gpu(&other).as_bytes()),
+            Some(("GPU-1-2", GpuKey::Identity))
+        );
+        for foreign in [
+            "/gpu-telemetry/store/gpu/GPU-1/other",
+            "/gpu-telemetry/store/chunk/GPU-1/open",
+            "/elsewhere/store/gpu/GPU-1",
+        ] {
+            assert_eq!(keys.parse_gpu_key(foreign.as_bytes()), None, "{foreign}");
+        }
     }
 }

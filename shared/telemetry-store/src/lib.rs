@@ -1,6 +1,8 @@
 //! The telemetry store in etcd: a registry of GPUs and compressed, time-bucketed chunks of samples
 //! per GPU, expiring on their own after a retention period. This crate is the only code that knows
-//! the store's key layout ([`keys`]).
+//! the store's key layout ([`keys`]). A GPU's registry record is kept as two keys, a rarely
+//! rewritten identity ([`GpuIdentity`]) and a small value rewritten on every commit
+//! ([`GpuRecord::encode_seen`]); reads merge them.
 //!
 //! Writes come in two forms. The collector's normal path ([`StoreWriter`]) turns a delivery's
 //! samples into a fence for the queue commit: samples, offset and message deletion land in one
@@ -20,15 +22,17 @@ mod writer;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use telemetry_model::{GpuUuid, MetricName};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use chunk::*;
 pub use error::StoreError;
-pub use keys::StoreKeys;
+pub use keys::{GpuKey, StoreKeys};
 pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample};
-pub use record::{GpuRecord, LatestValue};
+pub use record::{GpuIdentity, GpuRecord, LatestValue};
 pub use retention::RetentionLeases;
 pub use writer::{
     group_by_gpu, id_hash, GpuSamples, PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU,
@@ -73,6 +77,7 @@ pub struct StoreFootprint {
     pub samples: u64,
     pub chunk_value_bytes: u64,
     pub chunk_key_bytes: u64,
+    /// Both registry keys of every GPU: identity records and seen values.
     pub registry_value_bytes: u64,
 }
 
@@ -118,7 +123,7 @@ impl TelemetryStore {
         &self.leases
     }
 
-    /// Every GPU in the registry (one range read), in key (UUID) order.
+    /// Every GPU in the registry (one range read over both registry keys), in UUID order.
     pub async fn list_gpus(&self) -> Result<Vec<GpuRecord>, StoreError> {
         let mut client = self.client.clone();
         let response = client
@@ -131,39 +136,54 @@ impl TelemetryStore {
                 operation: "list GPUs",
                 source,
             })?;
-        response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| StoreError::CorruptRecord {
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect()
+        self.records_from(response.kvs())
     }
 
-    /// One GPU's record, if it has telemetry.
+    /// One GPU's record, if it has telemetry (one transaction reading both registry keys).
     pub async fn gpu(&self, uuid: &GpuUuid) -> Result<Option<GpuRecord>, StoreError> {
         let mut client = self.client.clone();
-        let key = self.keys.gpu(uuid);
         let response = client
-            .get(key.clone(), None)
+            .txn(Txn::new().and_then(self.registry_gets(uuid)))
             .await
             .map_err(|source| StoreError::Etcd {
                 operation: "read GPU",
                 source,
             })?;
-        response
-            .kvs()
-            .first()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|e| StoreError::CorruptRecord {
-                    key: key.clone(),
-                    reason: e.to_string(),
+        let stored = StoredRegistry::from_responses(&self.keys, uuid, &response.op_responses())?;
+        Ok(stored.record)
+    }
+
+    /// The two reads of a GPU's registry keys, identity first.
+    fn registry_gets(&self, uuid: &GpuUuid) -> [TxnOp; 2] {
+        [
+            TxnOp::get(self.keys.gpu(uuid), None),
+            TxnOp::get(self.keys.gpu_seen(uuid), None),
+        ]
+    }
+
+    /// Merges the registry keys of a range read into records, in UUID order. A seen value without
+    /// its identity record says nothing on its own and is skipped.
+    fn records_from(&self, kvs: &[KeyValue]) -> Result<Vec<GpuRecord>, StoreError> {
+        let mut parts: BTreeMap<&str, (Option<&KeyValue>, Option<&[u8]>)> = BTreeMap::new();
+        for kv in kvs {
+            match self.keys.parse_gpu_key(kv.key()) {
+                Some((uuid, GpuKey::Identity)) => parts.entry(uuid).or_default().0 = Some(kv),
+                Some((uuid, GpuKey::Seen)) => parts.entry(uuid).or_default().1 = Some(kv.value()),
+                None => {}
+            }
+        }
+        parts
+            .into_values()
+            .filter_map(|(identity, seen)| Some((identity?, seen)))
+            .map(|(identity, seen)| {
+                let key = || String::from_utf8_lossy(identity.key()).into_owned();
+                let identity = parse_identity(identity.value(), key)?;
+                GpuRecord::from_parts(identity, seen).map_err(|reason| StoreError::CorruptRecord {
+                    key: format!("{}/seen", key()),
+                    reason,
                 })
             })
-            .transpose()
+            .collect()
     }
 
     /// Metric names seen on any GPU, sorted.
@@ -249,9 +269,10 @@ impl TelemetryStore {
         Ok(())
     }
 
-    /// Read-merge-write of one registry record with compare-and-swap (retried on a race).
+    /// Read-merge-write of one GPU's registry keys with compare-and-swap on both (retried on a
+    /// race). The identity is rewritten only when it changes and the seen value only when the
+    /// record does, so a replay writes nothing.
     async fn merge_record(&self, uuid: &GpuUuid, batch: &GpuSamples) -> Result<(), StoreError> {
-        let key = self.keys.gpu(uuid);
         let live: Vec<_> = batch
             .samples
             .iter()
@@ -262,42 +283,31 @@ impl TelemetryStore {
         };
         loop {
             let mut client = self.client.clone();
-            let current =
-                client
-                    .get(key.clone(), None)
-                    .await
-                    .map_err(|source| StoreError::Etcd {
-                        operation: "read GPU",
-                        source,
-                    })?;
-            let (mut record, revision) = match current.kvs().first() {
-                Some(kv) => (
-                    serde_json::from_slice::<GpuRecord>(kv.value()).map_err(|e| {
-                        StoreError::CorruptRecord {
-                            key: key.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?,
-                    kv.mod_revision(),
-                ),
-                None => (GpuRecord::new(batch.info.clone(), first.1), 0),
-            };
+            let current = client
+                .txn(Txn::new().and_then(self.registry_gets(uuid)))
+                .await
+                .map_err(|source| StoreError::Etcd {
+                    operation: "read GPU",
+                    source,
+                })?;
+            let stored = StoredRegistry::from_responses(&self.keys, uuid, &current.op_responses())?;
+            let mut record = stored
+                .record
+                .clone()
+                .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.1));
             record.update_info(&batch.info);
             for (metric, timestamp, value) in &live {
                 record.observe(metric, *timestamp, *value);
             }
-            let lease = self.leases.lease_for(record.last_seen.0).await?;
+            let Some(write) = stored
+                .write_for(&self.keys, &self.leases, uuid, &record)
+                .await?
+            else {
+                return Ok(());
+            };
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    serde_json::to_vec(&record).expect("record serializes"),
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
+                .when(stored.compares(&self.keys, uuid))
+                .and_then(write.ops);
             let response = client.txn(txn).await.map_err(|source| StoreError::Etcd {
                 operation: "write GPU",
                 source,
@@ -345,5 +355,145 @@ impl TelemetryStore {
                 get.kvs().iter().map(|kv| kv.value().len() as u64).sum();
         }
         Ok(footprint)
+    }
+}
+
+fn parse_identity(bytes: &[u8], key: impl FnOnce() -> String) -> Result<GpuIdentity, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::CorruptRecord {
+        key: key(),
+        reason: e.to_string(),
+    })
+}
+
+/// A GPU's registry keys as read, with their revisions (0: absent).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredRegistry {
+    /// The merged record (`None`: the GPU has no identity record).
+    pub record: Option<GpuRecord>,
+    /// The identity record as stored.
+    pub identity: Option<GpuIdentity>,
+    /// The seen value as stored.
+    pub seen: Option<Vec<u8>>,
+    pub identity_revision: i64,
+    pub seen_revision: i64,
+}
+
+/// The puts that bring a GPU's registry keys to a record.
+#[derive(Debug)]
+pub(crate) struct RegistryWrite {
+    pub ops: Vec<TxnOp>,
+    /// Request bytes of the puts.
+    pub bytes: usize,
+    /// The identity written, if it changed.
+    pub identity: Option<GpuIdentity>,
+    /// The seen value written, if it changed.
+    pub seen: Option<Vec<u8>>,
+}
+
+impl StoredRegistry {
+    /// What is stored once `write` of `record` has landed at `revision`.
+    pub fn committed(&mut self, record: GpuRecord, write: RegistryWrite, revision: i64) {
+        self.record = Some(record);
+        if let Some(identity) = write.identity {
+            self.identity = Some(identity);
+            self.identity_revision = revision;
+        }
+        if let Some(seen) = write.seen {
+            self.seen = Some(seen);
+            self.seen_revision = revision;
+        }
+    }
+}
+
+impl StoredRegistry {
+    /// Reads the responses of [`TelemetryStore::registry_gets`].
+    pub fn from_responses(
+        keys: &StoreKeys,
+        uuid: &GpuUuid,
+        responses: &[TxnOpResponse],
+    ) -> Result<Self, StoreError> {
+        let first = |i: usize| match responses.get(i) {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first(),
+            _ => None,
+        };
+        let mut stored = StoredRegistry::default();
+        let seen = first(1);
+        if let Some(kv) = seen {
+            stored.seen_revision = kv.mod_revision();
+            stored.seen = Some(kv.value().to_vec());
+        }
+        if let Some(kv) = first(0) {
+            let identity = parse_identity(kv.value(), || keys.gpu(uuid))?;
+            stored.identity_revision = kv.mod_revision();
+            let record = GpuRecord::from_parts(identity.clone(), seen.map(KeyValue::value))
+                .map_err(|reason| StoreError::CorruptRecord {
+                    key: keys.gpu_seen(uuid),
+                    reason,
+                })?;
+            stored.identity = Some(identity);
+            stored.record = Some(record);
+        }
+        Ok(stored)
+    }
+
+    /// Compares that hold while both keys are as read.
+    pub fn compares(&self, keys: &StoreKeys, uuid: &GpuUuid) -> [Compare; 2] {
+        [
+            Compare::mod_revision(keys.gpu(uuid), CompareOp::Equal, self.identity_revision),
+            Compare::mod_revision(keys.gpu_seen(uuid), CompareOp::Equal, self.seen_revision),
+        ]
+    }
+
+    /// The puts that store `record` over what was read: the identity when it differs from the
+    /// stored one (new metadata, metric or first sighting, or a later retention bucket), the seen
+    /// value when its bytes differ or the bucket or metric list it depends on changed. Both go on
+    /// the lease of the bucket of `last_seen`, which the identity records, so the two keys always
+    /// share a lease and expire together. `None` when nothing changed.
+    pub async fn write_for(
+        &self,
+        keys: &StoreKeys,
+        leases: &RetentionLeases,
+        uuid: &GpuUuid,
+        record: &GpuRecord,
+    ) -> Result<Option<RegistryWrite>, StoreError> {
+        let identity = record.identity(leases.bucket_of(record.last_seen.0));
+        let identity_changed = self.identity.as_ref() != Some(&identity);
+        let seen = record.encode_seen();
+        let seen_changed = self.seen.as_ref() != Some(&seen)
+            || self.identity.as_ref().is_none_or(|stored| {
+                stored.bucket != identity.bucket || stored.metrics != identity.metrics
+            });
+        if !identity_changed && !seen_changed {
+            return Ok(None);
+        }
+        let lease = leases.lease_for(record.last_seen.0).await?;
+        let mut write = RegistryWrite {
+            ops: Vec::with_capacity(2),
+            bytes: 0,
+            identity: None,
+            seen: None,
+        };
+        if identity_changed {
+            let key = keys.gpu(uuid);
+            let json = serde_json::to_vec(&identity).expect("identity serializes");
+            write.bytes += key.len() + json.len();
+            write.ops.push(TxnOp::put(
+                key,
+                json,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+            write.identity = Some(identity);
+        }
+        if seen_changed {
+            let key = keys.gpu_seen(uuid);
+            write.bytes += key.len() + seen.len();
+            write.ops.push(TxnOp::put(
+                key,
+                seen.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+            write.seen = Some(seen);
+        }
+        Ok(Some(write))
     }
 }

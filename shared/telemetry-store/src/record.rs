@@ -1,11 +1,26 @@
 //! The GPU registry record: what is known about a GPU and the latest value of each metric.
 //! Records are merged, never blindly replaced, so applying the same samples twice (a replay) or in
 //! another order gives the same record.
+//!
+//! A record is stored as two keys (see [`crate::keys`]) because its parts change at different
+//! rates. The identity ([`GpuIdentity`], JSON) holds what rarely changes: the GPU's metadata,
+//! first sighting, the metric names seen and the retention bucket of its last sighting. The seen
+//! value ([`GpuRecord::encode_seen`], binary) holds what every commit changes: the last sighting
+//! and the latest sample of each metric, metrics named by their index in the identity's sorted
+//! list. Rewriting only the seen value on every commit keeps etcd's history small; the identity
+//! is rewritten when it differs, which a new metric (and so a new index) always makes it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use telemetry_model::{GpuInfo, MetricName, TimestampMicros};
+
+use crate::chunk::{unzigzag, write_varint, zigzag};
+
+/// First byte of a seen value: its format.
+const SEEN_FORMAT: u8 = 1;
+/// Integral values within this magnitude are stored as varints (all such f64 are exact integers).
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 
 /// One GPU in the registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +76,152 @@ impl GpuRecord {
             self.info = info.clone();
         }
     }
+
+    /// The identity part of this record, for the retention bucket starting at `bucket`
+    /// (the bucket of `last_seen`).
+    pub fn identity(&self, bucket: i64) -> GpuIdentity {
+        GpuIdentity {
+            info: self.info.clone(),
+            first_seen: self.first_seen,
+            metrics: self.latest.keys().cloned().collect(),
+            bucket,
+        }
+    }
+
+    /// The seen value: `last_seen`, then per metric its index in [`GpuRecord::metrics`] (which
+    /// is the identity's metric list), the age of its latest sample relative to `last_seen` and
+    /// the value (a varint when it is an exact integer, else the f64 bits). About 50 bytes for
+    /// ten metrics, against a kilobyte of JSON for the whole record.
+    ///
+    /// ```text
+    /// u8      format (1)
+    /// varint  zigzag(last_seen µs)
+    /// varint  entry count
+    /// per entry:
+    ///   varint  metric index << 1 | 1 if the value is an integer
+    ///   varint  zigzag(last_seen - timestamp)
+    ///   varint  zigzag(value as i64)   or   8 bytes f64 bits, little-endian
+    /// ```
+    pub fn encode_seen(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 6 * self.latest.len());
+        out.push(SEEN_FORMAT);
+        write_varint(&mut out, zigzag(self.last_seen.0));
+        write_varint(&mut out, self.latest.len() as u64);
+        for (index, latest) in self.latest.values().enumerate() {
+            let integer = exact_integer(latest.value);
+            write_varint(
+                &mut out,
+                ((index as u64) << 1) | u64::from(integer.is_some()),
+            );
+            write_varint(
+                &mut out,
+                zigzag(self.last_seen.0.wrapping_sub(latest.timestamp.0)),
+            );
+            match integer {
+                Some(i) => write_varint(&mut out, zigzag(i)),
+                None => out.extend_from_slice(&latest.value.to_bits().to_le_bytes()),
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a record from its identity and seen value. Without a seen value (a record written
+    /// before the split, or a lost key) the record is the identity alone: last seen when first
+    /// seen, no latest values.
+    pub fn from_parts(identity: GpuIdentity, seen: Option<&[u8]>) -> Result<Self, String> {
+        let mut record = GpuRecord::new(identity.info, identity.first_seen);
+        let Some(seen) = seen else {
+            return Ok(record);
+        };
+        let mut reader = SeenReader { bytes: seen };
+        let format = reader.byte()?;
+        if format != SEEN_FORMAT {
+            return Err(format!("unknown seen format {format}"));
+        }
+        let last_seen = unzigzag(reader.varint()?);
+        record.last_seen = TimestampMicros(last_seen.max(record.first_seen.0));
+        let entries = reader.varint()?;
+        for _ in 0..entries {
+            let tag = reader.varint()?;
+            let index = usize::try_from(tag >> 1).map_err(|_| "metric index overflows")?;
+            let metric = identity
+                .metrics
+                .get(index)
+                .ok_or_else(|| format!("metric index {index} beyond the identity's metrics"))?;
+            let timestamp = TimestampMicros(last_seen.wrapping_sub(unzigzag(reader.varint()?)));
+            let value = if tag & 1 == 1 {
+                unzigzag(reader.varint()?) as f64
+            } else {
+                f64::from_bits(u64::from_le_bytes(reader.array()?))
+            };
+            record
+                .latest
+                .insert(metric.clone(), LatestValue { timestamp, value });
+        }
+        if !reader.bytes.is_empty() {
+            return Err("trailing bytes".into());
+        }
+        Ok(record)
+    }
+}
+
+/// The registry's identity record of a GPU: what changes rarely. Stored as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuIdentity {
+    pub info: GpuInfo,
+    pub first_seen: TimestampMicros,
+    /// Metric names seen, sorted: the seen value refers to them by index.
+    #[serde(default)]
+    pub metrics: Vec<MetricName>,
+    /// Start of the retention bucket of `last_seen` when this was written (µs): the bucket whose
+    /// lease both registry keys are attached to. When `last_seen` moves to a later bucket the
+    /// identity is rewritten onto that bucket's lease, so it lives as long as the GPU reports.
+    #[serde(default)]
+    pub bucket: i64,
+}
+
+/// `value` as an i64 when that round-trips bit for bit (so not -0.0, NaN or fractions).
+fn exact_integer(value: f64) -> Option<i64> {
+    if value.fract() != 0.0 || value.abs() >= MAX_EXACT_INTEGER {
+        return None;
+    }
+    let integer = value as i64;
+    ((integer as f64).to_bits() == value.to_bits()).then_some(integer)
+}
+
+/// Reads a seen value.
+struct SeenReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl SeenReader<'_> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let (&first, rest) = self.bytes.split_first().ok_or("truncated")?;
+        self.bytes = rest;
+        Ok(first)
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            let low = u64::from(byte & 0x7f);
+            if shift == 63 && low > 1 {
+                break;
+            }
+            value |= low << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint overflows 64 bits".into())
+    }
+
+    fn array(&mut self) -> Result<[u8; 8], String> {
+        let (head, rest) = self.bytes.split_at_checked(8).ok_or("truncated")?;
+        self.bytes = rest;
+        Ok(head.try_into().expect("8 bytes"))
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +259,114 @@ mod tests {
             }
         );
         assert_eq!(forward.metrics().collect::<Vec<_>>(), vec![&temp, &util]);
+    }
+
+    fn metric(i: usize) -> MetricName {
+        MetricName::parse(&format!("DCGM_FI_DEV_METRIC_{i:02}")).unwrap()
+    }
+
+    #[test]
+    fn identity_and_seen_rebuild_the_record_bit_for_bit() {
+        let mut info = GpuInfo::new(GpuUuid::parse("GPU-1").unwrap());
+        info.labels.insert("k".into(), "v".into());
+        let t = 1_752_871_354_000_000;
+        let values = [
+            0.0,
+            -0.0,
+            45.0,
+            -3.0,
+            1.5,
+            f64::NAN,
+            f64::INFINITY,
+            9_007_199_254_740_993.0,
+            -9_007_199_254_740_992.0,
+            1e300,
+            f64::MIN_POSITIVE,
+        ];
+        let mut record = GpuRecord::new(info, TimestampMicros(t));
+        for (i, value) in values.iter().enumerate() {
+            record.observe(&metric(i), TimestampMicros(t + 7 * i as i64), *value);
+        }
+        let identity = record.identity(42);
+        assert_eq!(
+            identity.metrics,
+            record.metrics().cloned().collect::<Vec<_>>()
+        );
+        let json = serde_json::to_vec(&identity).unwrap();
+        let identity: GpuIdentity = serde_json::from_slice(&json).unwrap();
+        let seen = record.encode_seen();
+        let rebuilt = GpuRecord::from_parts(identity, Some(&seen)).unwrap();
+        assert_eq!(rebuilt.info, record.info);
+        assert_eq!(
+            (rebuilt.first_seen, rebuilt.last_seen),
+            (record.first_seen, record.last_seen)
+        );
+        assert_eq!(rebuilt.latest.len(), values.len());
+        for (name, latest) in &record.latest {
+            assert_eq!(rebuilt.latest[name].timestamp, latest.timestamp);
+            assert_eq!(
+                rebuilt.latest[name].value.to_bits(),
+                latest.value.to_bits(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn seen_value_of_ten_integer_metrics_is_small() {
+        let info = GpuInfo::new(GpuUuid::parse("GPU-1").unwrap());
+        let t = 1_752_871_354_000_000;
+        let mut record = GpuRecord::new(info, TimestampMicros(t));
+        for i in 0..10 {
+            record.observe(
+                &metric(i),
+                TimestampMicros(t + 10 * i as i64),
+                (i * 37) as f64,
+            );
+        }
+        // Format, last_seen (8 bytes), count, then a byte each for index, age and value, plus a
+        // second byte for the three ages and eight values of 64 or more.
+        assert_eq!(record.encode_seen().len(), 1 + 8 + 1 + 10 * 3 + 3 + 8);
+    }
+
+    #[test]
+    fn identity_without_seen_value_is_a_record_seen_once() {
+        let identity = GpuIdentity {
+            info: GpuInfo::new(GpuUuid::parse("GPU-1").unwrap()),
+            first_seen: TimestampMicros(10),
+            metrics: vec![metric(0)],
+            bucket: 0,
+        };
+        let record = GpuRecord::from_parts(identity.clone(), None).unwrap();
+        assert_eq!(
+            record,
+            GpuRecord::new(identity.info.clone(), TimestampMicros(10))
+        );
+        // A record stored before the split reads as an identity with no metrics.
+        let old = serde_json::to_vec(&record).unwrap();
+        let parsed: GpuIdentity = serde_json::from_slice(&old).unwrap();
+        assert_eq!((parsed.metrics.len(), parsed.bucket), (0, 0));
+    }
+
+    #[test]
+    fn corrupt_seen_values_are_errors() {
+        let info = GpuInfo::new(GpuUuid::parse("GPU-1").unwrap());
+        let mut record = GpuRecord::new(info, TimestampMicros(10));
+        record.observe(&metric(0), TimestampMicros(10), 1.5);
+        record.observe(&metric(1), TimestampMicros(12), 2.0);
+        let seen = record.encode_seen();
+        let identity = record.identity(0);
+        let mut fewer = identity.clone();
+        fewer.metrics.pop();
+        assert!(GpuRecord::from_parts(fewer, Some(&seen)).is_err());
+        for cut in 0..seen.len() {
+            assert!(GpuRecord::from_parts(identity.clone(), Some(&seen[..cut])).is_err());
+        }
+        let mut longer = seen.clone();
+        longer.push(0);
+        assert!(GpuRecord::from_parts(identity.clone(), Some(&longer)).is_err());
+        let mut other_format = seen;
+        other_format[0] = 9;
+        assert!(GpuRecord::from_parts(identity, Some(&other_format)).is_err());
     }
 }

@@ -3,20 +3,25 @@
 //! its retention bucket ends. The writes come back as a [`Fence`] that the collector adds to its
 //! queue commit, so persisting and acknowledging are one etcd transaction: exactly once.
 //!
-//! The writer caches each GPU's open chunk and registry record with their `mod_revision`; the
-//! fence compares those revisions, so a stale cache (another writer, a lost partition) makes the
-//! commit fail cleanly instead of overwriting data. The caller then invalidates and retries.
+//! A GPU's registry record is two keys: its seen value (last seen, latest values; a few dozen
+//! bytes) is rewritten with the open chunk, its identity (metadata, metric names, retention
+//! bucket) only when that changes, typically once per retention bucket.
+//!
+//! The writer caches each GPU's open chunk and registry keys with their `mod_revision`; the fence
+//! compares those revisions on every key it writes or may write, so a stale cache (another writer,
+//! a lost partition) makes the commit fail cleanly instead of overwriting data. The caller then
+//! invalidates and retries.
 
 use std::collections::{BTreeMap, HashMap};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use etcd_queue::Fence;
+use etcd_queue::{Fence, MAX_TXN_OPS};
 use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
 
 use crate::chunk::Chunk;
 use crate::error::StoreError;
 use crate::record::GpuRecord;
-use crate::TelemetryStore;
+use crate::{RegistryWrite, StoredRegistry, TelemetryStore};
 
 /// The samples of one GPU gathered from one or more batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,20 +71,20 @@ pub struct PreparedWrite {
     /// Bytes of chunk values written (open and sealed).
     pub chunk_bytes: usize,
     open: Vec<(GpuUuid, OpenState)>,
-    records: Vec<(GpuUuid, GpuRecord)>,
+    records: Vec<(GpuUuid, GpuRecord, RegistryWrite)>,
 }
 
-/// Operations per GPU in the worst case: sealed put, open put, record put.
-pub const OPS_PER_GPU: usize = 3;
-/// Compares per GPU: open chunk and record revisions.
-pub const COMPARES_PER_GPU: usize = 2;
+/// Operations per GPU in the worst case: sealed put, open put, identity put, seen put.
+pub const OPS_PER_GPU: usize = 4;
+/// Compares per GPU: open chunk, identity and seen revisions.
+pub const COMPARES_PER_GPU: usize = 3;
 
 /// The collector's per-process write cache.
 #[derive(Clone)]
 pub struct StoreWriter {
     store: TelemetryStore,
     open: HashMap<GpuUuid, OpenState>,
-    records: HashMap<GpuUuid, (GpuRecord, i64)>,
+    records: HashMap<GpuUuid, StoredRegistry>,
 }
 
 impl StoreWriter {
@@ -110,23 +115,15 @@ impl StoreWriter {
         };
         for (uuid, batch) in gpus {
             let mut open = self.open.get(uuid).cloned().expect("loaded");
-            let (mut record, record_revision) = self
-                .records
-                .get(uuid)
-                .cloned()
-                .map(|(r, rev)| (Some(r), rev))
-                .unwrap_or((None, 0));
+            let stored = self.records.get(uuid).expect("loaded");
+            let mut record = stored.record.clone();
             let open_key = keys.open_chunk(uuid);
             prepared.fence.compares.push(Compare::mod_revision(
                 open_key.clone(),
                 CompareOp::Equal,
                 open.revision,
             ));
-            prepared.fence.compares.push(Compare::mod_revision(
-                keys.gpu(uuid),
-                CompareOp::Equal,
-                record_revision,
-            ));
+            prepared.fence.compares.extend(stored.compares(&keys, uuid));
             let mut stored_here = 0;
             for (metric, timestamp, value) in &batch.samples {
                 if leases.is_expired(timestamp.0) {
@@ -189,16 +186,12 @@ impl StoreWriter {
                 bytes,
                 Some(PutOptions::new().with_lease(lease)),
             ));
-            let record_json = serde_json::to_vec(&record).expect("record serializes");
-            let record_lease = leases.lease_for(record.last_seen.0).await?;
-            prepared.fence.bytes += record_json.len();
-            prepared.fence.ops.push(TxnOp::put(
-                keys.gpu(uuid),
-                record_json,
-                Some(PutOptions::new().with_lease(record_lease)),
-            ));
             prepared.open.push((uuid.clone(), open));
-            prepared.records.push((uuid.clone(), record));
+            if let Some(mut write) = stored.write_for(&keys, leases, uuid, &record).await? {
+                prepared.fence.bytes += write.bytes;
+                prepared.fence.ops.append(&mut write.ops);
+                prepared.records.push((uuid.clone(), record, write));
+            }
         }
         Ok(prepared)
     }
@@ -209,8 +202,11 @@ impl StoreWriter {
             open.revision = revision;
             self.open.insert(uuid, open);
         }
-        for (uuid, record) in prepared.records {
-            self.records.insert(uuid, (record, revision));
+        for (uuid, record, write) in prepared.records {
+            self.records
+                .entry(uuid)
+                .or_default()
+                .committed(record, write, revision);
         }
     }
 
@@ -220,8 +216,8 @@ impl StoreWriter {
         self.records.clear();
     }
 
-    /// Loads the open chunks and records of GPUs not in the cache, in as few round trips as the
-    /// transaction limits allow.
+    /// Loads the open chunks and registry keys of GPUs not in the cache, in as few round trips as
+    /// the transaction limits allow.
     async fn load<'a>(
         &mut self,
         gpus: impl Iterator<Item = &'a GpuUuid>,
@@ -231,14 +227,12 @@ impl StoreWriter {
             .cloned()
             .collect();
         let keys = self.store.keys().clone();
-        for batch in missing.chunks(60) {
+        for batch in missing.chunks(MAX_TXN_OPS / 3) {
             let ops: Vec<TxnOp> = batch
                 .iter()
                 .flat_map(|g| {
-                    [
-                        TxnOp::get(keys.open_chunk(g), None),
-                        TxnOp::get(keys.gpu(g), None),
-                    ]
+                    let [identity, seen] = self.store.registry_gets(g);
+                    [TxnOp::get(keys.open_chunk(g), None), identity, seen]
                 })
                 .collect();
             let mut client = self.store.client().clone();
@@ -251,7 +245,7 @@ impl StoreWriter {
                 })?;
             let responses = response.op_responses();
             for (i, uuid) in batch.iter().enumerate() {
-                let (open, record) = (responses.get(2 * i), responses.get(2 * i + 1));
+                let open = responses.get(3 * i);
                 let open_state = match open {
                     Some(TxnOpResponse::Get(get)) => match get.kvs().first() {
                         Some(kv) => {
@@ -280,24 +274,11 @@ impl StoreWriter {
                     _ => unreachable!("get returns a range response"),
                 };
                 self.open.insert(uuid.clone(), open_state);
-                if let Some(TxnOpResponse::Get(get)) = record {
-                    match get.kvs().first() {
-                        Some(kv) => {
-                            let parsed: GpuRecord =
-                                serde_json::from_slice(kv.value()).map_err(|e| {
-                                    StoreError::CorruptRecord {
-                                        key: keys.gpu(uuid),
-                                        reason: e.to_string(),
-                                    }
-                                })?;
-                            self.records
-                                .insert(uuid.clone(), (parsed, kv.mod_revision()));
-                        }
-                        None => {
-                            self.records.remove(uuid);
-                        }
-                    }
-                }
+                let registry = responses.get(3 * i + 1..3 * i + 3).unwrap_or_default();
+                self.records.insert(
+                    uuid.clone(),
+                    StoredRegistry::from_responses(&keys, uuid, registry)?,
+                );
             }
         }
         Ok(())

@@ -1,15 +1,21 @@
 //! The telemetry store against a real etcd: the collector write path, sealing, reads with inclusive
-//! windows and cursors, idempotent writes, retention, stale caches, and bytes per sample.
+//! windows and cursors, idempotent writes, retention, stale caches, bytes per sample, and how
+//! often each registry key is rewritten.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Txn};
+use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_model::{DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, TimestampMicros};
 use telemetry_store::{
-    GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig, StoreWriter, TelemetryStore,
+    GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig, StoreWriter,
+    TelemetryStore,
 };
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{unique_prefix, wait_until, EtcdHarness};
+
+/// The most GPUs a collector commit carries: what fits beside the queue's own operations.
+const GPUS_PER_COMMIT: usize =
+    (etcd_queue::MAX_TXN_OPS - etcd_queue::COMMIT_RESERVED_OPS) / telemetry_store::OPS_PER_GPU;
 
 fn real_csv() -> String {
     format!(
@@ -69,9 +75,9 @@ async fn write_passes(store: &TelemetryStore, passes: usize, t0: i64, step_us: i
     let mut written = 0;
     for p in 0..passes {
         let by_gpu = pass(&rows, t0 + p as i64 * step_us);
-        // One commit per 40 GPUs, the most a collector commit carries.
+        // As many GPUs per commit as a collector commit carries.
         let gpus: Vec<_> = by_gpu.into_iter().collect();
-        for group in gpus.chunks(40) {
+        for group in gpus.chunks(GPUS_PER_COMMIT) {
             let group: BTreeMap<_, _> = group.iter().cloned().collect();
             let prepared = writer.prepare(&group).await.unwrap();
             written += prepared.samples;
@@ -79,6 +85,75 @@ async fn write_passes(store: &TelemetryStore, passes: usize, t0: i64, step_us: i
         }
     }
     written
+}
+
+/// The registry records that passes of `rows` starting at `starts` make, in UUID order.
+fn expected_records(rows: &[(GpuInfo, MetricName, f64)], starts: &[i64]) -> Vec<GpuRecord> {
+    let mut records: BTreeMap<GpuUuid, GpuRecord> = BTreeMap::new();
+    for &t0 in starts {
+        for (uuid, gpu) in pass(rows, t0) {
+            let record = records
+                .entry(uuid)
+                .or_insert_with(|| GpuRecord::new(gpu.info.clone(), gpu.samples[0].1));
+            for (metric, timestamp, value) in &gpu.samples {
+                record.observe(metric, *timestamp, *value);
+            }
+            record.update_info(&gpu.info);
+        }
+    }
+    records.into_values().collect()
+}
+
+/// A GPU's identity and seen entries in etcd.
+async fn registry_kvs(
+    store: &TelemetryStore,
+    uuid: &GpuUuid,
+) -> (Option<KeyValue>, Option<KeyValue>) {
+    let txn = Txn::new().and_then([
+        TxnOp::get(store.keys().gpu(uuid), None),
+        TxnOp::get(store.keys().gpu_seen(uuid), None),
+    ]);
+    let response = store.client().clone().txn(txn).await.unwrap();
+    let first = |i: usize| match &response.op_responses()[i] {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => unreachable!("a get"),
+    };
+    (first(0), first(1))
+}
+
+/// Every GPU's identity and seen entries, from one range read.
+async fn registry_snapshot(
+    store: &TelemetryStore,
+) -> BTreeMap<String, (Option<KeyValue>, Option<KeyValue>)> {
+    let response = store
+        .client()
+        .clone()
+        .get(
+            store.keys().gpus_prefix(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let mut snapshot: BTreeMap<String, (Option<KeyValue>, Option<KeyValue>)> = BTreeMap::new();
+    for kv in response.kvs() {
+        let (uuid, kind) = store.keys().parse_gpu_key(kv.key()).unwrap();
+        let entry = snapshot.entry(uuid.to_string()).or_default();
+        match kind {
+            GpuKey::Identity => entry.0 = Some(kv.clone()),
+            GpuKey::Seen => entry.1 = Some(kv.clone()),
+        }
+    }
+    snapshot
+}
+
+/// The lease etcd holds for the retention bucket starting at `bucket`.
+async fn bucket_lease(store: &TelemetryStore, bucket: i64) -> i64 {
+    let key = store.keys().retention_bucket(bucket);
+    let response = store.client().clone().get(key, None).await.unwrap();
+    std::str::from_utf8(response.kvs()[0].value())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -366,7 +441,8 @@ async fn idempotent_writes_do_not_duplicate_on_replay() {
             ..StoreConfig::default()
         },
     );
-    let by_gpu = pass(&real_rows(), now_us() - 5_000_000);
+    let t0 = now_us() - 5_000_000;
+    let by_gpu = pass(&real_rows(), t0);
     let first = store
         .write_idempotent("e00000000000000aa", &by_gpu)
         .await
@@ -380,6 +456,39 @@ async fn idempotent_writes_do_not_duplicate_on_replay() {
     let footprint = store.footprint().await.unwrap();
     assert_eq!(footprint.samples, 2_470, "a replay rewrites the same keys");
     assert_eq!(store.list_gpus().await.unwrap().len(), 247);
+    for uuid in by_gpu.keys() {
+        let (identity, seen) = registry_kvs(&store, uuid).await;
+        assert_eq!(
+            (identity.unwrap().version(), seen.unwrap().version()),
+            (1, 1),
+            "a replay leaves the registry of {uuid} untouched"
+        );
+    }
+
+    // Another event, applied after the first in one store and before it (and again) in another:
+    // the same registry either way.
+    let later = pass(&real_rows(), t0 + 1_000_000);
+    store.write_idempotent("e2", &later).await.unwrap();
+    let other = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("idem-reordered"),
+            ..StoreConfig::default()
+        },
+    );
+    for (tag, gpus) in [
+        ("e2", &later),
+        ("e00000000000000aa", &by_gpu),
+        ("e2", &later),
+    ] {
+        other.write_idempotent(tag, gpus).await.unwrap();
+    }
+    let registry = store.list_gpus().await.unwrap();
+    assert_eq!(registry, other.list_gpus().await.unwrap());
+    assert_eq!(
+        registry,
+        expected_records(&real_rows(), &[t0, t0 + 1_000_000])
+    );
 }
 
 #[tokio::test]
@@ -498,4 +607,299 @@ async fn real_feed_is_stored_in_at_most_four_bytes_per_sample() {
         footprint.registry_value_bytes
     );
     assert!(per_sample <= 4.0, "{per_sample} bytes per sample");
+}
+
+#[tokio::test]
+async fn the_identity_is_written_once_per_bucket_and_the_seen_value_on_every_commit() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("registry-writes"),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = real_rows();
+    let hour = store.leases().bucket_us();
+    let first_bucket = store.leases().bucket_of(now_us() - 3 * hour);
+    let second_bucket = first_bucket + hour;
+    // Five passes 1 s apart in one bucket, then three in the next: eight commits per GPU.
+    let first_starts: Vec<i64> = (0..5).map(|p| first_bucket + (1 + p) * 1_000_000).collect();
+    let second_starts: Vec<i64> = (0..3)
+        .map(|p| second_bucket + (1 + p) * 1_000_000)
+        .collect();
+    assert_eq!(
+        write_passes(&store, 5, first_starts[0], 1_000_000).await,
+        5 * 2_470
+    );
+
+    let records = store.list_gpus().await.unwrap();
+    assert_eq!(records, expected_records(&rows, &first_starts));
+    let lease = bucket_lease(&store, first_bucket).await;
+    let mut identity_bytes = 0;
+    let mut seen_bytes = 0;
+    for record in &records {
+        let uuid = &record.info.uuid;
+        assert_eq!(store.gpu(uuid).await.unwrap().as_ref(), Some(record));
+        let (identity, seen) = registry_kvs(&store, uuid).await;
+        let (identity, seen) = (identity.unwrap(), seen.unwrap());
+        assert_eq!(
+            (identity.version(), seen.version()),
+            (1, 5),
+            "{uuid}: identity written once, seen value on each of the 5 commits"
+        );
+        assert_eq!((identity.lease(), seen.lease()), (lease, lease), "{uuid}");
+        identity_bytes += identity.value().len();
+        seen_bytes += seen.value().len();
+    }
+    println!(
+        "registry of 247 GPUs: identity {identity_bytes} bytes, seen {seen_bytes} bytes ({:.1} per GPU)",
+        seen_bytes as f64 / 247.0
+    );
+    // The per-commit part is small: ten metrics in well under 13 bytes each.
+    assert!(seen_bytes < 247 * 130, "{seen_bytes} bytes of seen values");
+
+    // A fresh writer (cold cache) continues into the next bucket: the identity moves to that
+    // bucket's lease once, the seen value follows every commit.
+    assert_eq!(
+        write_passes(&store, 3, second_starts[0], 1_000_000).await,
+        3 * 2_470
+    );
+    let all_starts: Vec<i64> = first_starts.iter().chain(&second_starts).copied().collect();
+    let records = store.list_gpus().await.unwrap();
+    assert_eq!(records, expected_records(&rows, &all_starts));
+    let lease = bucket_lease(&store, second_bucket).await;
+    for record in &records {
+        let uuid = &record.info.uuid;
+        let (identity, seen) = registry_kvs(&store, uuid).await;
+        let (identity, seen) = (identity.unwrap(), seen.unwrap());
+        assert_eq!((identity.version(), seen.version()), (2, 8), "{uuid}");
+        assert_eq!((identity.lease(), seen.lease()), (lease, lease), "{uuid}");
+    }
+}
+
+/// One registry step: metadata, samples, and the (identity, seen) versions expected after it.
+type Step<'a> = (&'a GpuInfo, Vec<(&'a MetricName, i64, f64)>, (i64, i64));
+
+#[tokio::test]
+async fn a_new_metric_new_labels_or_an_earlier_sample_rewrite_the_identity() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("registry-changes"),
+            ..StoreConfig::default()
+        },
+    );
+    let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+    let temp = MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap();
+    let t = now_us() - 60_000_000;
+    // The same steps through the collector's writer and through idempotent (HTTP) writes, on a
+    // GPU each; expected (identity, seen) versions after each step.
+    for through_writer in [true, false] {
+        let uuid = GpuUuid::parse(if through_writer { "GPU-w" } else { "GPU-h" }).unwrap();
+        let info = GpuInfo::new(uuid.clone());
+        let mut labelled = info.clone();
+        labelled.labels.insert("pod".into(), "trainer-0".into());
+        let steps: Vec<Step> = vec![
+            (&info, vec![(&util, t, 1.0)], (1, 1)),
+            (&info, vec![(&util, t + 1, 2.0)], (1, 2)),
+            (&info, vec![(&temp, t + 2, 40.0)], (2, 3)),
+            (&labelled, vec![(&util, t + 3, 3.0)], (3, 4)),
+            // Earlier than anything seen: first_seen moves, the latest values do not.
+            (&labelled, vec![(&util, t - 10, 0.5)], (4, 4)),
+            // An old sample again: the registry has nothing new to store.
+            (&labelled, vec![(&util, t + 1, 2.0)], (4, 4)),
+            (
+                &labelled,
+                vec![(&util, t + 4, 4.0), (&temp, t + 4, 41.0)],
+                (4, 5),
+            ),
+        ];
+        let mut writer = StoreWriter::new(store.clone());
+        let mut expected = GpuRecord::new(info.clone(), TimestampMicros(t));
+        for (step, (info, samples, versions)) in steps.into_iter().enumerate() {
+            let gpu = GpuSamples {
+                info: info.clone(),
+                samples: samples
+                    .iter()
+                    .map(|(m, ts, v)| ((*m).clone(), TimestampMicros(*ts), *v))
+                    .collect(),
+            };
+            for (metric, timestamp, value) in &gpu.samples {
+                expected.observe(metric, *timestamp, *value);
+            }
+            expected.update_info(info);
+            let gpus = BTreeMap::from([(uuid.clone(), gpu)]);
+            if through_writer {
+                let prepared = writer.prepare(&gpus).await.unwrap();
+                assert!(apply(store.client(), &mut writer, prepared).await);
+            } else {
+                store
+                    .write_idempotent(&format!("e{step}"), &gpus)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(
+                store.gpu(&uuid).await.unwrap().as_ref(),
+                Some(&expected),
+                "{uuid} step {step}"
+            );
+            let (identity, seen) = registry_kvs(&store, &uuid).await;
+            assert_eq!(
+                (identity.unwrap().version(), seen.unwrap().version()),
+                versions,
+                "{uuid} step {step}: (identity, seen) versions"
+            );
+        }
+        assert_eq!(
+            expected.latest.keys().collect::<Vec<_>>(),
+            vec![&temp, &util]
+        );
+    }
+    assert_eq!(store.list_gpus().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn both_registry_keys_expire_together_with_the_last_data() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("registry-retention"),
+            retention: Duration::from_secs(3),
+            bucket: Duration::from_secs(1),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = real_rows();
+    let t0 = now_us();
+    let starts: Vec<i64> = (0..3).map(|p| t0 + p * 600_000).collect();
+    assert_eq!(write_passes(&store, 3, t0, 600_000).await, 3 * 2_470);
+    // Each GPU's identity is written once per bucket its last sighting moved into.
+    let snapshot = registry_snapshot(&store).await;
+    assert_eq!(snapshot.len(), 247);
+    let mut leases = BTreeMap::new();
+    let mut rewrites = 0;
+    for record in expected_records(&rows, &starts) {
+        let uuid = &record.info.uuid;
+        let mut buckets: Vec<i64> = starts
+            .iter()
+            .map(|&start| {
+                let last = pass(&rows, start)[uuid].samples.last().unwrap().1;
+                store.leases().bucket_of(last.0)
+            })
+            .collect();
+        buckets.dedup();
+        let (identity, seen) = &snapshot[uuid.as_str()];
+        let (identity, seen) = (identity.as_ref().unwrap(), seen.as_ref().unwrap());
+        assert_eq!(
+            (identity.version(), seen.version()),
+            (buckets.len() as i64, 3),
+            "{uuid}"
+        );
+        assert_eq!(identity.lease(), seen.lease(), "{uuid}");
+        let last_bucket = *buckets.last().unwrap();
+        let lease = match leases.get(&last_bucket) {
+            Some(lease) => *lease,
+            None => *leases
+                .entry(last_bucket)
+                .or_insert(bucket_lease(&store, last_bucket).await),
+        };
+        assert_eq!(identity.lease(), lease, "{uuid}");
+        rewrites += buckets.len() - 1;
+    }
+    assert!(rewrites > 0, "1.2 s of passes cross a 1 s bucket boundary");
+    // etcd deletes both keys of a GPU at once, and only with the GPU's last chunk.
+    wait_until("the registry expires", Duration::from_secs(30), || async {
+        let snapshot = registry_snapshot(&store).await;
+        assert!(
+            snapshot.values().all(|(i, s)| i.is_some() && s.is_some()),
+            "identity and seen keys expire together"
+        );
+        if !snapshot.is_empty() {
+            return false;
+        }
+        assert_eq!(
+            store.footprint().await.unwrap().chunks,
+            0,
+            "no data outlives its GPU"
+        );
+        true
+    })
+    .await;
+    assert!(store.list_gpus().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_record_without_its_seen_value_reads_as_seen_once_and_heals_on_write() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("registry-partial"),
+            ..StoreConfig::default()
+        },
+    );
+    let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+    let uuid = GpuUuid::parse("GPU-old").unwrap();
+    let t = now_us() - 60_000_000;
+    // A record as stored before the registry was split in two keys.
+    let mut old = GpuRecord::new(GpuInfo::new(uuid.clone()), TimestampMicros(t));
+    old.observe(&util, TimestampMicros(t + 5), 7.0);
+    let mut client = store.client().clone();
+    client
+        .put(
+            store.keys().gpu(&uuid),
+            serde_json::to_vec(&old).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let seen_once = GpuRecord::new(old.info.clone(), TimestampMicros(t));
+    assert_eq!(store.gpu(&uuid).await.unwrap(), Some(seen_once.clone()));
+    assert_eq!(store.list_gpus().await.unwrap(), vec![seen_once]);
+
+    // The collector's next write brings both keys up to date.
+    let mut writer = StoreWriter::new(store.clone());
+    let gpus = BTreeMap::from([(
+        uuid.clone(),
+        GpuSamples {
+            info: old.info.clone(),
+            samples: vec![(util.clone(), TimestampMicros(t + 10), 8.0)],
+        },
+    )]);
+    let prepared = writer.prepare(&gpus).await.unwrap();
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    let mut expected = GpuRecord::new(old.info.clone(), TimestampMicros(t));
+    expected.observe(&util, TimestampMicros(t + 10), 8.0);
+    assert_eq!(store.gpu(&uuid).await.unwrap(), Some(expected.clone()));
+
+    // A lost seen value: the identity alone still reads.
+    client
+        .delete(store.keys().gpu_seen(&uuid), None)
+        .await
+        .unwrap();
+    let record = store.gpu(&uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (record.first_seen, record.last_seen),
+        (TimestampMicros(t), TimestampMicros(t))
+    );
+    assert!(record.latest.is_empty());
+    // The writer's cache still holds the deleted key's revision: the fence refuses, and after a
+    // reload the write goes through.
+    let again = BTreeMap::from([(
+        uuid.clone(),
+        GpuSamples {
+            info: old.info.clone(),
+            samples: vec![(util.clone(), TimestampMicros(t + 20), 9.0)],
+        },
+    )]);
+    let prepared = writer.prepare(&again).await.unwrap();
+    assert!(!apply(store.client(), &mut writer, prepared).await);
+    let prepared = writer.prepare(&again).await.unwrap();
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    let mut healed = GpuRecord::new(old.info.clone(), TimestampMicros(t));
+    healed.observe(&util, TimestampMicros(t + 20), 9.0);
+    assert_eq!(store.gpu(&uuid).await.unwrap(), Some(healed));
 }
