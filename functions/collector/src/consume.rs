@@ -71,13 +71,35 @@ impl DeliveryProcessor {
                 Err(e) => Decoded::Undecodable(e.to_string()),
             })
             .collect();
-        let take = fitting_prefix(&decoded);
-        if take == 0 {
-            // One message alone is too large for a transaction: idempotent writes, then commit.
-            return self
-                .process_oversized(consumer, &delivery, &decoded[0])
-                .await;
+        // The estimate picks the prefix; the prepared writes decide: a GPU whose samples fill
+        // more than one chunk seals more than once, so a prefix that does not fit is halved.
+        let mut take = fitting_prefix(&decoded);
+        loop {
+            if take == 0 {
+                // One message alone is too large for a transaction: idempotent writes, then commit.
+                return self
+                    .process_oversized(consumer, &delivery, &decoded[0])
+                    .await;
+            }
+            match self
+                .commit_prefix(consumer, &delivery, &decoded, take)
+                .await?
+            {
+                Some(processed) => return Ok(processed),
+                None => take /= 2,
+            }
         }
+    }
+
+    /// Persists and commits the first `take` messages of `delivery`; `None` if their writes do not
+    /// fit one transaction (nothing was written).
+    async fn commit_prefix(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: &Delivery,
+        decoded: &[Decoded],
+        take: usize,
+    ) -> Result<Option<Processed>, CollectorError> {
         let mut prefix = delivery.clone();
         prefix.messages.truncate(take);
         let decoded = &decoded[..take];
@@ -101,10 +123,25 @@ impl DeliveryProcessor {
             let mut prepared = match self.writer.prepare(&grouped).await {
                 Ok(p) => p,
                 Err(e) => {
-                    consumer.abandon(&delivery);
+                    consumer.abandon(delivery);
                     return Err(e.into());
                 }
             };
+            // (A prefix of one undecodable message always fits: it writes no store keys.)
+            let fence = &prepared.fence;
+            let fits = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead.len() + fence.ops.len()
+                <= MAX_TXN_OPS
+                && COMMIT_RESERVED_COMPARES + fence.compares.len() <= MAX_TXN_OPS
+                && fence.bytes <= COMMIT_MAX_BYTES;
+            if !fits {
+                tracing::debug!(
+                    messages = take,
+                    ops = fence.ops.len(),
+                    bytes = fence.bytes,
+                    "prepared writes exceed one transaction; committing a shorter prefix"
+                );
+                return Ok(None);
+            }
             let (samples, expired) = (prepared.samples, prepared.expired);
             // The fence moves into the commit; the rest of `prepared` updates the cache after it.
             let fence = std::mem::take(&mut prepared.fence);
@@ -121,11 +158,11 @@ impl DeliveryProcessor {
                     self.metrics
                         .commit_latency
                         .observe(started.elapsed().as_secs_f64());
-                    return Ok(Processed {
+                    return Ok(Some(Processed {
                         messages: take,
                         samples,
                         dead_letters: dead.len(),
-                    });
+                    }));
                 }
                 Err(QueueError::FenceFailed) => {
                     // Our cached chunks or records are stale: reload and try again.
@@ -142,7 +179,7 @@ impl DeliveryProcessor {
                         "partition moved away mid-delivery; its new owner continues"
                     );
                     self.writer.invalidate_all();
-                    return Ok(Processed::default());
+                    return Ok(Some(Processed::default()));
                 }
                 Err(QueueError::Etcd { source, .. })
                     if source.to_string().contains("lease not found") =>
@@ -152,14 +189,14 @@ impl DeliveryProcessor {
                     self.writer.invalidate_all();
                 }
                 Err(e) => {
-                    consumer.abandon(&delivery);
+                    consumer.abandon(delivery);
                     self.writer.invalidate_all();
                     return Err(e.into());
                 }
             }
         }
         self.metrics.commit_conflicts.inc();
-        consumer.abandon(&delivery);
+        consumer.abandon(delivery);
         Err(CollectorError::Conflict {
             partition: delivery.partition,
         })

@@ -306,3 +306,99 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
     consumer.leave().await.unwrap();
     assert_store_exact(&store, 1).await;
 }
+
+/// GPUs with more samples in one delivery than a chunk holds seal several chunks each; when the
+/// estimate's prefix needs more operations than a transaction allows, the collector commits a
+/// shorter prefix and the rest on the next delivery: everything stored once, nothing stuck.
+#[tokio::test]
+async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
+    use collector::DeliveryProcessor;
+    use etcd_queue::ConsumerConfig;
+    use telemetry_model::{GpuInfo, GpuUuid, MetricName};
+    use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
+
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-seals");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: prefix.clone(),
+            chunk_max_samples: 10,
+            ..StoreConfig::default()
+        },
+    );
+    // 4 messages on one partition, each with 8 GPUs x 10 metrics x 5 timestamps (50 samples per
+    // GPU). All 4 together: 200 samples per GPU, 19 seals + open, seen and identity = 22
+    // operations x 8 GPUs = 176, over etcd's 128. Two messages: 9 seals + 3 = 12 x 8 = 96.
+    let gpus: Vec<GpuInfo> = (0..8)
+        .map(|g| GpuInfo::new(GpuUuid::parse(&format!("GPU-seals-{g}")).unwrap()))
+        .collect();
+    let metrics: Vec<MetricName> = (0..10)
+        .map(|m| MetricName::parse(&format!("DCGM_FI_TEST_{m}")).unwrap())
+        .collect();
+    let t0 = now_us() - 60_000_000;
+    let mut producer = queue.producer();
+    for message in 0..4i64 {
+        let mut builder = SampleBatch::builder();
+        for step in 0..5 {
+            let at = TimestampMicros(t0 + (message * 5 + step) * 1_000);
+            for gpu in &gpus {
+                for (m, metric) in metrics.iter().enumerate() {
+                    builder.push(gpu, metric, at, m as f64);
+                }
+            }
+        }
+        let event = BatchEvent::new(format!("seals-{message}"), "/test/seals", builder.build());
+        producer
+            .publish_batch(vec![OutgoingMessage {
+                partition: 0,
+                payload: event.to_json(),
+            }])
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+
+    let mut registry = Registry::default();
+    let collector_metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let mut processor = DeliveryProcessor::new(store.clone(), collector_metrics);
+    let mut consumer = queue.consumer(ConsumerConfig::new("seals")).await.unwrap();
+    let mut committed = Vec::new();
+    while queue.depth().await.unwrap() > 0 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a delivery while messages remain");
+        let done = processor.process(&mut consumer, delivery).await.unwrap();
+        committed.push((done.messages, done.samples, done.dead_letters));
+    }
+    consumer.leave().await.unwrap();
+    assert_eq!(committed, vec![(2, 800, 0), (2, 800, 0)]);
+    for gpu in &gpus {
+        let samples = store
+            .query(
+                &gpu.uuid,
+                &SampleQuery {
+                    limit: 10_000,
+                    ..SampleQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .samples;
+        assert_eq!(samples.len(), 200, "{}", gpu.uuid);
+        let keys: Vec<_> = samples
+            .iter()
+            .map(|s| (s.timestamp, s.metric.to_string()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted, "{}: ordered, no duplicates", gpu.uuid);
+    }
+    assert_eq!(store.footprint().await.unwrap().samples, 1_600);
+}
