@@ -403,9 +403,7 @@ impl StoredRegistry {
             self.seen_revision = revision;
         }
     }
-}
 
-impl StoredRegistry {
     /// Reads the responses of [`TelemetryStore::registry_gets`].
     pub fn from_responses(
         keys: &StoreKeys,
