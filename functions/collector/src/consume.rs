@@ -104,11 +104,14 @@ impl DeliveryProcessor {
         prefix.messages.truncate(take);
         let decoded = &decoded[..take];
         let mut dead = Vec::new();
+        let mut dead_bytes = 0;
         let mut events = Vec::new();
         for (message, d) in prefix.messages.iter().zip(decoded) {
             match d {
                 Decoded::Event(event) => events.push(&event.batch),
                 Decoded::Undecodable(reason) => {
+                    // The commit copies the payload into the dead-letter record.
+                    dead_bytes += message.payload.len() + reason.len();
                     tracing::warn!(partition = message.partition, offset = message.offset, %reason, "dead-lettering undecodable message");
                     dead.push(DeadLetter {
                         offset: message.offset,
@@ -127,13 +130,15 @@ impl DeliveryProcessor {
                     return Err(e.into());
                 }
             };
-            // (A prefix of one undecodable message always fits: it writes no store keys.)
             let fence = &prepared.fence;
             let fits = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead.len() + fence.ops.len()
                 <= MAX_TXN_OPS
                 && COMMIT_RESERVED_COMPARES + fence.compares.len() <= MAX_TXN_OPS
-                && fence.bytes <= COMMIT_MAX_BYTES;
-            if !fits {
+                && fence.bytes + dead_bytes <= COMMIT_MAX_BYTES;
+            // One undecodable message alone cannot be split further: it is committed as it is
+            // (its payload is within the queue's message limit).
+            let lone_dead_letter = take == 1 && dead.len() == 1;
+            if !fits && !lone_dead_letter {
                 tracing::debug!(
                     messages = take,
                     ops = fence.ops.len(),

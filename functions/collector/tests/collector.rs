@@ -402,3 +402,60 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
     }
     assert_eq!(store.footprint().await.unwrap().samples, 1_600);
 }
+
+/// Undecodable messages are copied into their dead-letter records: two large ones that together
+/// exceed a transaction are dead-lettered one per commit instead of blocking the partition.
+#[tokio::test]
+async fn large_undecodable_messages_are_dead_lettered_one_commit_each() {
+    use collector::DeliveryProcessor;
+    use etcd_queue::ConsumerConfig;
+
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-dead-large");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let mut producer = queue.producer();
+    for fill in [b'x', b'y'] {
+        producer
+            .publish_batch(vec![OutgoingMessage {
+                partition: 0,
+                payload: vec![fill; 790 * 1024],
+            }])
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let store = store_for(etcd.client().await, &prefix);
+    let mut processor = DeliveryProcessor::new(store, metrics);
+    // Deliveries may carry both messages (1.54 MiB); one etcd request (1.5 MiB) could not.
+    let mut consumer = queue
+        .consumer(ConsumerConfig {
+            max_bytes: 2 * 1024 * 1024,
+            ..ConsumerConfig::new("dead-large")
+        })
+        .await
+        .unwrap();
+    let mut committed = Vec::new();
+    while queue.depth().await.unwrap() > 0 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a delivery while messages remain");
+        let done = processor.process(&mut consumer, delivery).await.unwrap();
+        committed.push((done.messages, done.samples, done.dead_letters));
+    }
+    consumer.leave().await.unwrap();
+    assert_eq!(committed, vec![(1, 0, 1), (1, 0, 1)]);
+    let dead = queue.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.offset, d.payload.len(), d.payload[0]))
+            .collect::<Vec<_>>(),
+        vec![(1, 790 * 1024, b'x'), (2, 790 * 1024, b'y')]
+    );
+}

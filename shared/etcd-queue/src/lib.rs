@@ -46,12 +46,20 @@ struct TopicMeta {
     version: u32,
 }
 
+/// Partition counts a topic may have.
+const PARTITIONS: std::ops::RangeInclusive<u32> = 1..=4096;
+
 impl TopicMeta {
     fn parse(keys: &QueueKeys, stored: &[u8]) -> Result<Self, QueueError> {
-        serde_json::from_slice(stored).map_err(|e| QueueError::CorruptMetadata {
+        let corrupt = |reason: String| QueueError::CorruptMetadata {
             key: keys.meta(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let meta: TopicMeta = serde_json::from_slice(stored).map_err(|e| corrupt(e.to_string()))?;
+        if !PARTITIONS.contains(&meta.partitions) {
+            return Err(corrupt(format!("{} partitions", meta.partitions)));
+        }
+        Ok(meta)
     }
 }
 
@@ -98,7 +106,7 @@ impl Queue {
     /// Opens the topic, creating it with `config.partitions` partitions if it does not exist.
     /// Fails with [`QueueError::PartitionMismatch`] if it exists with another partition count.
     pub async fn open(client: Client, config: QueueConfig) -> Result<Self, QueueError> {
-        if config.partitions == 0 || config.partitions > 4096 {
+        if !PARTITIONS.contains(&config.partitions) {
             return Err(QueueError::InvalidConfig(format!(
                 "partitions must be 1..=4096, got {}",
                 config.partitions

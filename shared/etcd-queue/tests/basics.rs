@@ -94,6 +94,26 @@ async fn attaching_reads_the_topic_and_writes_nothing() {
         before,
         "attaching and reading the status wrote nothing"
     );
+
+    // A stored partition count no topic can have is corrupt metadata, not a queue to use.
+    let corrupt = unique_prefix("attach-corrupt");
+    let meta_key = Queue::open(client.clone(), config(&corrupt))
+        .await
+        .unwrap()
+        .keys()
+        .meta();
+    client
+        .put(meta_key.clone(), r#"{"partitions":0,"version":1}"#, None)
+        .await
+        .unwrap();
+    let err = Queue::attach(client.clone(), config(&corrupt))
+        .await
+        .err()
+        .expect("corrupt metadata");
+    assert!(
+        matches!(&err, QueueError::CorruptMetadata { key, .. } if *key == meta_key),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
-use crate::chunk::Chunk;
+use crate::chunk::{Chunk, ChunkError};
 use crate::error::StoreError;
 use crate::keys::parse_sealed;
 use crate::TelemetryStore;
@@ -98,7 +98,7 @@ impl SampleQuery {
         sorted.truncate(self.limit);
         let next = sorted.last().map(|s| Cursor {
             timestamp: s.timestamp,
-            metric: MetricName::parse(&s.metric).expect("stored metric names are valid"),
+            metric: MetricName::parse(&s.metric).expect("chunk decoding validates metric names"),
         });
         (sorted, next)
     }
@@ -354,8 +354,8 @@ impl TelemetryStore {
                 // As many chunks as the missing samples need at that fill, plus one; without an
                 // estimate yet, twice the last round.
                 round = match per_chunk {
-                    0 => round * 2,
-                    full => (query.limit + 1 - ready).div_ceil(full) + 1,
+                    0 => (round * 2).min(MAX_FETCH),
+                    full => (query.limit.saturating_add(1) - ready).div_ceil(full) + 1,
                 };
             }
             let batch = &sealed[next..(next + round.min(MAX_FETCH)).min(sealed.len())];
@@ -398,7 +398,18 @@ fn decode_into(
     end: i64,
     metrics: Option<&[&str]>,
 ) -> Result<usize, StoreError> {
-    let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk { key, source })?;
+    let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
+        key: key.clone(),
+        source,
+    })?;
+    // Samples leave the store with names that are metric names (cursors are built from them);
+    // the codec itself takes any name.
+    if chunk.metrics().any(|name| MetricName::parse(name).is_err()) {
+        return Err(StoreError::CorruptChunk {
+            key,
+            source: ChunkError::Corrupt("series name is not a metric name"),
+        });
+    }
     let before = samples.len();
     samples.extend(
         chunk

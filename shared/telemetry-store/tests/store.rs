@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_model::{DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, TimestampMicros};
 use telemetry_store::{
-    GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig, StoreWriter,
-    TelemetryStore,
+    Chunk, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig,
+    StoreError, StoreWriter, TelemetryStore,
 };
 use test_support::{unique_prefix, wait_until, EtcdHarness};
 
@@ -382,6 +382,47 @@ async fn pages_read_only_the_chunks_they_need() {
         everything.chunks_read, 21,
         "19 sealed + the open one + the posted one"
     );
+
+    // A metric no chunk holds: nothing tells how full the chunks are, so rounds grow to the
+    // cap and every chunk is read once; the page is empty and final.
+    let absent = store
+        .query(
+            &info.uuid,
+            &SampleQuery {
+                metrics: Some(vec![MetricName::parse("D").unwrap()]),
+                limit: 15,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (absent.samples.len(), absent.chunks_read, absent.next_cursor),
+        (0, 21, None)
+    );
+
+    // A chunk whose series name is not a metric name is reported as corrupt, not passed on.
+    let mut bad = Chunk::new();
+    bad.push("not a metric", t0 + 500 * second, 1.0);
+    let bad_key =
+        store
+            .keys()
+            .sealed_chunk(&info.uuid, t0 + 500 * second, t0 + 500 * second, "bad");
+    store
+        .client()
+        .clone()
+        .put(bad_key.clone(), bad.encode(), None)
+        .await
+        .unwrap();
+    let err = store
+        .query(&info.uuid, &SampleQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::CorruptChunk { key, .. } if *key == bad_key),
+        "{err}"
+    );
+    store.client().clone().delete(bad_key, None).await.unwrap();
 
     for order in [Order::Asc, Order::Desc] {
         let mut pages = Vec::new();
