@@ -312,7 +312,6 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
 /// shorter prefix and the rest on the next delivery: everything stored once, nothing stuck.
 #[tokio::test]
 async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
-    use collector::DeliveryProcessor;
     use etcd_queue::ConsumerConfig;
     use telemetry_model::{GpuInfo, GpuUuid, MetricName};
     use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
@@ -362,21 +361,7 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
     }
     producer.close().await.unwrap();
 
-    let mut registry = Registry::default();
-    let collector_metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
-    let mut processor = DeliveryProcessor::new(store.clone(), collector_metrics);
-    let mut consumer = queue.consumer(ConsumerConfig::new("seals")).await.unwrap();
-    let mut committed = Vec::new();
-    while queue.depth().await.unwrap() > 0 {
-        let delivery = consumer
-            .poll(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("a delivery while messages remain");
-        let done = processor.process(&mut consumer, delivery).await.unwrap();
-        committed.push((done.messages, done.samples, done.dead_letters));
-    }
-    consumer.leave().await.unwrap();
+    let committed = drain_deliveries(&queue, &store, ConsumerConfig::new("seals")).await;
     assert_eq!(committed, vec![(2, 800, 0), (2, 800, 0)]);
     for gpu in &gpus {
         let samples = store
@@ -407,7 +392,6 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
 /// exceed a transaction are dead-lettered one per commit instead of blocking the partition.
 #[tokio::test]
 async fn large_undecodable_messages_are_dead_lettered_one_commit_each() {
-    use collector::DeliveryProcessor;
     use etcd_queue::ConsumerConfig;
 
     let etcd = EtcdHarness::start().await;
@@ -427,29 +411,13 @@ async fn large_undecodable_messages_are_dead_lettered_one_commit_each() {
     }
     producer.close().await.unwrap();
 
-    let mut registry = Registry::default();
-    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
     let store = store_for(etcd.client().await, &prefix);
-    let mut processor = DeliveryProcessor::new(store, metrics);
     // Deliveries may carry both messages (1.54 MiB); one etcd request (1.5 MiB) could not.
-    let mut consumer = queue
-        .consumer(ConsumerConfig {
-            max_bytes: 2 * 1024 * 1024,
-            ..ConsumerConfig::new("dead-large")
-        })
-        .await
-        .unwrap();
-    let mut committed = Vec::new();
-    while queue.depth().await.unwrap() > 0 {
-        let delivery = consumer
-            .poll(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("a delivery while messages remain");
-        let done = processor.process(&mut consumer, delivery).await.unwrap();
-        committed.push((done.messages, done.samples, done.dead_letters));
-    }
-    consumer.leave().await.unwrap();
+    let consumer = ConsumerConfig {
+        max_bytes: 2 * 1024 * 1024,
+        ..ConsumerConfig::new("dead-large")
+    };
+    let committed = drain_deliveries(&queue, &store, consumer).await;
     assert_eq!(committed, vec![(1, 0, 1), (1, 0, 1)]);
     let dead = queue.dead_letters(10).await.unwrap();
     assert_eq!(

@@ -173,3 +173,28 @@ pub fn store_for(client: etcd_client::Client, prefix: &str) -> TelemetryStore {
         },
     )
 }
+
+/// Drains the queue through one `DeliveryProcessor`, one delivery at a time, as a collector
+/// does; returns what each delivery committed as (messages, samples, dead letters).
+pub async fn drain_deliveries(
+    queue: &Queue,
+    store: &TelemetryStore,
+    consumer: etcd_queue::ConsumerConfig,
+) -> Vec<(usize, usize, usize)> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = std::sync::Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let mut processor = collector::DeliveryProcessor::new(store.clone(), metrics);
+    let mut consumer = queue.consumer(consumer).await.unwrap();
+    let mut committed = Vec::new();
+    while queue.depth().await.unwrap() > 0 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a delivery while messages remain");
+        let done = processor.process(&mut consumer, delivery).await.unwrap();
+        committed.push((done.messages, done.samples, done.dead_letters));
+    }
+    consumer.leave().await.unwrap();
+    committed
+}
