@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use etcd_queue::{Queue, QueueConfig};
 use test_support::{
-    build_workspace_binaries, free_port, http_request, unique_prefix, wait_until, EtcdHarness,
+    build_workspace_binaries, free_port, http_request, testdata, unique_prefix, wait_until,
+    EtcdHarness, REAL_CSV,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -101,10 +102,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     let bin = build_workspace_binaries();
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("system");
-    let csv = format!(
-        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let csv = testdata(REAL_CSV);
     let env = |command: &mut Command, port: u16| {
         command
             .env("ETCD_ENDPOINTS", etcd.endpoint())
@@ -157,7 +155,15 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     .await;
 
     let mut streamer = Command::new(bin.join("streamer"));
-    streamer.args(["run", "--csv", &csv, "--passes", "3", "--interval", "0s"]);
+    streamer.args([
+        "run",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--passes",
+        "3",
+        "--interval",
+        "0s",
+    ]);
     env(&mut streamer, streamer_port);
     let mut streamer = Process::spawn("streamer", &mut streamer);
     let exit = tokio::task::spawn_blocking(move || {

@@ -7,7 +7,6 @@
 //!
 //! `GATEWAY_BENCH_SECONDS` (default 5) and `GATEWAY_BENCH_CONCURRENCY` (default 4) tune the load.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,8 +106,7 @@ async fn fill_day_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
 
 /// Stores three passes over the real CSV (247 GPUs), one second apart, ending `end`.
 async fn fill_real_csv(store: &TelemetryStore, end: i64) {
-    let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/dcgm_metrics_20250718_134233.csv");
+    let csv = test_support::testdata(test_support::REAL_CSV);
     gateway::seed::seed_from_csv(store, &csv, 3, Duration::from_secs(1), TimestampMicros(end))
         .await
         .expect("seed the real CSV");

@@ -35,13 +35,7 @@ pub fn csv_passes(
     last_pass_at: TimestampMicros,
 ) -> Result<(Vec<SampleBatch>, u64), CsvError> {
     let mut reader = DcgmCsvReader::open(csv)?;
-    let rows: Vec<_> = reader
-        .by_ref()
-        .filter_map(|outcome| match outcome {
-            RowOutcome::Row(row) => Some(row),
-            RowOutcome::Bad(_) | RowOutcome::Blank(_) => None,
-        })
-        .collect();
+    let rows: Vec<_> = reader.by_ref().filter_map(RowOutcome::row).collect();
     let stats = reader.stats();
     let step = interval.as_micros() as i64;
     let batches = (0..passes)

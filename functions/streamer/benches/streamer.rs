@@ -22,19 +22,16 @@ use function_runtime::Shutdown;
 use serde_json::json;
 use streamer::{shard_for, Streamer, StreamerConfig, StreamerMetrics};
 use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome};
-use test_support::{median, target_dir, unique_prefix, BenchReport, EtcdHarness};
+use test_support::{
+    median, target_dir, testdata, unique_prefix, BenchReport, EtcdHarness, REAL_CSV,
+};
 
-const REAL_FILE: &str = "dcgm_metrics_20250718_134233.csv";
 const REAL_ROWS: u64 = 2_470;
 const IN_FLIGHT: usize = 4;
 const LARGE_FILE_BYTES: u64 = 1 << 30;
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn real_csv() -> PathBuf {
-    manifest_dir().join("../../testdata").join(REAL_FILE)
+    testdata(REAL_CSV)
 }
 
 fn queue_config(prefix: &str) -> QueueConfig {

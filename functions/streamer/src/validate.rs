@@ -94,15 +94,9 @@ pub fn run_validate(args: &ValidateArgs, stdout: &mut dyn Write, stderr: &mut dy
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use test_support::testdata;
 
     use super::*;
-
-    fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../testdata")
-            .join(name)
-    }
 
     fn validate(name: &str, format: OutputFormat) -> (u8, String, String) {
         let args = ValidateArgs {

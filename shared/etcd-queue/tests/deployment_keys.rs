@@ -1,14 +1,10 @@
 //! The depth key KEDA watches in the deployment artefacts is the key this crate writes. The key is
 //! built in one place (`QueueKeys::depth`); this test compares the manifests against it.
 
-use std::path::Path;
-
 use etcd_queue::{QueueConfig, QueueKeys};
 
 fn repo_file(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative);
+    let path = test_support::repo_path(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 

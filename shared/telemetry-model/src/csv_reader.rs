@@ -62,6 +62,16 @@ pub enum RowOutcome {
     Blank(BadRow),
 }
 
+impl RowOutcome {
+    /// The row, if it became a sample (`reader.filter_map(RowOutcome::row)`: every valid row).
+    pub fn row(self) -> Option<CsvRow> {
+        match self {
+            RowOutcome::Row(row) => Some(row),
+            RowOutcome::Bad(_) | RowOutcome::Blank(_) => None,
+        }
+    }
+}
+
 /// Counters since the reader was created. `rows_total == rows_ok + rows_bad + rows_blank`;
 /// the header and blank lines are not rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

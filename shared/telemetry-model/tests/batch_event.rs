@@ -2,7 +2,6 @@
 //! size of a batch built from the real data.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use cloudevents::{AttributesReader, Data};
 use proptest::prelude::*;
@@ -10,12 +9,7 @@ use telemetry_model::{
     BatchEvent, DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, SampleBatch,
     TimestampMicros,
 };
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
+use test_support::{testdata, REAL_CSV};
 
 /// `PartialEq` on f64 treats -0.0 and 0.0 as equal; the wire format must keep the sign, so rows
 /// are also compared bit for bit.
@@ -201,7 +195,7 @@ fn sdk_deserializer_sees_a_structured_json_event() {
 fn real_rows_by_gpu() -> Vec<(GpuInfo, Vec<(MetricName, f64)>)> {
     let mut order: Vec<GpuInfo> = Vec::new();
     let mut samples: HashMap<GpuUuid, Vec<(MetricName, f64)>> = HashMap::new();
-    for outcome in DcgmCsvReader::open(testdata("dcgm_metrics_20250718_134233.csv")).unwrap() {
+    for outcome in DcgmCsvReader::open(testdata(REAL_CSV)).unwrap() {
         let RowOutcome::Row(row) = outcome else {
             panic!("unexpected {outcome:?}");
         };

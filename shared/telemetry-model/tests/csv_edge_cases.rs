@@ -1,14 +1,7 @@
 //! The CSV reader on the edge-case fixtures in `testdata/`: exact counts, line numbers and reasons.
 
-use std::path::PathBuf;
-
 use telemetry_model::{summarize, BadRow, CsvError, DcgmCsvReader, ReadStats, RowOutcome};
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
+use test_support::testdata;
 
 fn read(name: &str) -> (Vec<RowOutcome>, ReadStats) {
     let mut reader = DcgmCsvReader::open(testdata(name)).unwrap();

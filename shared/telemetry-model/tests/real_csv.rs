@@ -2,17 +2,9 @@
 //! and checks exact counts and contents.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use telemetry_model::{summarize, CsvRow, DcgmCsvReader, GpuInfo, RowOutcome};
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-const REAL_FILE: &str = "dcgm_metrics_20250718_134233.csv";
+use test_support::{testdata, REAL_CSV as REAL_FILE};
 
 fn rows(name: &str) -> Vec<CsvRow> {
     DcgmCsvReader::open(testdata(name))

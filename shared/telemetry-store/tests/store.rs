@@ -11,18 +11,11 @@ use telemetry_store::{
     Chunk, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig,
     StoreError, StoreWriter, TelemetryStore,
 };
-use test_support::{unique_prefix, wait_until, EtcdHarness};
+use test_support::{testdata, unique_prefix, wait_until, EtcdHarness, REAL_CSV};
 
 /// The most GPUs a collector commit carries: what fits beside the queue's own operations.
 const GPUS_PER_COMMIT: usize =
     (etcd_queue::MAX_TXN_OPS - etcd_queue::COMMIT_RESERVED_OPS) / telemetry_store::OPS_PER_GPU;
-
-fn real_csv() -> String {
-    format!(
-        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
 
 fn now_us() -> i64 {
     TimestampMicros::now().0
@@ -30,12 +23,10 @@ fn now_us() -> i64 {
 
 /// The real CSV's rows as (info, metric, value), in file order.
 fn real_rows() -> Vec<(GpuInfo, MetricName, f64)> {
-    DcgmCsvReader::open(real_csv())
+    DcgmCsvReader::open(testdata(REAL_CSV))
         .unwrap()
-        .filter_map(|outcome| match outcome {
-            RowOutcome::Row(row) => Some((row.info, row.metric, row.value)),
-            _ => None,
-        })
+        .filter_map(RowOutcome::row)
+        .map(|row| (row.info, row.metric, row.value))
         .collect()
 }
 

@@ -13,20 +13,15 @@ use telemetry_model::{
 };
 use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
 pub use test_support::wait_until;
+use test_support::{testdata, REAL_CSV};
 
 pub const ROWS: usize = 2_470;
 
 pub fn real_rows() -> Vec<(GpuInfo, MetricName, f64)> {
-    let path = format!(
-        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    DcgmCsvReader::open(path)
+    DcgmCsvReader::open(testdata(REAL_CSV))
         .unwrap()
-        .filter_map(|o| match o {
-            RowOutcome::Row(r) => Some((r.info, r.metric, r.value)),
-            _ => None,
-        })
+        .filter_map(RowOutcome::row)
+        .map(|row| (row.info, row.metric, row.value))
         .collect()
 }
 
@@ -71,11 +66,7 @@ pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
 
 /// Streams `passes` passes of the real CSV with the real streamer (one instance, no pause).
 pub async fn stream_passes(client: etcd_client::Client, prefix: &str, passes: u64) {
-    let csv = format!(
-        "{}/../../testdata/dcgm_metrics_20250718_134233.csv",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut config = streamer::StreamerConfig::new(csv, queue_config(prefix));
+    let mut config = streamer::StreamerConfig::new(testdata(REAL_CSV), queue_config(prefix));
     config.passes = Some(passes);
     config.interval = Duration::ZERO;
     let metrics =

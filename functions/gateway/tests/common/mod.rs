@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,19 +31,14 @@ use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
 use test_support::{unique_prefix, EtcdHarness};
 use tower::ServiceExt;
 
-pub const REAL_CSV: &str = "dcgm_metrics_20250718_134233.csv";
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use test_support::{testdata, REAL_CSV};
 pub const SLICE_CSV: &str = "dcgm-slice-100.csv";
 pub const PASSES: usize = 3;
 /// The streamer's pause between passes, so the passes fall into different seconds.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the fixture's collector may take to persist everything the streamer published.
 const COLLECT_LIMIT: Duration = Duration::from_secs(60);
-
-pub fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
 
 /// One stored sample as the tests expect to read it back.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,10 +160,7 @@ impl Fixture {
 pub fn csv_rows(name: &str) -> Vec<CsvRow> {
     DcgmCsvReader::open(testdata(name))
         .expect("open CSV")
-        .filter_map(|outcome| match outcome {
-            RowOutcome::Row(row) => Some(row),
-            _ => None,
-        })
+        .filter_map(RowOutcome::row)
         .collect()
 }
 

@@ -13,14 +13,10 @@ use streamer::{shard_for, ShardState, StreamerConfig, SHARDS, WORK_GROUP};
 use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome};
 pub use test_support::wait_until;
 
-pub const REAL_CSV: &str = "dcgm_metrics_20250718_134233.csv";
+pub use test_support::REAL_CSV;
 pub const REAL_ROWS: u64 = 2_470;
 
-pub fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
+pub use test_support::testdata;
 
 pub fn queue_config(prefix: &str) -> QueueConfig {
     QueueConfig {
