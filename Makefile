@@ -16,9 +16,10 @@ build: ## Build every crate
 test: ## Run all tests (unit, integration against a real etcd the tests start)
 	$(CARGO) test --workspace
 
-lint: ## Format check and clippy with warnings denied
+lint: ## Format check, clippy with warnings denied, shellcheck on the scripts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck .ci/run $$(git ls-files '*.sh')
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

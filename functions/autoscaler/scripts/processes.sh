@@ -1,6 +1,8 @@
+# shellcheck shell=bash disable=SC2154 # (log_dir is set by the sourcing script)
 # Sourced by run-local.sh and soak.sh: starts the pipeline's processes, each in a session of its
 # own (so a terminal's Ctrl-C reaches only the calling script), and stops them in reverse start
-# order with SIGTERM and a bounded wait, so consumers drain while etcd is still up.
+# order with SIGTERM and a bounded wait, so consumers drain while etcd is still up; and reads
+# their /metrics.
 # The caller sets log_dir before calling start.
 
 pids=()
@@ -55,4 +57,10 @@ start_etcd() { # start_etcd <name> <data-dir> <client-port> <peer-port> <compact
     --initial-cluster "$name=$peer" \
     --auto-compaction-mode periodic --auto-compaction-retention "$5" \
     --quota-backend-bytes "$6" --logger zap --log-level warn
+}
+
+metric() { # metric <port> <name>: first sample value of a Prometheus metric, or empty
+  # awk reads to the end: a reader that exits early would fail the pipe with SIGPIPE under pipefail.
+  curl -sf --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+    awk -v m="$2" '!found && ($1 == m || index($1, m "{") == 1) { print $2; found = 1 }'
 }

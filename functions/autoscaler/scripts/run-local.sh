@@ -94,9 +94,6 @@ cat <<INFO
 
 INFO
 
-metric() { # metric <port> <name>: first sample value of a Prometheus metric
-  curl -sf "http://127.0.0.1:$1/metrics" 2>/dev/null | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { print $2; exit }'
-}
 last_published=$(metric "$streamer_port" streamer_samples_published_total || echo 0)
 last_time=$(date +%s.%N)
 while true; do

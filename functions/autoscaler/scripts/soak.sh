@@ -135,10 +135,6 @@ wait_http "http://127.0.0.1:$autoscaler_port/healthz" 30 autoscaler
 
 # 4. Probes.
 ectl() { etcdctl --endpoints="$endpoint" --command-timeout=30s "$@"; }
-metric() { # metric <port> <name>: first sample value of a Prometheus metric, or empty
-  curl -sf --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
-    awk -v m="$2" '$1 == m || index($1, m "{") == 1 { print $2; exit }'
-}
 status() { # status: "dbSize dbSizeInUse revision"
   ectl endpoint status -w json | jq -r '.[0].Status | "\(.dbSize) \(.dbSizeInUse) \(.header.revision)"'
 }

@@ -28,6 +28,7 @@ GATEWAY="${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway"
 WORK="$(mktemp -d)"
 ETCD_PID=""
 GATEWAY_PID=""
+# shellcheck disable=SC2317,SC2329 # (invoked by the EXIT trap)
 cleanup() {
   for pid in "$GATEWAY_PID" "$ETCD_PID"; do
     if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then

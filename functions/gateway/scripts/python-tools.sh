@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by check-openapi.sh and api-fuzz.sh: a Python venv with the pinned API tools from PyPI,
 # created on first use in a git-ignored cache (.cache/api-tools, or $API_TOOLS_CACHE) and reused
 # afterwards without network. Needs python3 with the venv module (Debian: python3-venv).
