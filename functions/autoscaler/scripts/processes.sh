@@ -1,12 +1,27 @@
 # shellcheck shell=bash disable=SC2154 # (log_dir is set by the sourcing script)
-# Sourced by run-local.sh and soak.sh: starts the pipeline's processes, each in a session of its
-# own (so a terminal's Ctrl-C reaches only the calling script), and stops them in reverse start
-# order with SIGTERM and a bounded wait, so consumers drain while etcd is still up; and reads
-# their /metrics.
+# Sourced by run-local.sh and soak.sh: builds the pipeline's processes and starts each in a
+# session of its own (so a terminal's Ctrl-C reaches only the calling script), stops them in
+# reverse start order with SIGTERM and a bounded wait, so consumers drain while etcd is still up,
+# and reads their /metrics.
 # The caller sets log_dir before calling start.
 
 pids=()
 names=()
+
+say() { printf '\033[1m%s\033[0m\n' "$*"; }
+
+build_functions() { # build_functions <debug|release>: build the four functions; sets bin
+  say "building ($1)"
+  if [ "$1" = release ]; then
+    cargo build --release -p streamer -p collector -p gateway -p autoscaler
+  else
+    # Every binary and example: the selection `cargo test --workspace` resolves features for, so
+    # a build after the tests (or the tests after this) reuses the same compiled dependencies.
+    cargo build --workspace --bins --examples
+  fi
+  # shellcheck disable=SC2034 # (read by the sourcing script)
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/$1"
+}
 
 start() { # start <name> <command...>: run in the background, logging to $log_dir/<name>.log
   local name=$1

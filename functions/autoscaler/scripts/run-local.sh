@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 root=$(pwd)
+# shellcheck source=functions/autoscaler/scripts/processes.sh
+source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 run_dir="$root/.run"
 profile=${PROFILE:-debug}
 etcd_port=${ETCD_PORT:-2379}
@@ -14,8 +16,6 @@ streamer_port=${STREAMER_PORT:-8082}
 autoscaler_port=${AUTOSCALER_PORT:-8083}
 prefix=${TELEMETRY_PREFIX:-/gpu-telemetry}
 csv=${STREAMER_CSV:-$root/testdata/dcgm_metrics_20250718_134233.csv}
-
-say() { printf '\033[1m%s\033[0m\n' "$*"; }
 
 # 1. Tools: install what is missing when we can, otherwise say exactly what to install.
 missing=()
@@ -35,17 +35,11 @@ fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
 # 2. Build.
-say "building ($profile)"
-build_flags=()
-[ "$profile" = release ] && build_flags+=(--release)
-cargo build "${build_flags[@]}" -p streamer -p collector -p gateway -p autoscaler
-bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+build_functions "$profile"
 
 # 3. Processes, stopped together on exit.
 mkdir -p "$run_dir/logs"
 log_dir="$run_dir/logs"
-# shellcheck source=functions/autoscaler/scripts/processes.sh
-source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 cleanup() {
   trap - INT TERM EXIT
   echo

@@ -24,6 +24,8 @@ set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/../../.."
 root=$(pwd)
+# shellcheck source=functions/autoscaler/scripts/processes.sh
+source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 
 duration_s() { # duration_s <90s|10m|1h|45>: seconds
   local v=$1
@@ -51,7 +53,6 @@ compaction_retention=${ETCD_COMPACTION_RETENTION:-1m}
 quota=${ETCD_QUOTA_BYTES:-2147483648}
 interval=${STREAMER_INTERVAL:-1s}
 
-say() { printf '\033[1m%s\033[0m\n' "$*"; }
 die() { echo "soak: $*" >&2; exit 2; }
 
 ((duration >= 3 * sample_every)) || die "SOAK_DURATION must cover at least three samples"
@@ -67,11 +68,7 @@ if [ -n "${BIN_DIR:-}" ]; then
   bin=$BIN_DIR
 else
   command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
-  say "building ($profile)"
-  build_flags=()
-  [ "$profile" = release ] && build_flags+=(--release)
-  cargo build "${build_flags[@]}" -p streamer -p collector -p gateway -p autoscaler
-  bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+  build_functions "$profile"
 fi
 for b in streamer collector gateway autoscaler; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing (build it, or point BIN_DIR at the binaries)"
@@ -86,8 +83,6 @@ mkdir -p "$log_dir"
 work=$(mktemp -d "${TMPDIR:-/tmp}/soak.XXXXXX")
 
 # 3. Processes, stopped together on exit (reverse start order, etcd last).
-# shellcheck source=functions/autoscaler/scripts/processes.sh
-source functions/autoscaler/scripts/processes.sh # (the script runs from the repository root)
 cleanup() {
   local rc=$?
   trap - INT TERM EXIT
