@@ -6,8 +6,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ids::GpuUuid;
 
-/// What is known about one GPU. Empty strings are stored as `None`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What is known about one GPU. Empty strings are stored as `None`. Ordered field by field, so
+/// two different descriptions of one GPU can be chosen between without regard to arrival order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GpuInfo {
     pub uuid: GpuUuid,
     /// DCGM's `gpu_id`: the GPU's index on its host, repeated on every host.

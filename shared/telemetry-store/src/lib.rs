@@ -295,10 +295,7 @@ impl TelemetryStore {
                 .record
                 .clone()
                 .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.1));
-            record.update_info(&batch.info);
-            for (metric, timestamp, value) in &live {
-                record.observe(metric, *timestamp, *value);
-            }
+            record.observe_batch(&batch.info, live.iter().map(|(m, t, v)| (m, *t, *v)));
             let Some(write) = stored
                 .write_for(&self.keys, &self.leases, uuid, &record)
                 .await?

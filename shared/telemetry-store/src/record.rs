@@ -70,10 +70,27 @@ impl GpuRecord {
         }
     }
 
-    /// Takes newer GPU metadata (labels, hostname...) when it differs.
-    pub fn update_info(&mut self, info: &GpuInfo) {
-        if &self.info != info {
+    /// Folds in one batch of this GPU's samples, which arrived described by `info`. The metadata
+    /// (labels, hostname...) kept is that of the batch with the newest sample, and of two such
+    /// batches the greater `info`; like [`GpuRecord::observe`], the result is the same whatever
+    /// order the batches arrive in and however often one is replayed. An empty batch changes
+    /// nothing.
+    pub fn observe_batch<'a, I>(&mut self, info: &GpuInfo, samples: I)
+    where
+        I: IntoIterator<Item = (&'a MetricName, TimestampMicros, f64)>,
+        I::IntoIter: Clone,
+    {
+        let samples = samples.into_iter();
+        let Some(newest) = samples.clone().map(|(_, timestamp, _)| timestamp).max() else {
+            return;
+        };
+        // `last_seen` is the newest sample of the batches folded in so far, and `self.info` the
+        // greatest description among the batches holding it: compare before this batch moves it.
+        if newest > self.last_seen || (newest == self.last_seen && info > &self.info) {
             self.info = info.clone();
+        }
+        for (metric, timestamp, value) in samples {
+            self.observe(metric, timestamp, value);
         }
     }
 
@@ -259,6 +276,61 @@ mod tests {
             }
         );
         assert_eq!(forward.metrics().collect::<Vec<_>>(), vec![&temp, &util]);
+    }
+
+    #[test]
+    fn metadata_of_the_newest_batch_wins_in_any_order() {
+        let uuid = GpuUuid::parse("GPU-1").unwrap();
+        let described = |host: &str| {
+            let mut info = GpuInfo::new(uuid.clone());
+            info.hostname = Some(host.to_owned());
+            info
+        };
+        let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+        // (hostname, sample timestamps): "c" and "b" tie on the newest sample, "a" is older.
+        let batches = [
+            ("a", vec![10, 20]),
+            ("c", vec![15, 30]),
+            ("b", vec![30]),
+            ("d", vec![]),
+        ];
+        // Every order of the four batches.
+        let orders = (0..4usize.pow(4)).map(|n| [n % 4, n / 4 % 4, n / 16 % 4, n / 64]);
+        let orders: Vec<_> = orders.filter(|o| (0..4).all(|i| o.contains(&i))).collect();
+        assert_eq!(orders.len(), 24);
+        for order in orders {
+            let mut record: Option<GpuRecord> = None;
+            // Every batch twice: a replay changes nothing.
+            for &i in order.iter().chain(order.iter()) {
+                let (host, times) = &batches[i];
+                let info = described(host);
+                let Some(first) = times.first() else { continue };
+                let record = record
+                    .get_or_insert_with(|| GpuRecord::new(info.clone(), TimestampMicros(*first)));
+                record.observe_batch(
+                    &info,
+                    times
+                        .iter()
+                        .map(|t| (&util, TimestampMicros(*t), *t as f64)),
+                );
+            }
+            let record = record.unwrap();
+            assert_eq!(
+                record.info.hostname.as_deref(),
+                Some("c"),
+                "order {order:?}"
+            );
+            assert_eq!(
+                (record.first_seen, record.last_seen),
+                (TimestampMicros(10), TimestampMicros(30)),
+                "order {order:?}"
+            );
+        }
+        // An empty batch leaves the record as it was, metadata included.
+        let mut record = GpuRecord::new(described("a"), TimestampMicros(10));
+        let before = record.clone();
+        record.observe_batch(&described("z"), std::iter::empty());
+        assert_eq!(record, before);
     }
 
     fn metric(i: usize) -> MetricName {

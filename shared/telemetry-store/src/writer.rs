@@ -116,7 +116,6 @@ impl StoreWriter {
         for (uuid, batch) in gpus {
             let mut open = self.open.get(uuid).cloned().expect("loaded");
             let stored = self.records.get(uuid).expect("loaded");
-            let mut record = stored.record.clone();
             let open_key = keys.open_chunk(uuid);
             prepared.fence.compares.push(Compare::mod_revision(
                 open_key.clone(),
@@ -124,7 +123,8 @@ impl StoreWriter {
                 open.revision,
             ));
             prepared.fence.compares.extend(stored.compares(&keys, uuid));
-            let mut stored_here = 0;
+            // The samples this commit stores (expiry is judged once, against the clock).
+            let mut live = Vec::with_capacity(batch.samples.len());
             for (metric, timestamp, value) in &batch.samples {
                 if leases.is_expired(timestamp.0) {
                     prepared.expired += 1;
@@ -158,23 +158,18 @@ impl StoreWriter {
                     open.bucket = bucket;
                 }
                 open.chunk.push(metric.as_str(), timestamp.0, *value);
-                match record.as_mut() {
-                    Some(r) => r.observe(metric, *timestamp, *value),
-                    None => {
-                        let mut r = GpuRecord::new(batch.info.clone(), *timestamp);
-                        r.observe(metric, *timestamp, *value);
-                        record = Some(r);
-                    }
-                }
-                stored_here += 1;
+                live.push((metric, *timestamp, *value));
             }
-            prepared.samples += stored_here;
-            if stored_here == 0 {
+            prepared.samples += live.len();
+            let Some(&(_, first, _)) = live.first() else {
                 // Nothing to write for this GPU; keep the compares (harmless) but skip the puts.
                 continue;
-            }
-            let Some(mut record) = record else { continue };
-            record.update_info(&batch.info);
+            };
+            let mut record = stored
+                .record
+                .clone()
+                .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first));
+            record.observe_batch(&batch.info, live.iter().copied());
             let bytes = open.chunk.encode();
             let lease = leases
                 .lease_for(open.chunk.min_timestamp().unwrap_or_default())

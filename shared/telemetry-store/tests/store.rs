@@ -86,10 +86,7 @@ fn expected_records(rows: &[(GpuInfo, MetricName, f64)], starts: &[i64]) -> Vec<
             let record = records
                 .entry(uuid)
                 .or_insert_with(|| GpuRecord::new(gpu.info.clone(), gpu.samples[0].1));
-            for (metric, timestamp, value) in &gpu.samples {
-                record.observe(metric, *timestamp, *value);
-            }
-            record.update_info(&gpu.info);
+            record.observe_batch(&gpu.info, gpu.samples.iter().map(|(m, t, v)| (m, *t, *v)));
         }
     }
     records.into_values().collect()
@@ -714,7 +711,7 @@ async fn the_identity_is_written_once_per_bucket_and_the_seen_value_on_every_com
 type Step<'a> = (&'a GpuInfo, Vec<(&'a MetricName, i64, f64)>, (i64, i64));
 
 #[tokio::test]
-async fn a_new_metric_new_labels_or_an_earlier_sample_rewrite_the_identity() {
+async fn a_new_metric_newer_labels_or_an_earlier_sample_rewrite_the_identity() {
     let etcd = EtcdHarness::start().await;
     let store = TelemetryStore::new(
         etcd.client().await,
@@ -747,6 +744,8 @@ async fn a_new_metric_new_labels_or_an_earlier_sample_rewrite_the_identity() {
                 vec![(&util, t + 4, 4.0), (&temp, t + 4, 41.0)],
                 (4, 5),
             ),
+            // A late batch with the old metadata (say, a replay): the newest batch's labels stay.
+            (&info, vec![(&util, t + 2, 2.5)], (4, 5)),
         ];
         let mut writer = StoreWriter::new(store.clone());
         let mut expected = GpuRecord::new(info.clone(), TimestampMicros(t));
@@ -758,10 +757,7 @@ async fn a_new_metric_new_labels_or_an_earlier_sample_rewrite_the_identity() {
                     .map(|(m, ts, v)| ((*m).clone(), TimestampMicros(*ts), *v))
                     .collect(),
             };
-            for (metric, timestamp, value) in &gpu.samples {
-                expected.observe(metric, *timestamp, *value);
-            }
-            expected.update_info(info);
+            expected.observe_batch(info, gpu.samples.iter().map(|(m, t, v)| (m, *t, *v)));
             let gpus = BTreeMap::from([(uuid.clone(), gpu)]);
             if through_writer {
                 let prepared = writer.prepare(&gpus).await.unwrap();
@@ -788,6 +784,7 @@ async fn a_new_metric_new_labels_or_an_earlier_sample_rewrite_the_identity() {
             expected.latest.keys().collect::<Vec<_>>(),
             vec![&temp, &util]
         );
+        assert_eq!(expected.info, labelled);
     }
     assert_eq!(store.list_gpus().await.unwrap().len(), 2);
 }
