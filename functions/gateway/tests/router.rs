@@ -336,8 +336,7 @@ async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
     assert_eq!(get(&router, &routes[0]).await.status, StatusCode::OK);
 
     // Stalled: etcd accepts connections but answers nothing (SIGSTOP).
-    let pid = fixture.etcd.pid().expect("etcd runs").to_string();
-    signal(&pid, "-STOP");
+    fixture.etcd.stall().await;
     for uri in &routes {
         assert_eq!(
             get(&router, uri).await.problem(503),
@@ -354,7 +353,7 @@ async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
         get(&router, "/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    signal(&pid, "-CONT");
+    fixture.etcd.resume();
 
     // Down: connections are refused.
     fixture.etcd.kill();
@@ -383,14 +382,6 @@ async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn signal(pid: &str, which: &str) {
-    let status = std::process::Command::new("kill")
-        .args([which, pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {which} {pid}");
 }
 
 #[tokio::test]

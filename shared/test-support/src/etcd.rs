@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use tempfile::TempDir;
 
-use crate::wait::free_port;
+use crate::wait::{free_port, wait_until};
 
 /// How long a member may take to become healthy before the test fails.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -90,6 +90,26 @@ impl EtcdHarness {
     /// The process id of the running member, if any.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Stalls the member as a hung host would: it keeps its connections open and answers nothing
+    /// until [`EtcdHarness::resume`]. Sends SIGSTOP, then waits until every thread of the process
+    /// has stopped: the signal reaches a busy process's threads only as they are scheduled, and
+    /// until then the others go on answering.
+    pub async fn stall(&self) {
+        let pid = self.pid().expect("etcd runs");
+        send_signal(pid, "-STOP");
+        wait_until(
+            "every etcd thread to stop",
+            STARTUP_DEADLINE,
+            || async move { all_threads_stopped(pid) },
+        )
+        .await;
+    }
+
+    /// Lets a stalled member go on (SIGCONT).
+    pub fn resume(&self) {
+        send_signal(self.pid().expect("etcd runs"), "-CONT");
     }
 
     /// Kills the member (SIGKILL, as a crash would) and waits for it to exit. The data stays.
@@ -195,6 +215,28 @@ fn find_etcd() -> PathBuf {
         .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
 
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/{pid}/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
+}
+
 fn clear_dir(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -242,6 +284,26 @@ mod tests {
         drop(etcd);
         assert!(!process_alive(second_pid), "member left running after drop");
         assert!(!data_dir.exists(), "data dir left behind after drop");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_member_answers_nothing_until_resumed() {
+        let etcd = EtcdHarness::start().await;
+        let key = format!("{}/k", unique_prefix("stall"));
+        let mut client = etcd.client().await;
+        client.put(key.as_str(), "v", None).await.unwrap();
+
+        etcd.stall().await;
+        let pid = etcd.pid().unwrap();
+        assert!(all_threads_stopped(pid));
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(300), client.get(key.as_str(), None)).await;
+        assert!(stalled.is_err(), "a stalled member answered: {stalled:?}");
+
+        etcd.resume();
+        let got = client.get(key.as_str(), None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"v");
+        assert!(!all_threads_stopped(pid));
     }
 
     #[test]
