@@ -141,6 +141,11 @@ impl TelemetryStore {
 
     /// One GPU's record, if it has telemetry (one transaction reading both registry keys).
     pub async fn gpu(&self, uuid: &GpuUuid) -> Result<Option<GpuRecord>, StoreError> {
+        Ok(self.read_registry(uuid).await?.record)
+    }
+
+    /// Both registry keys of one GPU, read in one transaction.
+    async fn read_registry(&self, uuid: &GpuUuid) -> Result<StoredRegistry, StoreError> {
         let mut client = self.client.clone();
         let response = client
             .txn(Txn::new().and_then(self.registry_gets(uuid)))
@@ -149,8 +154,7 @@ impl TelemetryStore {
                 operation: "read GPU",
                 source,
             })?;
-        let stored = StoredRegistry::from_responses(&self.keys, uuid, &response.op_responses())?;
-        Ok(stored.record)
+        StoredRegistry::from_responses(&self.keys, uuid, &response.op_responses())
     }
 
     /// The two reads of a GPU's registry keys, identity first.
@@ -282,15 +286,7 @@ impl TelemetryStore {
             return Ok(());
         };
         loop {
-            let mut client = self.client.clone();
-            let current = client
-                .txn(Txn::new().and_then(self.registry_gets(uuid)))
-                .await
-                .map_err(|source| StoreError::Etcd {
-                    operation: "read GPU",
-                    source,
-                })?;
-            let stored = StoredRegistry::from_responses(&self.keys, uuid, &current.op_responses())?;
+            let stored = self.read_registry(uuid).await?;
             let mut record = stored
                 .record
                 .clone()
@@ -305,10 +301,15 @@ impl TelemetryStore {
             let txn = Txn::new()
                 .when(stored.compares(&self.keys, uuid))
                 .and_then(write.ops);
-            let response = client.txn(txn).await.map_err(|source| StoreError::Etcd {
-                operation: "write GPU",
-                source,
-            })?;
+            let response =
+                self.client
+                    .clone()
+                    .txn(txn)
+                    .await
+                    .map_err(|source| StoreError::Etcd {
+                        operation: "write GPU",
+                        source,
+                    })?;
             if response.succeeded() {
                 return Ok(());
             }

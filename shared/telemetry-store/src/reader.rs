@@ -227,17 +227,10 @@ impl TelemetryStore {
             return Ok(Vec::new());
         }
         let (open, sealed) = self.scan(uuid, start, end).await?;
-        let names: Option<Vec<&str>> = metrics.map(|m| m.iter().map(MetricName::as_str).collect());
+        let selection = Selection::new(start, end, metrics);
         let mut samples = Vec::new();
         if let Some(bytes) = open {
-            decode_into(
-                &mut samples,
-                self.keys().open_chunk(uuid),
-                &bytes,
-                start,
-                end,
-                names.as_deref(),
-            )?;
+            selection.decode_into(&mut samples, self.keys().open_chunk(uuid), &bytes)?;
         }
         if let (Some(first), Some(_)) = (sealed.first(), sealed.last()) {
             // One range read from the first overlapping chunk to the window's end; the few
@@ -259,7 +252,7 @@ impl TelemetryStore {
                     .binary_search_by(|c| c.key.as_str().cmp(&key))
                     .is_ok()
                 {
-                    decode_into(&mut samples, key, kv.value(), start, end, names.as_deref())?;
+                    selection.decode_into(&mut samples, key, kv.value())?;
                 }
             }
         }
@@ -315,21 +308,11 @@ impl TelemetryStore {
             (Order::Asc, Some(bound)) => sample.timestamp.0 < bound,
             (Order::Desc, Some(bound)) => sample.timestamp.0 > bound,
         };
-        let names: Option<Vec<&str>> = query
-            .metrics
-            .as_ref()
-            .map(|m| m.iter().map(MetricName::as_str).collect());
+        let selection = Selection::new(start, end, query.metrics.as_deref());
         let mut samples = Vec::new();
         let mut chunks_read = 0;
         if let Some(bytes) = open {
-            decode_into(
-                &mut samples,
-                self.keys().open_chunk(uuid),
-                &bytes,
-                start,
-                end,
-                names.as_deref(),
-            )?;
+            selection.decode_into(&mut samples, self.keys().open_chunk(uuid), &bytes)?;
             chunks_read += 1;
         }
         let mut next = 0;
@@ -361,14 +344,7 @@ impl TelemetryStore {
             let batch = &sealed[next..(next + round.min(MAX_FETCH)).min(sealed.len())];
             for (bytes, chunk) in self.fetch(batch).await?.into_iter().zip(batch) {
                 let Some(bytes) = bytes else { continue };
-                let added = decode_into(
-                    &mut samples,
-                    chunk.key.clone(),
-                    &bytes,
-                    start,
-                    end,
-                    names.as_deref(),
-                )?;
+                let added = selection.decode_into(&mut samples, chunk.key.clone(), &bytes)?;
                 if chunk.start >= start && chunk.end <= end {
                     per_chunk = per_chunk.max(added);
                 }
@@ -388,40 +364,55 @@ impl TelemetryStore {
     }
 }
 
-/// Decodes one chunk and appends its samples in `[start, end]` (of `metrics`, if given); returns
-/// how many it appended.
-fn decode_into(
-    samples: &mut Vec<StoredSample>,
-    key: String,
-    bytes: &[u8],
+/// What a read keeps of each chunk: samples in the inclusive window `[start, end]`, of `names`
+/// when given.
+struct Selection<'a> {
     start: i64,
     end: i64,
-    metrics: Option<&[&str]>,
-) -> Result<usize, StoreError> {
-    let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
-        key: key.clone(),
-        source,
-    })?;
-    // Samples leave the store with names that are metric names (cursors are built from them);
-    // the codec itself takes any name.
-    if chunk.metrics().any(|name| MetricName::parse(name).is_err()) {
-        return Err(StoreError::CorruptChunk {
-            key,
-            source: ChunkError::Corrupt("series name is not a metric name"),
-        });
+    names: Option<Vec<&'a str>>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(start: i64, end: i64, metrics: Option<&'a [MetricName]>) -> Self {
+        Selection {
+            start,
+            end,
+            names: metrics.map(|m| m.iter().map(MetricName::as_str).collect()),
+        }
     }
-    let before = samples.len();
-    samples.extend(
-        chunk
-            .samples_in(start, end, metrics)
-            .into_iter()
-            .map(|s| StoredSample {
-                timestamp: TimestampMicros(s.timestamp_us),
-                metric: s.metric,
-                value: s.value,
-            }),
-    );
-    Ok(samples.len() - before)
+
+    /// Decodes one chunk and appends the selected samples; returns how many it appended.
+    fn decode_into(
+        &self,
+        samples: &mut Vec<StoredSample>,
+        key: String,
+        bytes: &[u8],
+    ) -> Result<usize, StoreError> {
+        let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
+            key: key.clone(),
+            source,
+        })?;
+        // Samples leave the store with names that are metric names (cursors are built from
+        // them); the codec itself takes any name.
+        if chunk.metrics().any(|name| MetricName::parse(name).is_err()) {
+            return Err(StoreError::CorruptChunk {
+                key,
+                source: ChunkError::Corrupt("series name is not a metric name"),
+            });
+        }
+        let before = samples.len();
+        samples.extend(
+            chunk
+                .samples_in(self.start, self.end, self.names.as_deref())
+                .into_iter()
+                .map(|s| StoredSample {
+                    timestamp: TimestampMicros(s.timestamp_us),
+                    metric: s.metric,
+                    value: s.value,
+                }),
+        );
+        Ok(samples.len() - before)
+    }
 }
 
 /// Orders samples by (timestamp, metric name).
