@@ -1,0 +1,215 @@
+//! The bottom layer of the chunk codec: a bit stream written and read most significant bit first
+//! (through a 64-bit accumulator), a counter that prices bits without writing them, a byte cursor
+//! for the series table, LEB128 varints and the zigzag map from signed to unsigned integers.
+
+use super::ChunkError;
+
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+pub(super) struct ByteCursor<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) pos: usize,
+}
+
+impl<'a> ByteCursor<'a> {
+    pub(super) fn varint(&mut self) -> Result<u64, ChunkError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.bytes.get(self.pos).ok_or(ChunkError::Truncated)?;
+            self.pos += 1;
+            let low = u64::from(byte & 0x7f);
+            if shift == 63 && low > 1 {
+                return Err(ChunkError::Corrupt("varint overflows 64 bits"));
+            }
+            value |= low << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(ChunkError::Corrupt("varint overflows 64 bits"))
+    }
+
+    pub(super) fn take(&mut self, len: usize) -> Result<&'a [u8], ChunkError> {
+        let end = self.pos.checked_add(len).ok_or(ChunkError::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(ChunkError::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+}
+
+/// Where encoded bits go: the real writer, or a counter used to price alternatives before writing.
+pub(super) trait BitSink {
+    /// Appends the low `n` bits of `value` (`n <= 64`), most significant first.
+    fn put(&mut self, value: u64, n: u32);
+}
+
+pub(super) struct BitCounter(pub(super) u64);
+
+impl BitSink for BitCounter {
+    fn put(&mut self, _value: u64, n: u32) {
+        self.0 += u64::from(n);
+    }
+}
+
+/// Appends bits to a byte vector through a 64-bit accumulator.
+pub(super) struct BitWriter {
+    out: Vec<u8>,
+    /// The low `filled` bits are pending; `filled < 32` between calls.
+    acc: u64,
+    filled: u32,
+}
+
+impl BitWriter {
+    pub(super) fn new(out: Vec<u8>) -> Self {
+        Self {
+            out,
+            acc: 0,
+            filled: 0,
+        }
+    }
+
+    fn put_small(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 32);
+        if n == 0 {
+            return;
+        }
+        self.acc = (self.acc << n) | (value & ((1u64 << n) - 1));
+        self.filled += n;
+        if self.filled >= 32 {
+            self.filled -= 32;
+            self.out
+                .extend_from_slice(&((self.acc >> self.filled) as u32).to_be_bytes());
+        }
+    }
+
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        while self.filled >= 8 {
+            self.filled -= 8;
+            self.out.push((self.acc >> self.filled) as u8);
+        }
+        if self.filled > 0 {
+            self.out.push((self.acc << (8 - self.filled)) as u8);
+        }
+        self.out
+    }
+}
+
+impl BitSink for BitWriter {
+    fn put(&mut self, value: u64, n: u32) {
+        if n > 32 {
+            self.put_small(value >> 32, n - 32);
+            self.put_small(value & 0xffff_ffff, 32);
+        } else {
+            self.put_small(value, n);
+        }
+    }
+}
+
+pub(super) struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    len: usize,
+}
+
+impl<'a> BitReader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            pos: 0,
+            len: bytes.len() * 8,
+        }
+    }
+
+    /// The next `n <= 56` bits without consuming them.
+    fn peek_small(&self, n: u32) -> Result<u64, ChunkError> {
+        debug_assert!(n <= 56);
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.pos + n as usize > self.len {
+            return Err(ChunkError::Truncated);
+        }
+        let byte = self.pos / 8;
+        let word = match self.bytes.get(byte..byte + 8) {
+            Some(slice) => {
+                let mut full = [0u8; 8];
+                full.copy_from_slice(slice);
+                u64::from_be_bytes(full)
+            }
+            None => {
+                let mut padded = [0u8; 8];
+                let tail = self.bytes.get(byte..).unwrap_or_default();
+                padded[..tail.len()].copy_from_slice(tail);
+                u64::from_be_bytes(padded)
+            }
+        };
+        Ok((word << (self.pos % 8)) >> (64 - n))
+    }
+
+    /// Reads `n <= 56` bits.
+    pub(super) fn get_small(&mut self, n: u32) -> Result<u64, ChunkError> {
+        let value = self.peek_small(n)?;
+        self.pos += n as usize;
+        Ok(value)
+    }
+
+    /// Reads `n <= 64` bits.
+    pub(super) fn get(&mut self, n: u32) -> Result<u64, ChunkError> {
+        if n > 32 {
+            let high = self.get_small(n - 32)?;
+            Ok((high << 32) | self.get_small(32)?)
+        } else {
+            self.get_small(n)
+        }
+    }
+
+    pub(super) fn bit(&mut self) -> Result<bool, ChunkError> {
+        Ok(self.get_small(1)? == 1)
+    }
+
+    /// Reads one bits up to a zero (consumed) or until `limit <= 32` ones; returns how many.
+    pub(super) fn unary(&mut self, limit: u32) -> Result<u32, ChunkError> {
+        let window = (limit + 1).min((self.len - self.pos).min(33) as u32);
+        let bits = self.peek_small(window)?;
+        let ones = if window == 0 {
+            0
+        } else {
+            (bits << (64 - window)).leading_ones()
+        };
+        if ones >= limit {
+            self.pos += limit as usize;
+            Ok(limit)
+        } else if ones < window {
+            self.pos += ones as usize + 1;
+            Ok(ones)
+        } else {
+            Err(ChunkError::Truncated)
+        }
+    }
+
+    /// The stream must end here, up to zero padding of the last byte.
+    pub(super) fn expect_padding(&mut self) -> Result<(), ChunkError> {
+        let rest = self.len - self.pos;
+        if rest >= 8 {
+            return Err(ChunkError::Corrupt("trailing bytes after the last series"));
+        }
+        if self.get_small(rest as u32)? != 0 {
+            return Err(ChunkError::Corrupt("non-zero padding"));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+pub(crate) fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
