@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use etcd_queue::{
     Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
-    MAX_TXN_OPS,
+    MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 use telemetry_model::{BatchEvent, GpuUuid};
 use telemetry_store::{
@@ -22,8 +22,12 @@ use crate::CollectorError;
 const FENCE_RETRIES: usize = 3;
 /// Compares every commit spends besides the store's: owner and offset.
 const COMMIT_RESERVED_COMPARES: usize = 2;
-/// Request bytes one commit may carry (etcd's limit is 1.5 MiB).
-const COMMIT_MAX_BYTES: usize = 1_300 * 1024;
+/// Longest key a commit writes (prefix, topic and partition included).
+const MAX_KEY_BYTES: usize = 800;
+/// Request bytes the store's writes and the dead letters of one commit may carry: the transaction
+/// budget less the keys of the queue's own operations (offset, message range, dead letters), which
+/// neither the fence's nor the dead letters' byte count includes.
+const COMMIT_MAX_BYTES: usize = MAX_TXN_BYTES - MAX_TXN_OPS * MAX_KEY_BYTES;
 
 /// One decoded message of a delivery.
 enum Decoded {

@@ -64,9 +64,3 @@ impl ConsumerConfig {
         }
     }
 }
-
-/// Limits of one etcd transaction that this crate stays within (etcd's defaults: 128 operations,
-/// 1.5 MiB requests).
-pub const MAX_TXN_OPS: usize = 128;
-/// Request bytes the queue allows itself per transaction, leaving headroom under etcd's 1.5 MiB.
-pub const MAX_TXN_BYTES: usize = 1_400 * 1024;

@@ -9,12 +9,13 @@ use etcd_client::{
 };
 
 use crate::change_feed::{Change, ChangeFeed};
-use crate::config::{ConsumerConfig, QueueConfig, MAX_TXN_OPS};
+use crate::config::{ConsumerConfig, QueueConfig};
 use crate::depth::{numbers_by_partition, DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{trailing_number, GroupKeys, QueueKeys};
 use crate::producer::Fence;
 use crate::retry::{is_transient, with_retry, Backoff};
+use crate::txn_budget::MAX_TXN_OPS;
 use crate::work_group::WorkGroup;
 
 /// A message as delivered: its partition, its offset (sequence number) and payload.

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lease;
 pub mod producer;
 pub mod retry;
+pub mod txn_budget;
 pub mod work_group;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
-pub use config::{ConsumerConfig, QueueConfig, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use config::{ConsumerConfig, QueueConfig};
 pub use consumer::{
     Consumer, ConsumerStats, DeadLetter, Delivery, Message, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
 };
@@ -34,6 +35,7 @@ pub use error::QueueError;
 pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
 pub use retry::{is_transient, with_retry, Backoff};
+pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 pub use work_group::{GroupSnapshot, Rebalance, WorkGroup};
 
 use crate::keys::{trailing_number, trailing_segment};

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::config::{QueueConfig, MAX_TXN_BYTES, MAX_TXN_OPS};
+use crate::config::QueueConfig;
 use crate::depth::{numbers_by_partition, DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
 use crate::retry::{is_transient, Backoff};
+use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
 /// A message to publish to a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

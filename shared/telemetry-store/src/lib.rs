@@ -25,6 +25,7 @@ use std::time::Duration;
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
+use etcd_queue::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use telemetry_model::{GpuUuid, MetricName};
 
 pub use aggregate::{aggregate, Aggregation};
@@ -245,7 +246,9 @@ impl TelemetryStore {
         let mut batch: Vec<TxnOp> = Vec::new();
         let mut batch_bytes = 0;
         for (op, size) in puts {
-            if !batch.is_empty() && (batch.len() >= 100 || batch_bytes + size > 1024 * 1024) {
+            if !batch.is_empty()
+                && (batch.len() >= MAX_TXN_OPS || batch_bytes + size > MAX_TXN_BYTES)
+            {
                 self.apply(std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_queue::MAX_TXN_OPS;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
 use crate::chunk::{Chunk, ChunkError};
@@ -132,8 +133,10 @@ struct SealedRef {
 /// Sealed chunks fetched in the first round trip of a page; later rounds are sized from the
 /// samples per chunk seen so far, up to [`MAX_FETCH`].
 const FIRST_FETCH: usize = 2;
-/// At most this many gets in one transaction (etcd's default `--max-txn-ops` is 128).
-const MAX_FETCH: usize = 64;
+/// At most this many gets in one transaction: half the operation budget, because each get answers
+/// with a whole chunk and the response must stay under the client's 4 MiB message limit (64 of the
+/// collector's chunks, a few KiB each, stay far below it).
+const MAX_FETCH: usize = MAX_TXN_OPS / 2;
 
 impl TelemetryStore {
     /// The chunks that may hold samples of `uuid` in `[start, end]`, from one consistent read: the

@@ -222,6 +222,7 @@ impl StoreWriter {
             .cloned()
             .collect();
         let keys = self.store.keys().clone();
+        // Three gets per GPU: open chunk, identity, seen value.
         for batch in missing.chunks(MAX_TXN_OPS / 3) {
             let ops: Vec<TxnOp> = batch
                 .iter()
