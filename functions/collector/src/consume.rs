@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_queue::{
-    Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
-    MAX_TXN_BYTES, MAX_TXN_OPS,
+    is_lease_not_found, Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS,
+    DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 use telemetry_model::{BatchEvent, GpuUuid};
 use telemetry_store::{
@@ -190,9 +190,7 @@ impl DeliveryProcessor {
                     self.writer.invalidate_all();
                     return Ok(Some(Processed::default()));
                 }
-                Err(QueueError::Etcd { source, .. })
-                    if source.to_string().contains("lease not found") =>
-                {
+                Err(QueueError::Etcd { source, .. }) if is_lease_not_found(&source) => {
                     // A retention lease expired between preparing and committing.
                     self.store.leases().forget_all().await;
                     self.writer.invalidate_all();

@@ -73,10 +73,24 @@ impl KeptLease {
         .map(|_| ())
         .or_else(|e| match e {
             // Already expired: its keys are gone, which is what revoking wanted.
-            QueueError::Etcd { source, .. } if source.to_string().contains("not found") => Ok(()),
+            QueueError::Etcd { source, .. } if is_lease_not_found(&source) => Ok(()),
             other => Err(other),
         })
     }
+}
+
+/// What etcd says when a request names a lease it does not have (expired or revoked): gRPC
+/// `NotFound` with this message, for a revoke, a keep-alive or a put attached to the lease.
+const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+
+/// Whether `error` is etcd saying that the lease a request named no longer exists. Everything
+/// attached to that lease is gone with it.
+pub fn is_lease_not_found(error: &etcd_client::Error) -> bool {
+    matches!(
+        error,
+        etcd_client::Error::GRpcStatus(status)
+            if status.code() == tonic::Code::NotFound && status.message() == LEASE_NOT_FOUND
+    )
 }
 
 impl Drop for KeptLease {
@@ -117,5 +131,32 @@ async fn keep_alive(client: Client, id: i64, ttl: Duration, lost: watch::Sender<
             Err(e) => tracing::debug!(lease = id, error = %e, "keep-alive stream failed; retrying"),
         }
         backoff.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_etcds_lease_not_found_status_is_lease_not_found() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(is_lease_not_found(&status(
+            tonic::Code::NotFound,
+            LEASE_NOT_FOUND
+        )));
+        // Another missing thing, the same words under another code, or in another error kind.
+        assert!(!is_lease_not_found(&status(
+            tonic::Code::NotFound,
+            "etcdserver: key not found"
+        )));
+        assert!(!is_lease_not_found(&status(
+            tonic::Code::Unavailable,
+            LEASE_NOT_FOUND
+        )));
+        assert!(!is_lease_not_found(
+            &etcd_client::Error::LeaseKeepAliveError(LEASE_NOT_FOUND.into())
+        ));
     }
 }

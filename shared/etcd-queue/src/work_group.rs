@@ -15,7 +15,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use crate::error::QueueError;
 use crate::hash::rendezvous_owner;
 use crate::keys::{trailing_number, trailing_segment, validate_member_id, WorkGroupKeys};
-use crate::lease::KeptLease;
+use crate::lease::{is_lease_not_found, KeptLease};
 use crate::retry::with_retry;
 
 /// Who owns what, read at one etcd revision.
@@ -286,11 +286,7 @@ impl WorkGroup {
         let response = match response {
             Ok(r) => r,
             // The lease expired under us: the next rebalance rejoins.
-            Err(QueueError::Etcd { source, .. })
-                if source.to_string().contains("lease not found") =>
-            {
-                return Ok(None)
-            }
+            Err(QueueError::Etcd { source, .. }) if is_lease_not_found(&source) => return Ok(None),
             Err(e) => return Err(e),
         };
         if !response.succeeded() {

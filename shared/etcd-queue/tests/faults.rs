@@ -411,3 +411,52 @@ async fn producers_and_consumers_survive_an_etcd_restart() {
     }
     assert_exactly_once(&sink_contents(&etcd.client().await, &sink).await, &expected);
 }
+
+/// etcd's answers about a lease that is gone are recognised whichever request met them, and a
+/// lease revoked behind its keeper's back still revokes cleanly.
+#[tokio::test]
+async fn a_missing_lease_is_recognised_in_every_answer() {
+    use etcd_client::{PutOptions, Txn};
+    use etcd_queue::is_lease_not_found;
+    use etcd_queue::lease::KeptLease;
+
+    let etcd = EtcdHarness::start().await;
+    let mut client = etcd.client().await;
+    let key = format!("{}/leased", unique_prefix("lease-not-found"));
+    let kept = KeptLease::grant(&client, Duration::from_secs(30), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let id = kept.id();
+    client.lease_revoke(id).await.unwrap();
+
+    let revoke = client.lease_revoke(id).await.unwrap_err();
+    assert!(is_lease_not_found(&revoke), "{revoke:?}");
+    let put = client
+        .put(key.clone(), "v", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap_err();
+    assert!(is_lease_not_found(&put), "{put:?}");
+    let txn = client
+        .txn(Txn::new().and_then([TxnOp::put(
+            key.clone(),
+            "v",
+            Some(PutOptions::new().with_lease(id)),
+        )]))
+        .await
+        .unwrap_err();
+    assert!(is_lease_not_found(&txn), "{txn:?}");
+    // Another refusal is not a missing lease.
+    let too_many = client
+        .txn(
+            Txn::new().and_then(
+                (0..=etcd_queue::MAX_TXN_OPS)
+                    .map(|i| TxnOp::put(format!("{key}/{i}"), "v", None))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(!is_lease_not_found(&too_many), "{too_many:?}");
+
+    kept.revoke(&client).await.unwrap();
+}
