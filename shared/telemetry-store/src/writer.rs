@@ -21,7 +21,8 @@ use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros
 use crate::chunk::Chunk;
 use crate::error::StoreError;
 use crate::record::GpuRecord;
-use crate::{RegistryWrite, StoredRegistry, TelemetryStore};
+use crate::registry::{RegistryWrite, StoredRegistry};
+use crate::TelemetryStore;
 
 /// The samples of one GPU gathered from one or more batches.
 #[derive(Debug, Clone, PartialEq)]
