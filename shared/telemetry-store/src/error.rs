@@ -29,3 +29,10 @@ pub enum StoreError {
     #[error("invalid query: {0}")]
     InvalidQuery(String),
 }
+
+impl StoreError {
+    /// Wraps an etcd error of `operation` (for `map_err`).
+    pub(crate) fn etcd(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
+        move |source| StoreError::Etcd { operation, source }
+    }
+}

@@ -5,16 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
-use telemetry_model::{GpuUuid, MetricName};
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use telemetry_model::{GpuInfo, GpuUuid, MetricName};
 
+use crate::chunk_write::{LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::{GpuKey, StoreKeys};
 use crate::record::{GpuIdentity, GpuRecord};
 use crate::retention::RetentionLeases;
-use crate::writer::GpuSamples;
 use crate::TelemetryStore;
 
 impl TelemetryStore {
@@ -99,18 +97,15 @@ impl TelemetryStore {
     }
 
     /// Read-merge-write of one GPU's registry keys with compare-and-swap on both (retried on a
-    /// race). The identity is rewritten only when it changes and the seen value only when the
-    /// record does, so a replay writes nothing.
+    /// race), folding in the `live` samples of a batch described by `info`. The identity is
+    /// rewritten only when it changes and the seen value only when the record does, so a replay
+    /// writes nothing.
     pub(crate) async fn merge_record(
         &self,
         uuid: &GpuUuid,
-        batch: &GpuSamples,
+        info: &GpuInfo,
+        live: &[LiveSample<'_>],
     ) -> Result<(), StoreError> {
-        let live: Vec<_> = batch
-            .samples
-            .iter()
-            .filter(|(_, t, _)| !self.leases().is_expired(t.0))
-            .collect();
         let Some(first) = live.first() else {
             return Ok(());
         };
@@ -119,8 +114,8 @@ impl TelemetryStore {
             let mut record = stored
                 .record
                 .clone()
-                .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.1));
-            record.observe_batch(&batch.info, live.iter().map(|(m, t, v)| (m, *t, *v)));
+                .unwrap_or_else(|| GpuRecord::new(info.clone(), first.timestamp));
+            record.observe_batch(info, live.iter().map(LiveSample::observed));
             let Some(write) = stored
                 .write_for(self.keys(), self.leases(), uuid, &record)
                 .await?
@@ -130,16 +125,7 @@ impl TelemetryStore {
             let txn = Txn::new()
                 .when(stored.compares(self.keys(), uuid))
                 .and_then(write.ops);
-            let response =
-                self.client()
-                    .clone()
-                    .txn(txn)
-                    .await
-                    .map_err(|source| StoreError::Etcd {
-                        operation: "write GPU",
-                        source,
-                    })?;
-            if response.succeeded() {
+            if self.txn("write GPU", txn).await?.succeeded() {
                 return Ok(());
             }
         }
@@ -176,6 +162,13 @@ pub(crate) struct RegistryWrite {
     pub identity: Option<GpuIdentity>,
     /// The seen value written, if it changed.
     pub seen: Option<Vec<u8>>,
+}
+
+impl RegistryWrite {
+    fn add(&mut self, put: LeasedPut) {
+        self.bytes += put.request_bytes;
+        self.ops.push(put.op);
+    }
 }
 
 impl StoredRegistry {
@@ -260,24 +253,12 @@ impl StoredRegistry {
             seen: None,
         };
         if identity_changed {
-            let key = keys.gpu(uuid);
             let json = serde_json::to_vec(&identity).expect("identity serializes");
-            write.bytes += key.len() + json.len();
-            write.ops.push(TxnOp::put(
-                key,
-                json,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
+            write.add(LeasedPut::new(keys.gpu(uuid), json, lease));
             write.identity = Some(identity);
         }
         if seen_changed {
-            let key = keys.gpu_seen(uuid);
-            write.bytes += key.len() + seen.len();
-            write.ops.push(TxnOp::put(
-                key,
-                seen.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ));
+            write.add(LeasedPut::new(keys.gpu_seen(uuid), seen.clone(), lease));
             write.seen = Some(seen);
         }
         Ok(Some(write))

@@ -1,6 +1,6 @@
 //! The collector's write path. Samples are appended to each GPU's open chunk, which is rewritten
 //! (a few KiB) on every commit and sealed under an immutable, time-keyed key when it is full or
-//! its retention bucket ends. The writes come back as a [`Fence`] that the collector adds to its
+//! its retention bucket ends (the chunk puts come from the write core, `chunk_write`). The writes come back as a [`Fence`] that the collector adds to its
 //! queue commit, so persisting and acknowledging are one etcd transaction: exactly once.
 //!
 //! A GPU's registry record is two keys: its seen value (last seen, latest values; a few dozen
@@ -14,44 +14,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use etcd_queue::{Fence, MAX_TXN_OPS};
-use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
+use telemetry_model::GpuUuid;
 
 use crate::chunk::Chunk;
+use crate::chunk_write::{live_samples, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::record::GpuRecord;
 use crate::registry::{RegistryWrite, StoredRegistry};
 use crate::TelemetryStore;
-
-/// The samples of one GPU gathered from one or more batches.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuSamples {
-    pub info: GpuInfo,
-    pub samples: Vec<(MetricName, TimestampMicros, f64)>,
-}
-
-/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins).
-pub fn group_by_gpu<'a>(
-    batches: impl IntoIterator<Item = &'a SampleBatch>,
-) -> BTreeMap<GpuUuid, GpuSamples> {
-    let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
-    for batch in batches {
-        for (info, metric, timestamp, value) in batch.samples() {
-            let entry = by_gpu
-                .entry(info.uuid.clone())
-                .or_insert_with(|| GpuSamples {
-                    info: info.clone(),
-                    samples: Vec::new(),
-                });
-            if &entry.info != info {
-                entry.info = info.clone();
-            }
-            entry.samples.push((metric.clone(), timestamp, value));
-        }
-    }
-    by_gpu
-}
 
 #[derive(Debug, Clone)]
 struct OpenState {
@@ -73,6 +45,14 @@ pub struct PreparedWrite {
     pub chunk_bytes: usize,
     open: Vec<(GpuUuid, OpenState)>,
     records: Vec<(GpuUuid, GpuRecord, RegistryWrite)>,
+}
+
+impl PreparedWrite {
+    fn add_chunk(&mut self, put: LeasedPut) {
+        self.chunk_bytes += put.value_bytes;
+        self.fence.bytes += put.request_bytes;
+        self.fence.ops.push(put.op);
+    }
 }
 
 /// Operations per GPU in the worst case: sealed put, open put, identity put, seen put.
@@ -117,71 +97,39 @@ impl StoreWriter {
         for (uuid, batch) in gpus {
             let mut open = self.open.get(uuid).cloned().expect("loaded");
             let stored = self.records.get(uuid).expect("loaded");
-            let open_key = keys.open_chunk(uuid);
             prepared.fence.compares.push(Compare::mod_revision(
-                open_key.clone(),
+                keys.open_chunk(uuid),
                 CompareOp::Equal,
                 open.revision,
             ));
             prepared.fence.compares.extend(stored.compares(&keys, uuid));
-            // The samples this commit stores (expiry is judged once, against the clock).
-            let mut live = Vec::with_capacity(batch.samples.len());
-            for (metric, timestamp, value) in &batch.samples {
-                if leases.is_expired(timestamp.0) {
-                    prepared.expired += 1;
-                    continue;
-                }
-                let bucket = leases.bucket_of(timestamp.0);
+            let (live, expired) = live_samples(leases, batch);
+            prepared.expired += expired;
+            prepared.samples += live.len();
+            for sample in &live {
                 if !open.chunk.is_empty()
-                    && (bucket != open.bucket || open.chunk.len() >= max_samples)
+                    && (sample.bucket != open.bucket || open.chunk.len() >= max_samples)
                 {
                     // Seal: the full chunk moves to an immutable key; a fresh open chunk starts.
-                    let bytes = open.chunk.encode();
-                    let key = keys.sealed_chunk(
-                        uuid,
-                        open.chunk.min_timestamp().unwrap_or_default(),
-                        open.chunk.max_timestamp().unwrap_or_default(),
-                        "q",
-                    );
-                    let lease = leases
-                        .lease_for(open.chunk.min_timestamp().unwrap_or_default())
-                        .await?;
-                    prepared.chunk_bytes += bytes.len();
-                    prepared.fence.bytes += bytes.len() + key.len();
-                    prepared.fence.ops.push(TxnOp::put(
-                        key,
-                        bytes,
-                        Some(PutOptions::new().with_lease(lease)),
-                    ));
+                    prepared.add_chunk(self.store.seal(uuid, &open.chunk, "q").await?);
                     open.chunk = Chunk::new();
                 }
                 if open.chunk.is_empty() {
-                    open.bucket = bucket;
+                    open.bucket = sample.bucket;
                 }
-                open.chunk.push(metric.as_str(), timestamp.0, *value);
-                live.push((metric, *timestamp, *value));
+                open.chunk
+                    .push(sample.metric.as_str(), sample.timestamp.0, sample.value);
             }
-            prepared.samples += live.len();
-            let Some(&(_, first, _)) = live.first() else {
+            let Some(first) = live.first() else {
                 // Nothing to write for this GPU; keep the compares (harmless) but skip the puts.
                 continue;
             };
             let mut record = stored
                 .record
                 .clone()
-                .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first));
-            record.observe_batch(&batch.info, live.iter().copied());
-            let bytes = open.chunk.encode();
-            let lease = leases
-                .lease_for(open.chunk.min_timestamp().unwrap_or_default())
-                .await?;
-            prepared.chunk_bytes += bytes.len();
-            prepared.fence.bytes += bytes.len() + open_key.len();
-            prepared.fence.ops.push(TxnOp::put(
-                open_key,
-                bytes,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
+                .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.timestamp));
+            record.observe_batch(&batch.info, live.iter().map(LiveSample::observed));
+            prepared.add_chunk(self.store.put_open(uuid, &open.chunk).await?);
             prepared.open.push((uuid.clone(), open));
             if let Some(mut write) = stored.write_for(&keys, leases, uuid, &record).await? {
                 prepared.fence.bytes += write.bytes;

@@ -1,0 +1,139 @@
+//! The write core both write paths share: a GPU's samples, which of them are still within
+//! retention and the retention bucket of each, and the put of a chunk on its bucket's lease, either
+//! sealed under its immutable time-keyed key or as the GPU's open chunk. The collector's fenced
+//! path (`writer`) and the idempotent path (`idempotent`) differ only in which chunks they build
+//! from the live samples and how the puts reach etcd.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{PutOptions, TxnOp};
+use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
+
+use crate::chunk::Chunk;
+use crate::error::StoreError;
+use crate::retention::RetentionLeases;
+use crate::TelemetryStore;
+
+/// The samples of one GPU gathered from one or more batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSamples {
+    pub info: GpuInfo,
+    pub samples: Vec<(MetricName, TimestampMicros, f64)>,
+}
+
+/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins).
+pub fn group_by_gpu<'a>(
+    batches: impl IntoIterator<Item = &'a SampleBatch>,
+) -> BTreeMap<GpuUuid, GpuSamples> {
+    let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
+    for batch in batches {
+        for (info, metric, timestamp, value) in batch.samples() {
+            let entry = by_gpu
+                .entry(info.uuid.clone())
+                .or_insert_with(|| GpuSamples {
+                    info: info.clone(),
+                    samples: Vec::new(),
+                });
+            if &entry.info != info {
+                entry.info = info.clone();
+            }
+            entry.samples.push((metric.clone(), timestamp, value));
+        }
+    }
+    by_gpu
+}
+
+/// A sample still within retention, with the start of its retention bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LiveSample<'a> {
+    pub bucket: i64,
+    pub metric: &'a MetricName,
+    pub timestamp: TimestampMicros,
+    pub value: f64,
+}
+
+impl<'a> LiveSample<'a> {
+    /// The sample as the registry record folds it in.
+    pub fn observed(&self) -> (&'a MetricName, TimestampMicros, f64) {
+        (self.metric, self.timestamp, self.value)
+    }
+}
+
+/// The samples of `gpu` that are still within retention, in their order, each with its bucket;
+/// and how many were already past it (they would expire on arrival, so they are not written).
+/// Expiry is judged once, against the clock, for the chunks and the registry alike.
+pub(crate) fn live_samples<'a>(
+    leases: &RetentionLeases,
+    gpu: &'a GpuSamples,
+) -> (Vec<LiveSample<'a>>, usize) {
+    let mut live = Vec::with_capacity(gpu.samples.len());
+    for (metric, timestamp, value) in &gpu.samples {
+        if !leases.is_expired(timestamp.0) {
+            live.push(LiveSample {
+                bucket: leases.bucket_of(timestamp.0),
+                metric,
+                timestamp: *timestamp,
+                value: *value,
+            });
+        }
+    }
+    let expired = gpu.samples.len() - live.len();
+    (live, expired)
+}
+
+/// A put on a retention lease, and what it adds to a request.
+#[derive(Debug)]
+pub(crate) struct LeasedPut {
+    pub op: TxnOp,
+    /// Bytes of the key and the value.
+    pub request_bytes: usize,
+    /// Bytes of the value alone.
+    pub value_bytes: usize,
+}
+
+impl LeasedPut {
+    pub fn new(key: String, value: Vec<u8>, lease: i64) -> Self {
+        LeasedPut {
+            request_bytes: key.len() + value.len(),
+            value_bytes: value.len(),
+            op: TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))),
+        }
+    }
+}
+
+impl TelemetryStore {
+    /// The put that seals `chunk` under the immutable key its time range and `tag` name.
+    pub(crate) async fn seal(
+        &self,
+        uuid: &GpuUuid,
+        chunk: &Chunk,
+        tag: &str,
+    ) -> Result<LeasedPut, StoreError> {
+        let key = self.keys().sealed_chunk(
+            uuid,
+            chunk.min_timestamp().unwrap_or_default(),
+            chunk.max_timestamp().unwrap_or_default(),
+            tag,
+        );
+        self.chunk_put(key, chunk).await
+    }
+
+    /// The put that rewrites `uuid`'s open chunk.
+    pub(crate) async fn put_open(
+        &self,
+        uuid: &GpuUuid,
+        chunk: &Chunk,
+    ) -> Result<LeasedPut, StoreError> {
+        self.chunk_put(self.keys().open_chunk(uuid), chunk).await
+    }
+
+    /// `chunk` encoded under `key`, on the lease of the bucket of its first sample: the bucket of
+    /// all of them, as a chunk never spans two.
+    async fn chunk_put(&self, key: String, chunk: &Chunk) -> Result<LeasedPut, StoreError> {
+        let lease = self
+            .leases()
+            .lease_for(chunk.min_timestamp().unwrap_or_default())
+            .await?;
+        Ok(LeasedPut::new(key, chunk.encode(), lease))
+    }
+}
