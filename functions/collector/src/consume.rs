@@ -11,7 +11,7 @@ use etcd_queue::{
 };
 use telemetry_model::{BatchEvent, GpuUuid};
 use telemetry_store::{
-    group_by_gpu, StoreError, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
+    group_by_gpu, ChunkTag, StoreError, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
 };
 
 use crate::metrics::CollectorMetrics;
@@ -221,9 +221,12 @@ impl DeliveryProcessor {
         let Decoded::Event(event) = decoded else {
             unreachable!("an undecodable message always fits a commit");
         };
-        let tag = format!("m{}.{}", message.partition, message.offset);
+        let tag = ChunkTag::Message {
+            partition: message.partition,
+            offset: message.offset,
+        };
         let grouped = group_by_gpu([&event.batch]);
-        let stats = match self.store.write_idempotent(&tag, &grouped).await {
+        let stats = match self.store.write_idempotent(tag, &grouped).await {
             Ok(stats) => stats,
             Err(e) => {
                 consumer.abandon(delivery);

@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 use telemetry_model::BatchEvent;
-use telemetry_store::{group_by_gpu, id_hash, TelemetryStore};
+use telemetry_store::{group_by_gpu, ChunkTag, TelemetryStore};
 
 use crate::metrics::CollectorMetrics;
 
@@ -57,12 +57,12 @@ async fn ingest(
             )
         }
     };
-    let tag = format!(
-        "e{:016x}",
-        id_hash(&format!("{}\n{}", event.source, event.id))
-    );
+    let tag = ChunkTag::Event {
+        source: &event.source,
+        id: &event.id,
+    };
     let grouped = group_by_gpu([&event.batch]);
-    match state.store.write_idempotent(&tag, &grouped).await {
+    match state.store.write_idempotent(tag, &grouped).await {
         Ok(stats) => {
             state.metrics.http_events.inc();
             state.metrics.http_samples.inc_by(stats.samples as u64);

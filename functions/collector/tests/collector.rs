@@ -249,7 +249,7 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
 async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committed() {
     use collector::DeliveryProcessor;
     use etcd_queue::ConsumerConfig;
-    use telemetry_store::group_by_gpu;
+    use telemetry_store::{group_by_gpu, ChunkTag};
 
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("collector-oversized");
@@ -275,9 +275,12 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
         .unwrap()[0];
     producer.close().await.unwrap();
     // A previous attempt crashed after writing but before committing: the same keys exist already.
-    let tag = format!("m{}.{}", position.partition, position.offset);
+    let tag = ChunkTag::Message {
+        partition: position.partition,
+        offset: position.offset,
+    };
     store
-        .write_idempotent(&tag, &group_by_gpu([&event.batch]))
+        .write_idempotent(tag, &group_by_gpu([&event.batch]))
         .await
         .unwrap();
 

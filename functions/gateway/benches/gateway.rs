@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros};
-use telemetry_store::{group_by_gpu, StoreConfig, TelemetryStore};
+use telemetry_store::{group_by_gpu, ChunkTag, StoreConfig, TelemetryStore};
 use test_support::{millis, percentile, unique_prefix, BenchReport, EtcdHarness};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -54,6 +54,14 @@ async fn get(client: &HttpClient, url: &str) -> (StatusCode, Bytes) {
     (status, body)
 }
 
+/// The tag of the chunks one bench write stores, named like an event posted over HTTP.
+fn bench_event(id: &str) -> ChunkTag<'_> {
+    ChunkTag::Event {
+        source: "/bench",
+        id,
+    }
+}
+
 /// Stores 1 h of 1 Hz samples of 10 metrics for one GPU, ending `end` (µs). Returns the window.
 async fn fill_bench_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
     let info = GpuInfo::new(GpuUuid::parse(BENCH_GPU).unwrap());
@@ -73,7 +81,10 @@ async fn fill_bench_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
         }
         let batch = builder.build();
         store
-            .write_idempotent(&format!("bench-{slice}"), &group_by_gpu([&batch]))
+            .write_idempotent(
+                bench_event(&format!("bench-{slice}")),
+                &group_by_gpu([&batch]),
+            )
             .await
             .expect("store bench samples");
     }
@@ -97,7 +108,10 @@ async fn fill_day_gpu(store: &TelemetryStore, end: i64) -> (i64, i64) {
             }
         }
         store
-            .write_idempotent(&format!("day-{slice}"), &group_by_gpu([&builder.build()]))
+            .write_idempotent(
+                bench_event(&format!("day-{slice}")),
+                &group_by_gpu([&builder.build()]),
+            )
             .await
             .expect("store bench samples");
     }

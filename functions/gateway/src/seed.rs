@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use telemetry_model::{CsvError, DcgmCsvReader, RowOutcome, SampleBatch, TimestampMicros};
-use telemetry_store::{group_by_gpu, StoreError, TelemetryStore};
+use telemetry_store::{group_by_gpu, ChunkTag, StoreError, TelemetryStore};
 
 /// Why seeding failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,9 @@ pub async fn seed_from_csv(
     for (pass, batch) in batches.iter().enumerate() {
         let stats = store
             .write_idempotent(
-                &format!("seed-{}", batch_time(batch)),
+                ChunkTag::Seed {
+                    at: TimestampMicros(batch_time(batch)),
+                },
                 &group_by_gpu([batch]),
             )
             .await?;

@@ -293,7 +293,13 @@ async fn varying_gpu(fixture: &Fixture) -> ExpectedGpu {
     let batch = builder.build();
     fixture
         .store
-        .write_idempotent("varying", &telemetry_store::group_by_gpu([&batch]))
+        .write_idempotent(
+            telemetry_store::ChunkTag::Event {
+                source: "/test",
+                id: "varying",
+            },
+            &telemetry_store::group_by_gpu([&batch]),
+        )
         .await
         .unwrap();
     samples.sort_by(|a, b| (a.timestamp, &a.metric).cmp(&(b.timestamp, &b.metric)));

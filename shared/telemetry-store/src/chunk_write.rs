@@ -11,6 +11,7 @@ use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros
 
 use crate::chunk::Chunk;
 use crate::error::StoreError;
+use crate::keys::ChunkTag;
 use crate::retention::RetentionLeases;
 use crate::TelemetryStore;
 
@@ -107,7 +108,7 @@ impl TelemetryStore {
         &self,
         uuid: &GpuUuid,
         chunk: &Chunk,
-        tag: &str,
+        tag: ChunkTag<'_>,
     ) -> Result<LeasedPut, StoreError> {
         let key = self.keys().sealed_chunk(
             uuid,

@@ -12,6 +12,7 @@ use telemetry_model::GpuUuid;
 use crate::chunk::Chunk;
 use crate::chunk_write::{live_samples, GpuSamples, LeasedPut};
 use crate::error::StoreError;
+use crate::keys::ChunkTag;
 use crate::TelemetryStore;
 
 /// Counts from writing samples.
@@ -28,7 +29,7 @@ impl TelemetryStore {
     /// samples writes the same keys and bytes, so it cannot duplicate samples.
     pub async fn write_idempotent(
         &self,
-        tag: &str,
+        tag: ChunkTag<'_>,
         gpus: &BTreeMap<GpuUuid, GpuSamples>,
     ) -> Result<WriteStats, StoreError> {
         let mut stats = WriteStats::default();

@@ -9,15 +9,16 @@
 //! {prefix}/store/retention/{bucket_start:020}                 lease id of a retention bucket
 //! ```
 //! Times are microseconds since the Unix epoch, zero-padded so key order is time order. A sealed
-//! chunk's tag says who wrote it: `q` (sealed from the open chunk), `m{partition}.{offset}` (a queue
-//! message too large for one transaction) or `e{hash}` (an event posted over HTTP); tags derived
-//! from message and event ids make replays rewrite the same keys.
+//! chunk's tag ([`ChunkTag`]) says who wrote it: `q` (sealed from the open chunk),
+//! `m{partition}.{offset}` (a queue message too large for one transaction), `e{hash}` (an event
+//! posted over HTTP) or `seed-{time}` (a development seeding pass); tags derived from message and
+//! event ids make replays rewrite the same keys.
 //!
 //! Both registry keys of a GPU live under `gpu/`, so one range read lists every GPU. They are not
 //! always adjacent in that range: `-` sorts before `/`, so `GPU-1-2` comes between `GPU-1` and
 //! `GPU-1/seen`. Readers group them by the UUID [`StoreKeys::parse_gpu_key`] returns.
 
-use telemetry_model::GpuUuid;
+use telemetry_model::{GpuUuid, TimestampMicros};
 
 /// Builds every key of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,13 @@ impl StoreKeys {
         format!("{}/chunk/{}/open", self.root, uuid.as_str())
     }
 
-    pub fn sealed_chunk(&self, uuid: &GpuUuid, start_us: i64, end_us: i64, tag: &str) -> String {
+    pub fn sealed_chunk(
+        &self,
+        uuid: &GpuUuid,
+        start_us: i64,
+        end_us: i64,
+        tag: ChunkTag,
+    ) -> String {
         format!(
             "{}/chunk/{}/s/{:020}-{:020}-{tag}",
             self.root,
@@ -102,6 +109,35 @@ impl StoreKeys {
 }
 
 const SEEN_SUFFIX: &str = "seen";
+
+/// Who wrote a sealed chunk: the last part of its key. A tag derived from a message or event id
+/// makes a replay of it rewrite the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkTag<'a> {
+    /// `q`: sealed from a GPU's open chunk by the collector.
+    Sealed,
+    /// `m{partition}.{offset}`: a queue message too large for one commit.
+    Message { partition: u32, offset: u64 },
+    /// `e{hash:016x}`: an event posted over HTTP, named by its source and id (a stable 64-bit
+    /// FNV-1a hash of both).
+    Event { source: &'a str, id: &'a str },
+    /// `seed-{at}`: a development seeding pass stamped `at`.
+    Seed { at: TimestampMicros },
+}
+
+impl std::fmt::Display for ChunkTag<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkTag::Sealed => f.write_str("q"),
+            ChunkTag::Message { partition, offset } => write!(f, "m{partition}.{offset}"),
+            ChunkTag::Event { source, id } => {
+                let hash = etcd_queue::hash::stable_hash(format!("{source}\n{id}").as_bytes());
+                write!(f, "e{hash:016x}")
+            }
+            ChunkTag::Seed { at } => write!(f, "seed-{}", at.0),
+        }
+    }
+}
 
 /// The two registry keys of a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +179,7 @@ mod tests {
             keys.open_chunk(&gpu),
             "/gpu-telemetry/store/chunk/GPU-1/open"
         );
-        let sealed = keys.sealed_chunk(&gpu, 5, 9, "q");
+        let sealed = keys.sealed_chunk(&gpu, 5, 9, ChunkTag::Sealed);
         assert_eq!(
             sealed,
             "/gpu-telemetry/store/chunk/GPU-1/s/00000000000000000005-00000000000000000009-q"
@@ -151,7 +187,45 @@ mod tests {
         assert_eq!(parse_sealed(sealed.as_bytes()), Some((5, 9)));
         assert!(keys.sealed_from(&gpu, 5) <= sealed && sealed < keys.sealed_through(&gpu, 5));
         assert!(sealed < keys.sealed_from(&gpu, 6));
-        assert!(keys.sealed_chunk(&gpu, 10, 11, "q") > keys.sealed_chunk(&gpu, 9, 1000, "q"));
+        assert!(
+            keys.sealed_chunk(&gpu, 10, 11, ChunkTag::Sealed)
+                > keys.sealed_chunk(&gpu, 9, 1000, ChunkTag::Sealed)
+        );
+    }
+
+    #[test]
+    fn chunk_tags_keep_their_formats() {
+        let tags = [
+            (ChunkTag::Sealed, "q"),
+            (
+                ChunkTag::Message {
+                    partition: 5,
+                    offset: 42,
+                },
+                "m5.42",
+            ),
+            (
+                ChunkTag::Event {
+                    source: "/streamer/a",
+                    id: "batch-7",
+                },
+                "e259b55f84437e10f",
+            ),
+            (
+                ChunkTag::Seed {
+                    at: TimestampMicros(8_000_000),
+                },
+                "seed-8000000",
+            ),
+        ];
+        let keys = StoreKeys::new("/p");
+        let gpu = GpuUuid::parse("GPU-1").unwrap();
+        for (tag, text) in tags {
+            assert_eq!(tag.to_string(), text);
+            let key = keys.sealed_chunk(&gpu, 1, 2, tag);
+            assert!(key.ends_with(&format!("-{text}")), "{key}");
+            assert_eq!(parse_sealed(key.as_bytes()), Some((1, 2)), "{key}");
+        }
     }
 
     #[test]

@@ -38,11 +38,11 @@ pub use chunk_write::{group_by_gpu, GpuSamples};
 pub use error::StoreError;
 pub use footprint::StoreFootprint;
 pub use idempotent::WriteStats;
-pub use keys::{GpuKey, StoreKeys};
+pub use keys::{ChunkTag, GpuKey, StoreKeys};
 pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample};
 pub use record::{GpuIdentity, GpuRecord, LatestValue};
 pub use retention::RetentionLeases;
-pub use writer::{id_hash, PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
+pub use writer::{PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
 
 /// How the store keeps data.
 #[derive(Debug, Clone, PartialEq, Eq)]

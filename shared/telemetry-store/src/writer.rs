@@ -21,6 +21,7 @@ use telemetry_model::GpuUuid;
 use crate::chunk::Chunk;
 use crate::chunk_write::{live_samples, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
+use crate::keys::ChunkTag;
 use crate::record::GpuRecord;
 use crate::registry::{RegistryWrite, StoredRegistry};
 use crate::TelemetryStore;
@@ -111,7 +112,7 @@ impl StoreWriter {
                     && (sample.bucket != open.bucket || open.chunk.len() >= max_samples)
                 {
                     // Seal: the full chunk moves to an immutable key; a fresh open chunk starts.
-                    prepared.add_chunk(self.store.seal(uuid, &open.chunk, "q").await?);
+                    prepared.add_chunk(self.store.seal(uuid, &open.chunk, ChunkTag::Sealed).await?);
                     open.chunk = Chunk::new();
                 }
                 if open.chunk.is_empty() {
@@ -228,9 +229,4 @@ impl StoreWriter {
         }
         Ok(())
     }
-}
-
-/// A stable 64-bit FNV-1a hash of an id, for idempotent chunk tags.
-pub fn id_hash(id: &str) -> u64 {
-    etcd_queue::hash::stable_hash(id.as_bytes())
 }

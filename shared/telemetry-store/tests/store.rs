@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_model::{DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, TimestampMicros};
 use telemetry_store::{
-    Chunk, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig,
+    Chunk, ChunkTag, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig,
     StoreError, StoreWriter, TelemetryStore,
 };
 use test_support::{testdata, unique_prefix, wait_until, EtcdHarness, REAL_CSV};
@@ -16,6 +16,14 @@ use test_support::{testdata, unique_prefix, wait_until, EtcdHarness, REAL_CSV};
 /// The most GPUs a collector commit carries: what fits beside the queue's own operations.
 const GPUS_PER_COMMIT: usize =
     (etcd_queue::MAX_TXN_OPS - etcd_queue::COMMIT_RESERVED_OPS) / telemetry_store::OPS_PER_GPU;
+
+/// The tag of a test event with this id, as the HTTP ingest names the chunks it writes.
+fn event(id: &str) -> ChunkTag<'_> {
+    ChunkTag::Event {
+        source: "/test",
+        id,
+    }
+}
 
 fn now_us() -> i64 {
     TimestampMicros::now().0
@@ -351,7 +359,7 @@ async fn pages_read_only_the_chunks_they_need() {
             .collect(),
     };
     store
-        .write_idempotent("e1", &BTreeMap::from([(info.uuid.clone(), posted)]))
+        .write_idempotent(event("1"), &BTreeMap::from([(info.uuid.clone(), posted)]))
         .await
         .unwrap();
 
@@ -392,10 +400,12 @@ async fn pages_read_only_the_chunks_they_need() {
     // A chunk whose series name is not a metric name is reported as corrupt, not passed on.
     let mut bad = Chunk::new();
     bad.push("not a metric", t0 + 500 * second, 1.0);
-    let bad_key =
-        store
-            .keys()
-            .sealed_chunk(&info.uuid, t0 + 500 * second, t0 + 500 * second, "bad");
+    let bad_key = store.keys().sealed_chunk(
+        &info.uuid,
+        t0 + 500 * second,
+        t0 + 500 * second,
+        event("bad"),
+    );
     store
         .client()
         .clone()
@@ -472,14 +482,8 @@ async fn idempotent_writes_do_not_duplicate_on_replay() {
     );
     let t0 = now_us() - 5_000_000;
     let by_gpu = pass(&real_rows(), t0);
-    let first = store
-        .write_idempotent("e00000000000000aa", &by_gpu)
-        .await
-        .unwrap();
-    let replay = store
-        .write_idempotent("e00000000000000aa", &by_gpu)
-        .await
-        .unwrap();
+    let first = store.write_idempotent(event("aa"), &by_gpu).await.unwrap();
+    let replay = store.write_idempotent(event("aa"), &by_gpu).await.unwrap();
     assert_eq!(first.samples, 2_470);
     assert_eq!(replay, first);
     let footprint = store.footprint().await.unwrap();
@@ -497,7 +501,7 @@ async fn idempotent_writes_do_not_duplicate_on_replay() {
     // Another event, applied after the first in one store and before it (and again) in another:
     // the same registry either way.
     let later = pass(&real_rows(), t0 + 1_000_000);
-    store.write_idempotent("e2", &later).await.unwrap();
+    store.write_idempotent(event("2"), &later).await.unwrap();
     let other = TelemetryStore::new(
         etcd.client().await,
         StoreConfig {
@@ -506,9 +510,9 @@ async fn idempotent_writes_do_not_duplicate_on_replay() {
         },
     );
     for (tag, gpus) in [
-        ("e2", &later),
-        ("e00000000000000aa", &by_gpu),
-        ("e2", &later),
+        (event("2"), &later),
+        (event("aa"), &by_gpu),
+        (event("2"), &later),
     ] {
         other.write_idempotent(tag, gpus).await.unwrap();
     }
@@ -608,7 +612,7 @@ async fn samples_expire_after_the_retention_period() {
     }
     // Data older than the retention is not written at all.
     let stale = pass(&real_rows(), now_us() - 60_000_000);
-    let stats = store.write_idempotent("eold", &stale).await.unwrap();
+    let stats = store.write_idempotent(event("old"), &stale).await.unwrap();
     assert_eq!((stats.samples, stats.expired), (0, 2_470));
 }
 
@@ -764,7 +768,7 @@ async fn a_new_metric_newer_labels_or_an_earlier_sample_rewrite_the_identity() {
                 assert!(apply(store.client(), &mut writer, prepared).await);
             } else {
                 store
-                    .write_idempotent(&format!("e{step}"), &gpus)
+                    .write_idempotent(event(&step.to_string()), &gpus)
                     .await
                     .unwrap();
             }
