@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use etcd_client::Client;
-use telemetry_model::GpuUuid;
+use telemetry_model::{GpuUuid, TimestampMicros};
 use telemetry_store::{aggregate, GpuRecord, StoreConfig, TelemetryStore};
 
 use crate::config::GatewayArgs;
@@ -135,8 +135,8 @@ impl Backend {
                 (page.samples, page.next_cursor)
             }
             Some((step_us, aggregation)) => {
-                let start = query.start.map(|t| t.0).unwrap_or(i64::MIN);
-                let end = query.end.map(|t| t.0).unwrap_or(i64::MAX);
+                let start = query.start.unwrap_or(TimestampMicros(i64::MIN));
+                let end = query.end.unwrap_or(TimestampMicros(i64::MAX));
                 let samples = self
                     .bounded(
                         "read telemetry",

@@ -222,10 +222,11 @@ impl TelemetryStore {
     pub async fn read_window(
         &self,
         uuid: &GpuUuid,
-        start: i64,
-        end: i64,
+        start: TimestampMicros,
+        end: TimestampMicros,
         metrics: Option<&[MetricName]>,
     ) -> Result<Vec<StoredSample>, StoreError> {
+        let (start, end) = (start.0, end.0);
         if start > end {
             return Ok(Vec::new());
         }
