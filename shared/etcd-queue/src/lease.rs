@@ -10,7 +10,7 @@ use crate::error::QueueError;
 use crate::retry::{is_transient, with_retry, Backoff};
 
 /// An etcd lease kept alive every third of its TTL until dropped or revoked. If etcd reports it
-/// gone (expired while this process was paused or cut off), [`KeptLease::lost`] turns true and
+/// gone (expired while this process was paused or cut off), [`KeptLease::is_lost`] turns true and
 /// everything attached to it (member key, owner keys) must be considered gone.
 #[derive(Debug)]
 pub struct KeptLease {

@@ -1,5 +1,5 @@
-//! GPU telemetry domain model: validated ids, GPU metadata, samples, CloudEvent sample batches and
-//! the streaming DCGM CSV reader.
+//! GPU telemetry domain model: validated ids, GPU metadata, timestamps, CloudEvent sample batches
+//! and the streaming DCGM CSV reader.
 //!
 //! This crate does no I/O beyond reading a CSV from a [`std::io::Read`] or a file.
 
@@ -7,7 +7,6 @@ pub mod batch;
 pub mod csv_reader;
 pub mod gpu;
 pub mod ids;
-pub mod sample;
 pub mod time;
 
 pub use batch::{BatchError, BatchEvent, PackedSample, SampleBatch, SampleBatchBuilder};
@@ -17,5 +16,4 @@ pub use csv_reader::{
 };
 pub use gpu::{parse_labels, GpuInfo, LabelsError};
 pub use ids::{GpuUuid, InvalidId, MetricName};
-pub use sample::Sample;
 pub use time::{TimeParseError, TimestampMicros};

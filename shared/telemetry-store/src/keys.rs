@@ -154,7 +154,7 @@ fn key_time(us: i64) -> u64 {
 }
 
 /// Parses `{start}-{end}-{tag}` from the last segment of a sealed-chunk key.
-pub fn parse_sealed(key: &[u8]) -> Option<(i64, i64)> {
+pub(crate) fn parse_sealed(key: &[u8]) -> Option<(i64, i64)> {
     let key = std::str::from_utf8(key).ok()?;
     let last = key.rsplit('/').next()?;
     let mut parts = last.splitn(3, '-');

@@ -33,14 +33,14 @@ use std::time::Duration;
 use etcd_client::{Client, Txn, TxnResponse};
 
 pub use aggregate::{aggregate, Aggregation};
-pub use chunk::*;
+pub use chunk::{Chunk, ChunkError, ChunkSample};
 pub use chunk_write::{group_by_gpu, GpuSamples};
 pub use error::StoreError;
 pub use footprint::StoreFootprint;
 pub use idempotent::WriteStats;
 pub use keys::{ChunkTag, GpuKey, StoreKeys};
 pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample};
-pub use record::{GpuIdentity, GpuRecord, LatestValue};
+pub use record::{GpuRecord, LatestValue};
 pub use retention::RetentionLeases;
 pub use writer::{PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
 

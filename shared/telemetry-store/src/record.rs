@@ -96,7 +96,7 @@ impl GpuRecord {
 
     /// The identity part of this record, for the retention bucket starting at `bucket`
     /// (the bucket of `last_seen`).
-    pub fn identity(&self, bucket: i64) -> GpuIdentity {
+    pub(crate) fn identity(&self, bucket: i64) -> GpuIdentity {
         GpuIdentity {
             info: self.info.clone(),
             first_seen: self.first_seen,
@@ -119,7 +119,7 @@ impl GpuRecord {
     ///   varint  zigzag(last_seen - timestamp)
     ///   varint  zigzag(value as i64)   or   8 bytes f64 bits, little-endian
     /// ```
-    pub fn encode_seen(&self) -> Vec<u8> {
+    pub(crate) fn encode_seen(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 6 * self.latest.len());
         out.push(SEEN_FORMAT);
         write_varint(&mut out, zigzag(self.last_seen.0));
@@ -145,7 +145,7 @@ impl GpuRecord {
     /// Rebuilds a record from its identity and seen value. Without a seen value (a record written
     /// before the split, or a lost key) the record is the identity alone: last seen when first
     /// seen, no latest values.
-    pub fn from_parts(identity: GpuIdentity, seen: Option<&[u8]>) -> Result<Self, String> {
+    pub(crate) fn from_parts(identity: GpuIdentity, seen: Option<&[u8]>) -> Result<Self, String> {
         let mut record = GpuRecord::new(identity.info, identity.first_seen);
         let Some(seen) = seen else {
             return Ok(record);
@@ -184,7 +184,7 @@ impl GpuRecord {
 
 /// The registry's identity record of a GPU: what changes rarely. Stored as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuIdentity {
+pub(crate) struct GpuIdentity {
     pub info: GpuInfo,
     pub first_seen: TimestampMicros,
     /// Metric names seen, sorted: the seen value refers to them by index.

@@ -24,7 +24,12 @@ pub struct RetentionLeases {
 }
 
 impl RetentionLeases {
-    pub fn new(client: Client, keys: StoreKeys, retention: Duration, bucket: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        keys: StoreKeys,
+        retention: Duration,
+        bucket: Duration,
+    ) -> Self {
         RetentionLeases {
             client,
             keys,
@@ -44,17 +49,17 @@ impl RetentionLeases {
     }
 
     /// When data of the bucket starting at `bucket_start` expires (µs since epoch).
-    pub fn expiry_of(&self, bucket_start: i64) -> i64 {
+    fn expiry_of(&self, bucket_start: i64) -> i64 {
         bucket_start + self.bucket_us() + self.retention.as_micros() as i64
     }
 
     /// Whether data at `timestamp_us` is already past retention (it would expire on arrival).
-    pub fn is_expired(&self, timestamp_us: i64) -> bool {
+    pub(crate) fn is_expired(&self, timestamp_us: i64) -> bool {
         self.expiry_of(self.bucket_of(timestamp_us)) <= now_us() + 1_000_000
     }
 
     /// The lease for data at `timestamp_us`.
-    pub async fn lease_for(&self, timestamp_us: i64) -> Result<i64, StoreError> {
+    pub(crate) async fn lease_for(&self, timestamp_us: i64) -> Result<i64, StoreError> {
         let bucket = self.bucket_of(timestamp_us);
         let mut cache = self.cache.lock().await;
         if let Some(lease) = cache.get(&bucket) {
@@ -118,14 +123,6 @@ impl RetentionLeases {
         }
         cache.insert(bucket, lease);
         Ok(lease)
-    }
-
-    /// Forgets a cached lease (after etcd said it is gone).
-    pub async fn forget(&self, timestamp_us: i64) {
-        self.cache
-            .lock()
-            .await
-            .remove(&self.bucket_of(timestamp_us));
     }
 
     /// Forgets every cached lease.

@@ -43,10 +43,10 @@ use timestamps::{decode_timestamps, encode_timestamps};
 use values::{decode_values, encode_values};
 
 /// The format version written by [`Chunk::encode`].
-pub const CHUNK_FORMAT_VERSION: u8 = 1;
+pub(crate) const CHUNK_FORMAT_VERSION: u8 = 1;
 
 /// Bytes of the fixed header that [`read_chunk_header`] reads.
-pub const CHUNK_HEADER_LEN: usize = 25;
+pub(crate) const CHUNK_HEADER_LEN: usize = 25;
 
 const CHECKSUM_LEN: usize = 4;
 const HEADER_CRC_OFFSET: usize = 21;
@@ -83,7 +83,7 @@ pub struct ChunkSample {
 
 /// The fixed header of an encoded chunk, readable without decoding the samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkHeader {
+pub(crate) struct ChunkHeader {
     pub samples: u32,
     /// 0 when `samples == 0`.
     pub min_timestamp_us: i64,
@@ -92,8 +92,10 @@ pub struct ChunkHeader {
 }
 
 impl ChunkHeader {
-    /// Whether the chunk may hold samples with `start_us <= ts <= end_us`.
-    pub fn overlaps(&self, start_us: i64, end_us: i64) -> bool {
+    /// Whether the chunk may hold samples with `start_us <= ts <= end_us`. Readers select chunks
+    /// by the time range in their keys instead; tests check the header through this.
+    #[cfg(test)]
+    fn overlaps(&self, start_us: i64, end_us: i64) -> bool {
         self.samples > 0 && start_us <= self.max_timestamp_us && self.min_timestamp_us <= end_us
     }
 }
@@ -186,8 +188,9 @@ impl Chunk {
         self.series.iter().map(|series| series.name.as_ref())
     }
 
-    /// Number of samples of one metric (0 when absent).
-    pub fn metric_len(&self, metric: &str) -> usize {
+    /// Number of samples of one metric (0 when absent). For tests of the series table.
+    #[cfg(test)]
+    fn metric_len(&self, metric: &str) -> usize {
         self.series
             .binary_search_by(|series| series.name.as_ref().cmp(metric))
             .map_or(0, |index| self.series[index].timestamps.len())
@@ -228,8 +231,9 @@ impl Chunk {
     }
 
     /// The sample with the largest timestamp of each metric (the last pushed among equals), in
-    /// metric name order.
-    pub fn latest_per_metric(&self) -> Vec<ChunkSample> {
+    /// metric name order. For tests of series order (the registry keeps the latest values).
+    #[cfg(test)]
+    fn latest_per_metric(&self) -> Vec<ChunkSample> {
         self.series
             .iter()
             .filter_map(|series| {
@@ -391,7 +395,7 @@ impl Chunk {
 }
 
 /// Reads the fixed header of an encoded chunk in O(1), checking its own crc32 (not the samples').
-pub fn read_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, ChunkError> {
+pub(crate) fn read_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, ChunkError> {
     let version = *bytes.first().ok_or(ChunkError::Truncated)?;
     if version != CHUNK_FORMAT_VERSION {
         return Err(ChunkError::UnknownVersion(version));
