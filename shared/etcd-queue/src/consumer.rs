@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::change_feed::{Change, ChangeFeed};
@@ -13,6 +13,7 @@ use crate::config::{ConsumerConfig, QueueConfig};
 use crate::depth::{numbers_by_partition, DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{trailing_number, GroupKeys, QueueKeys};
+use crate::kv::{decimal_value, first_kv};
 use crate::producer::Fence;
 use crate::retry::{is_transient, with_retry, Backoff};
 use crate::txn_budget::MAX_TXN_OPS;
@@ -290,10 +291,9 @@ impl Consumer {
                         let Some(p) = trailing_number(key) else {
                             continue;
                         };
-                        let value = std::str::from_utf8(kv.value())
-                            .ok()
-                            .and_then(|v| v.parse().ok());
-                        let Some(value) = value else { continue };
+                        let Some(value) = decimal_value(kv) else {
+                            continue;
+                        };
                         if key.starts_with(self.group_keys.offsets_prefix().as_bytes()) {
                             self.offsets.insert(p as u32, value);
                         } else {
@@ -569,51 +569,38 @@ impl Consumer {
         })
         .await?;
         let responses = response.op_responses();
-        let owner_rev = match responses.first() {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.mod_revision()),
-            _ => None,
-        };
-        let offset = match responses.get(1) {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().and_then(|kv| {
-                let offset = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
-                Some((offset, kv.mod_revision()))
-            }),
-            _ => None,
-        };
+        let owner_rev = first_kv(responses.first()).map(KeyValue::mod_revision);
+        let offset =
+            first_kv(responses.get(1)).and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision())));
         Ok((owner_rev, offset))
     }
 
     async fn maybe_write_depth(&mut self) {
         let periodic = self.last_depth_write.elapsed() >= self.config.depth_interval;
         if self.depth.due() || periodic {
-            match self
-                .depth
-                .flush(
-                    &self.client,
-                    &self.keys,
-                    &self.group_keys,
-                    self.queue.retry_budget,
-                )
-                .await
-            {
+            match self.write_depth().await {
                 Ok(_) => self.last_depth_write = Instant::now(),
                 Err(e) => tracing::debug!(error = %e, "depth update failed; will retry"),
             }
         }
     }
 
-    /// Leaves the group: releases owned partitions (commit or abandon in-flight work first),
-    /// writes the depth key, deregisters and revokes the lease.
-    pub async fn leave(mut self) -> Result<(), QueueError> {
-        let _ = self
-            .depth
+    /// Recomputes the depth key from the heads and offsets and writes it.
+    async fn write_depth(&mut self) -> Result<u64, QueueError> {
+        self.depth
             .flush(
                 &self.client,
                 &self.keys,
                 &self.group_keys,
                 self.queue.retry_budget,
             )
-            .await;
+            .await
+    }
+
+    /// Leaves the group: releases owned partitions (commit or abandon in-flight work first),
+    /// writes the depth key, deregisters and revokes the lease.
+    pub async fn leave(mut self) -> Result<(), QueueError> {
+        let _ = self.write_depth().await;
         self.group.leave().await
     }
 }

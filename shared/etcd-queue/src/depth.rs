@@ -13,6 +13,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpRespo
 
 use crate::error::QueueError;
 use crate::keys::{trailing_number, GroupKeys, QueueKeys};
+use crate::kv::decimal_value;
 use crate::retry::with_retry;
 
 /// Heads and committed offsets of every partition, read at one revision.
@@ -82,7 +83,7 @@ pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u3
     kvs.iter()
         .filter_map(|kv| {
             let partition = trailing_number(kv.key())? as u32;
-            let value = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+            let value = decimal_value(kv)?;
             Some((partition, value))
         })
         .collect()

@@ -15,6 +15,7 @@ pub mod depth;
 pub mod error;
 pub mod hash;
 pub mod keys;
+pub mod kv;
 pub mod lease;
 pub mod producer;
 pub mod retry;
@@ -23,7 +24,7 @@ pub mod work_group;
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
 pub use config::{ConsumerConfig, QueueConfig};
@@ -193,20 +194,13 @@ impl Queue {
     /// Every partition's committed offset exists (as "0" until the first commit), so commits can
     /// compare on its value.
     async fn ensure_offsets(&self) -> Result<(), QueueError> {
-        let prefix = self.group.offsets_prefix();
-        let existing = retry("read offsets", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let prefix = prefix.clone();
-            async move {
-                client
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    )
-                    .await
-            }
-        })
-        .await?;
+        let existing = self
+            .get_retried(
+                "read offsets",
+                self.group.offsets_prefix(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
         let present: Vec<u64> = existing
             .kvs()
             .iter()
@@ -305,17 +299,13 @@ impl Queue {
 
     /// What the depth key holds now (what KEDA sees).
     pub async fn depth_key_value(&self) -> Result<Option<u64>, QueueError> {
-        let key = self.keys.depth();
-        let response = retry("read depth key", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let key = key.clone();
-            async move { client.get(key, None).await }
-        })
-        .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+        kv::read_decimal(
+            &self.client,
+            "read depth key",
+            self.keys.depth(),
+            self.config.retry_budget,
+        )
+        .await
     }
 
     /// A feed that wakes on every change of the depth key (the autoscaler watches it). Read the
@@ -419,33 +409,38 @@ impl Queue {
 
     /// Number of dead letters.
     pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
-        let prefix = self.keys.dead_prefix();
-        let response = retry("count dead letters", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let prefix = prefix.clone();
-            async move {
-                client
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-            }
-        })
-        .await?;
+        self.count("count dead letters", self.keys.dead_prefix())
+            .await
+    }
+
+    /// Keys under `prefix`, counted by etcd.
+    async fn count(&self, operation: &'static str, prefix: String) -> Result<u64, QueueError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let response = self.get_retried(operation, prefix, Some(options)).await?;
         Ok(response.count() as u64)
+    }
+
+    /// A get, retried for the queue's retry budget.
+    async fn get_retried(
+        &self,
+        operation: &'static str,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, QueueError> {
+        retry(operation, self.config.retry_budget, || {
+            let mut client = self.client.clone();
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
     }
 
     /// Up to `limit` dead letters, in partition then offset order.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, QueueError> {
-        let prefix = self.keys.dead_prefix();
-        let response = retry("list dead letters", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let prefix = prefix.clone();
-            let options = GetOptions::new().with_prefix().with_limit(limit as i64);
-            async move { client.get(prefix, Some(options)).await }
-        })
-        .await?;
+        let options = GetOptions::new().with_prefix().with_limit(limit as i64);
+        let response = self
+            .get_retried("list dead letters", self.keys.dead_prefix(), Some(options))
+            .await?;
         let mut records = Vec::new();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -453,16 +448,13 @@ impl Queue {
             let offset = segments.next().and_then(|s| s.parse().ok()).unwrap_or(0);
             let partition = segments.next().and_then(|s| s.parse().ok()).unwrap_or(0);
             let reason_key = self.keys.dead_reason(partition, offset);
-            let reason = retry("read dead-letter reason", self.config.retry_budget, || {
-                let mut client = self.client.clone();
-                let reason_key = reason_key.clone();
-                async move { client.get(reason_key, None).await }
-            })
-            .await?
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-            .unwrap_or_default();
+            let reason = self
+                .get_retried("read dead-letter reason", reason_key, None)
+                .await?
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                .unwrap_or_default();
             records.push(DeadLetterRecord {
                 partition,
                 offset,
@@ -480,17 +472,16 @@ impl Queue {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, QueueError> {
-        let start = self.keys.message(partition, after + 1);
-        let end = self.keys.message(partition, u64::MAX);
-        let response = retry("peek messages", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(limit as i64);
-            let start = start.clone();
-            async move { client.get(start, Some(options)).await }
-        })
-        .await?;
+        let options = GetOptions::new()
+            .with_range(self.keys.message(partition, u64::MAX))
+            .with_limit(limit as i64);
+        let response = self
+            .get_retried(
+                "peek messages",
+                self.keys.message(partition, after + 1),
+                Some(options),
+            )
+            .await?;
         Ok(response
             .kvs()
             .iter()
@@ -506,20 +497,7 @@ impl Queue {
 
     /// Number of message keys stored under the topic (pending messages), counted by etcd.
     pub async fn stored_message_count(&self) -> Result<u64, QueueError> {
-        let prefix = self.keys.all_messages_prefix();
-        let response = retry("count messages", self.config.retry_budget, || {
-            let mut client = self.client.clone();
-            let prefix = prefix.clone();
-            async move {
-                client
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-            }
-        })
-        .await?;
-        Ok(response.count() as u64)
+        self.count("count messages", self.keys.all_messages_prefix())
+            .await
     }
 }

@@ -18,6 +18,7 @@ use crate::config::QueueConfig;
 use crate::depth::{numbers_by_partition, DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
+use crate::kv::{decimal_value, first_kv, read_decimal};
 use crate::retry::{is_transient, Backoff};
 use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
@@ -456,18 +457,13 @@ impl Producer {
     }
 
     async fn read_marker(&self) -> Result<Option<u64>, QueueError> {
-        let key = self.keys.producer(&self.id);
-        let response =
-            crate::retry::with_retry("read producer marker", self.config.retry_budget, || {
-                let mut client = self.client.clone();
-                let key = key.clone();
-                async move { client.get(key, None).await }
-            })
-            .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+        read_decimal(
+            &self.client,
+            "read producer marker",
+            self.keys.producer(&self.id),
+            self.config.retry_budget,
+        )
+        .await
     }
 
     async fn marker_lease(&mut self) -> Result<i64, QueueError> {
@@ -500,13 +496,7 @@ impl Producer {
 }
 
 fn marker_value(response: Option<&TxnOpResponse>) -> Option<u64> {
-    match response {
-        Some(TxnOpResponse::Get(get)) => get
-            .kvs()
-            .first()
-            .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()),
-        _ => None,
-    }
+    first_kv(response).and_then(decimal_value)
 }
 
 fn heads_from(responses: &[TxnOpResponse]) -> BTreeMap<u32, u64> {
