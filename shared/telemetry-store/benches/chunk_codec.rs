@@ -1,10 +1,12 @@
 //! Chunk codec throughput: encode and decode of a 1,000-sample chunk shaped like the DCGM feed
-//! (10 metrics, one pass per second with millisecond jitter). Run with `cargo bench -p telemetry-store`.
+//! (10 metrics, one pass per second with millisecond jitter, the same pseudo-random chunk on every
+//! run). Run with `cargo bench -p telemetry-store`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use telemetry_store::Chunk;
+use test_support::SplitMix;
 
 const METRICS: [&str; 10] = [
     "DCGM_FI_DEV_DEC_UTIL",
@@ -19,31 +21,14 @@ const METRICS: [&str; 10] = [
     "DCGM_FI_DEV_SM_CLOCK",
 ];
 
-/// Deterministic pseudo-random numbers (splitmix64), so every run measures the same chunk.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
-
 fn feed_chunk(passes: usize) -> Chunk {
-    let mut rng = SplitMix(7);
+    let mut rng = SplitMix::new(7);
     let mut chunk = Chunk::new();
     let mut power_milliwatts: i64 = 312_457;
     let mut temperature = 41.0;
     for pass in 0..passes {
-        let mut ts = 1_752_871_354_000_000 + pass as i64 * 1_000_000 + rng.below(2_000) as i64;
-        power_milliwatts += rng.below(20_001) as i64 - 10_000;
+        let mut ts = 1_752_871_354_000_000 + pass as i64 * 1_000_000 + rng.below(2_000);
+        power_milliwatts += rng.below(20_001) - 10_000;
         if rng.below(10) == 0 {
             temperature += if rng.below(2) == 0 { 1.0 } else { -1.0 };
         }
@@ -59,7 +44,7 @@ fn feed_chunk(passes: usize) -> Chunk {
                 _ => 0.0,
             };
             chunk.push(metric, ts, value);
-            ts += 247 * (4 + rng.below(3) as i64);
+            ts += 247 * (4 + rng.below(3));
         }
     }
     chunk

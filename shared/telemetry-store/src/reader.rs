@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_queue::kv::first_kv;
 use etcd_queue::MAX_TXN_OPS;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
@@ -163,16 +164,9 @@ impl TelemetryStore {
                 ),
             ),
         ]);
-        let mut client = self.client().clone();
-        let response = client.txn(txn).await.map_err(|source| StoreError::Etcd {
-            operation: "scan chunks",
-            source,
-        })?;
+        let response = self.txn("scan chunks", txn).await?;
         let responses = response.op_responses();
-        let open = match responses.first() {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.value().to_vec()),
-            _ => None,
-        };
+        let open = first_kv(responses.first()).map(|kv| kv.value().to_vec());
         let sealed = match responses.get(1) {
             Some(TxnOpResponse::Get(get)) => get
                 .kvs()
@@ -198,21 +192,11 @@ impl TelemetryStore {
             .iter()
             .map(|chunk| TxnOp::get(chunk.key.clone(), None))
             .collect();
-        let mut client = self.client().clone();
-        let response = client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|source| StoreError::Etcd {
-                operation: "read chunks",
-                source,
-            })?;
+        let response = self.txn("read chunks", Txn::new().and_then(ops)).await?;
         Ok(response
             .op_responses()
             .iter()
-            .map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            })
+            .map(|op| first_kv(Some(op)).map(|kv| kv.value().to_vec()))
             .collect())
     }
 
@@ -246,10 +230,7 @@ impl TelemetryStore {
                     Some(GetOptions::new().with_range(self.keys().sealed_through(uuid, end))),
                 )
                 .await
-                .map_err(|source| StoreError::Etcd {
-                    operation: "read chunks",
-                    source,
-                })?;
+                .map_err(StoreError::etcd("read chunks"))?;
             for kv in got.kvs() {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 if sealed

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use telemetry_model::{GpuInfo, MetricName, TimestampMicros};
 
-use crate::chunk::{unzigzag, write_varint, zigzag};
+use crate::chunk::{unzigzag, write_varint, zigzag, ByteCursor, ChunkError};
 
 /// First byte of a seen value: its format.
 const SEEN_FORMAT: u8 = 1;
@@ -150,7 +150,7 @@ impl GpuRecord {
         let Some(seen) = seen else {
             return Ok(record);
         };
-        let mut reader = SeenReader { bytes: seen };
+        let mut reader = SeenReader(ByteCursor::new(seen, 0));
         let format = reader.byte()?;
         if format != SEEN_FORMAT {
             return Err(format!("unknown seen format {format}"));
@@ -175,7 +175,7 @@ impl GpuRecord {
                 .latest
                 .insert(metric.clone(), LatestValue { timestamp, value });
         }
-        if !reader.bytes.is_empty() {
+        if !reader.0.is_at_end() {
             return Err("trailing bytes".into());
         }
         Ok(record)
@@ -206,38 +206,28 @@ fn exact_integer(value: f64) -> Option<i64> {
     ((integer as f64).to_bits() == value.to_bits()).then_some(integer)
 }
 
-/// Reads a seen value.
-struct SeenReader<'a> {
-    bytes: &'a [u8],
-}
+/// Reads a seen value with the chunk codec's byte cursor, wording its errors for a record.
+struct SeenReader<'a>(ByteCursor<'a>);
 
 impl SeenReader<'_> {
     fn byte(&mut self) -> Result<u8, String> {
-        let (&first, rest) = self.bytes.split_first().ok_or("truncated")?;
-        self.bytes = rest;
-        Ok(first)
+        self.0.byte().map_err(seen_error)
     }
 
     fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            let low = u64::from(byte & 0x7f);
-            if shift == 63 && low > 1 {
-                break;
-            }
-            value |= low << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err("varint overflows 64 bits".into())
+        self.0.varint().map_err(seen_error)
     }
 
     fn array(&mut self) -> Result<[u8; 8], String> {
-        let (head, rest) = self.bytes.split_at_checked(8).ok_or("truncated")?;
-        self.bytes = rest;
-        Ok(head.try_into().expect("8 bytes"))
+        self.0.array().map_err(seen_error)
+    }
+}
+
+fn seen_error(error: ChunkError) -> String {
+    match error {
+        ChunkError::Truncated => "truncated".into(),
+        ChunkError::Corrupt(reason) => reason.into(),
+        other => other.to_string(),
     }
 }
 

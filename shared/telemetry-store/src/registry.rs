@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use etcd_queue::kv::first_kv;
 use telemetry_model::{GpuInfo, GpuUuid, MetricName};
 
 use crate::chunk_write::{LeasedPut, LiveSample};
@@ -25,10 +26,7 @@ impl TelemetryStore {
                 Some(GetOptions::new().with_prefix()),
             )
             .await
-            .map_err(|source| StoreError::Etcd {
-                operation: "list GPUs",
-                source,
-            })?;
+            .map_err(StoreError::etcd("list GPUs"))?;
         self.records_from(response.kvs())
     }
 
@@ -39,14 +37,9 @@ impl TelemetryStore {
 
     /// Both registry keys of one GPU, read in one transaction.
     pub(crate) async fn read_registry(&self, uuid: &GpuUuid) -> Result<StoredRegistry, StoreError> {
-        let mut client = self.client().clone();
-        let response = client
-            .txn(Txn::new().and_then(self.registry_gets(uuid)))
-            .await
-            .map_err(|source| StoreError::Etcd {
-                operation: "read GPU",
-                source,
-            })?;
+        let response = self
+            .txn("read GPU", Txn::new().and_then(self.registry_gets(uuid)))
+            .await?;
         StoredRegistry::from_responses(self.keys(), uuid, &response.op_responses())
     }
 
@@ -191,10 +184,7 @@ impl StoredRegistry {
         uuid: &GpuUuid,
         responses: &[TxnOpResponse],
     ) -> Result<Self, StoreError> {
-        let first = |i: usize| match responses.get(i) {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first(),
-            _ => None,
-        };
+        let first = |i: usize| first_kv(responses.get(i));
         let mut stored = StoredRegistry::default();
         let seen = first(1);
         if let Some(kv) = seen {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_queue::kv::{decimal_value, first_kv};
 use tokio::sync::Mutex;
 
 use crate::error::StoreError;
@@ -68,14 +69,10 @@ impl RetentionLeases {
         let ttl_us = self.expiry_of(bucket) - now_us();
         let ttl_secs = (ttl_us / 1_000_000).max(1) + 1;
         let mut client = self.client.clone();
-        let granted =
-            client
-                .lease_grant(ttl_secs, None)
-                .await
-                .map_err(|source| StoreError::Etcd {
-                    operation: "grant retention lease",
-                    source,
-                })?;
+        let granted = client
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(StoreError::etcd("grant retention lease"))?;
         let key = self.keys.retention_bucket(bucket);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -85,31 +82,21 @@ impl RetentionLeases {
                 Some(PutOptions::new().with_lease(granted.id())),
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let response = client.txn(txn).await.map_err(|source| StoreError::Etcd {
-            operation: "record retention lease",
-            source,
-        })?;
+        let response = client
+            .txn(txn)
+            .await
+            .map_err(StoreError::etcd("record retention lease"))?;
         let lease = if response.succeeded() {
             granted.id()
         } else {
             // Another writer created the bucket's lease first: use theirs, drop ours.
             let _ = client.lease_revoke(granted.id()).await;
-            match response.op_responses().first() {
-                Some(TxnOpResponse::Get(get)) => get
-                    .kvs()
-                    .first()
-                    .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
-                    .ok_or_else(|| StoreError::CorruptRecord {
-                        key: key.clone(),
-                        reason: "retention lease id missing".into(),
-                    })?,
-                _ => {
-                    return Err(StoreError::CorruptRecord {
-                        key,
-                        reason: "unexpected response".into(),
-                    })
-                }
-            }
+            first_kv(response.op_responses().first())
+                .and_then(decimal_value)
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    key: key.clone(),
+                    reason: "retention lease id missing".into(),
+                })?
         };
         // Forget buckets that have expired so the cache stays small.
         let now = now_us();

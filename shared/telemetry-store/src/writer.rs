@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_queue::kv::first_kv;
 use etcd_queue::{Fence, MAX_TXN_OPS};
 use telemetry_model::GpuUuid;
 
@@ -181,43 +182,35 @@ impl StoreWriter {
                     [TxnOp::get(keys.open_chunk(g), None), identity, seen]
                 })
                 .collect();
-            let mut client = self.store.client().clone();
-            let response = client
-                .txn(Txn::new().and_then(ops))
-                .await
-                .map_err(|source| StoreError::Etcd {
-                    operation: "load open chunks",
-                    source,
-                })?;
+            let response = self
+                .store
+                .txn("load open chunks", Txn::new().and_then(ops))
+                .await?;
             let responses = response.op_responses();
             for (i, uuid) in batch.iter().enumerate() {
-                let open = responses.get(3 * i);
-                let open_state = match open {
-                    Some(TxnOpResponse::Get(get)) => match get.kvs().first() {
-                        Some(kv) => {
-                            let chunk = Chunk::decode(kv.value()).map_err(|source| {
-                                StoreError::CorruptChunk {
-                                    key: keys.open_chunk(uuid),
-                                    source,
-                                }
-                            })?;
-                            let bucket = self
-                                .store
-                                .leases()
-                                .bucket_of(chunk.min_timestamp().unwrap_or_default());
-                            OpenState {
-                                chunk,
-                                bucket,
-                                revision: kv.mod_revision(),
+                let open_state = match first_kv(responses.get(3 * i)) {
+                    Some(kv) => {
+                        let chunk = Chunk::decode(kv.value()).map_err(|source| {
+                            StoreError::CorruptChunk {
+                                key: keys.open_chunk(uuid),
+                                source,
                             }
+                        })?;
+                        let bucket = self
+                            .store
+                            .leases()
+                            .bucket_of(chunk.min_timestamp().unwrap_or_default());
+                        OpenState {
+                            chunk,
+                            bucket,
+                            revision: kv.mod_revision(),
                         }
-                        None => OpenState {
-                            chunk: Chunk::new(),
-                            bucket: 0,
-                            revision: 0,
-                        },
+                    }
+                    None => OpenState {
+                        chunk: Chunk::new(),
+                        bucket: 0,
+                        revision: 0,
                     },
-                    _ => unreachable!("get returns a range response"),
                 };
                 self.open.insert(uuid.clone(), open_state);
                 let registry = responses.get(3 * i + 1..3 * i + 3).unwrap_or_default();

@@ -12,17 +12,39 @@ pub(crate) fn write_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-pub(super) struct ByteCursor<'a> {
-    pub(super) bytes: &'a [u8],
-    pub(super) pos: usize,
+/// Reads bytes, LEB128 varints and fixed-size arrays from a byte slice (the series table, the
+/// header fields, the registry's seen values).
+pub(crate) struct ByteCursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
 }
 
 impl<'a> ByteCursor<'a> {
-    pub(super) fn varint(&mut self) -> Result<u64, ChunkError> {
+    /// A cursor over `bytes`, at `pos`.
+    pub(crate) fn new(bytes: &'a [u8], pos: usize) -> Self {
+        ByteCursor { bytes, pos }
+    }
+
+    /// Where the next read starts.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether every byte has been read.
+    pub(crate) fn is_at_end(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    pub(crate) fn byte(&mut self) -> Result<u8, ChunkError> {
+        let byte = *self.bytes.get(self.pos).ok_or(ChunkError::Truncated)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    pub(crate) fn varint(&mut self) -> Result<u64, ChunkError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = *self.bytes.get(self.pos).ok_or(ChunkError::Truncated)?;
-            self.pos += 1;
+            let byte = self.byte()?;
             let low = u64::from(byte & 0x7f);
             if shift == 63 && low > 1 {
                 return Err(ChunkError::Corrupt("varint overflows 64 bits"));
@@ -35,11 +57,15 @@ impl<'a> ByteCursor<'a> {
         Err(ChunkError::Corrupt("varint overflows 64 bits"))
     }
 
-    pub(super) fn take(&mut self, len: usize) -> Result<&'a [u8], ChunkError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], ChunkError> {
         let end = self.pos.checked_add(len).ok_or(ChunkError::Truncated)?;
         let slice = self.bytes.get(self.pos..end).ok_or(ChunkError::Truncated)?;
         self.pos = end;
         Ok(slice)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ChunkError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
     }
 }
 

@@ -36,8 +36,8 @@ mod values;
 
 use std::sync::Arc;
 
-pub(crate) use bits::{unzigzag, write_varint, zigzag};
-use bits::{BitReader, BitWriter, ByteCursor};
+pub(crate) use bits::{unzigzag, write_varint, zigzag, ByteCursor};
+use bits::{BitReader, BitWriter};
 use int_coding::EncodeScratch;
 use timestamps::{decode_timestamps, encode_timestamps};
 use values::{decode_values, encode_values};
@@ -303,10 +303,7 @@ impl Chunk {
         if crc32fast::hash(content) != read_u32(stored_crc, 0)? {
             return Err(ChunkError::ChecksumMismatch);
         }
-        let mut cursor = ByteCursor {
-            bytes: content,
-            pos: CHUNK_HEADER_LEN,
-        };
+        let mut cursor = ByteCursor::new(content, CHUNK_HEADER_LEN);
 
         let series_count = cursor.varint()?;
         if series_count > u64::from(header.samples) {
@@ -350,7 +347,7 @@ impl Chunk {
                 "series hold fewer samples than the header",
             ));
         }
-        let stream = &content[cursor.pos..];
+        let stream = &content[cursor.position()..];
         if total.saturating_mul(MIN_BITS_PER_SAMPLE) > stream.len() as u64 * 8 {
             return Err(ChunkError::Truncated);
         }
@@ -421,19 +418,11 @@ pub(crate) fn read_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, ChunkError>
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Result<u32, ChunkError> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or(ChunkError::Truncated)
+    ByteCursor::new(bytes, at).array().map(u32::from_le_bytes)
 }
 
 fn read_i64(bytes: &[u8], at: usize) -> Result<i64, ChunkError> {
-    bytes
-        .get(at..at + 8)
-        .and_then(|slice| slice.try_into().ok())
-        .map(i64::from_le_bytes)
-        .ok_or(ChunkError::Truncated)
+    ByteCursor::new(bytes, at).array().map(i64::from_le_bytes)
 }
 
 #[cfg(test)]
@@ -441,27 +430,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::path::{Path, PathBuf};
+    use test_support::SplitMix;
 
     const CSV_NAME: &str = "dcgm_metrics_20250718_134233.csv";
     /// 2025-07-18T20:42:34Z, the first timestamp of the real CSV.
     pub(super) const FEED_START_US: i64 = 1_752_871_354_000_000;
-
-    /// Deterministic pseudo-random numbers (splitmix64), so figures are the same on every run.
-    pub(super) struct SplitMix(pub(super) u64);
-
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        pub(super) fn below(&mut self, bound: u64) -> i64 {
-            (self.next() % bound) as i64
-        }
-    }
 
     /// The real data set, kept in the repository's `testdata/`.
     fn real_csv_path() -> PathBuf {
@@ -486,7 +459,7 @@ mod tests {
     /// One chunk per GPU from the CSV streamed `passes` times: a pass every second plus up to 2 ms
     /// of jitter, rows 4-6 µs apart inside a pass, as the streamer stamps them.
     fn feed_chunks(rows: &[(String, String, f64)], passes: i64) -> Vec<Chunk> {
-        let mut rng = SplitMix(42);
+        let mut rng = SplitMix::new(42);
         let mut gpus: Vec<&str> = rows.iter().map(|(gpu, _, _)| gpu.as_str()).collect();
         gpus.sort_unstable();
         gpus.dedup();
@@ -559,7 +532,7 @@ mod tests {
     /// 10 metrics like the feed but every value moving: random walks in W with 3 decimals,
     /// fluctuating integers, and arbitrary floats.
     fn varying_chunk(passes: i64, seed: u64) -> Chunk {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix::new(seed);
         let mut chunk = Chunk::new();
         let mut power = [312_457i64, 98_020, 451_003];
         let mut memory_used = 24_343i64;

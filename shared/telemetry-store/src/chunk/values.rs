@@ -177,12 +177,13 @@ pub(super) fn decode_values(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::tests::{assert_round_trip, SplitMix, FEED_START_US};
+    use crate::chunk::tests::{assert_round_trip, FEED_START_US};
     use crate::chunk::Chunk;
+    use test_support::SplitMix;
 
     #[test]
     fn power_random_walk_with_3_decimals_uses_decimal_mode() {
-        let mut rng = SplitMix(3);
+        let mut rng = SplitMix::new(3);
         let mut milliwatts = 250_000i64;
         let values: Vec<f64> = (0..1_000)
             .map(|_| {
