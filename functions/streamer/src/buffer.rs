@@ -292,7 +292,7 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::{BatchEvent, GpuInfo};
+    use telemetry_model::GpuInfo;
 
     use super::*;
 
@@ -313,13 +313,7 @@ mod tests {
     const SOURCE: &str = "/streamer/host-0123abcd";
 
     fn encoded_len(batch: &SampleBatch) -> usize {
-        BatchEvent::new(
-            uuid::Uuid::new_v4().simple().to_string(),
-            SOURCE,
-            batch.clone(),
-        )
-        .to_json()
-        .len()
+        crate::encode::event(SOURCE, batch.clone()).len()
     }
 
     #[test]
