@@ -13,10 +13,7 @@ use telemetry_model::{
     CsvRow, GpuUuid, MetricName, SampleBatch, SampleBatchBuilder, TimestampMicros,
 };
 
-/// Operations a shard publish adds besides the messages: the shard state put.
-pub const FENCE_OPS: usize = 1;
-/// Bytes the fence's state put adds to the request (key and JSON value, generously).
-pub const FENCE_BYTES: usize = 512;
+use crate::shard::{FENCE_BYTES, FENCE_OPS};
 
 /// Limits every batch and transaction of a buffer respects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

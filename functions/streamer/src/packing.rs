@@ -102,16 +102,16 @@ impl Packing {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use etcd_client::{Compare, CompareOp, TxnOp};
+    use etcd_client::{Compare, CompareOp};
     use etcd_queue::WorkGroupKeys;
     use telemetry_model::{GpuInfo, GpuUuid, MetricName, TimestampMicros};
 
     use super::*;
     use crate::config::WORK_GROUP;
-    use crate::shard::SHARDS;
+    use crate::shard::{OwnedShard, StoredShardState, SHARDS};
 
     /// A final part of `shard` with `samples` samples on queue partition `shard % 16`, whose fence
-    /// requires the shard's state key to be absent.
+    /// requires the shard's state key to be absent (and its owner key, as no streamer owns it).
     pub(crate) fn part(keys: &WorkGroupKeys, shard: u32, samples: u32) -> Part {
         let mut builder = SampleBatch::builder();
         let gpu = GpuInfo::new(GpuUuid::parse(&format!("GPU-{shard}")).unwrap());
@@ -119,22 +119,17 @@ pub(crate) mod tests {
         for i in 0..samples {
             builder.push(&gpu, &metric, TimestampMicros(1_000 + i64::from(i)), 1.0);
         }
-        let key = keys.item_state(shard);
-        let value = crate::shard::ShardState::default().completed(u64::from(samples), Some(2_000));
-        let value = value.to_json();
-        Part {
-            shard,
-            last: true,
-            samples: u64::from(samples),
+        let unowned = Compare::version(keys.owner(shard), CompareOp::Equal, 0);
+        let mut owned = OwnedShard::new(keys, shard, unowned, StoredShardState::default());
+        let taken = TakenRows {
             batches: vec![(shard % 16, builder.build())],
-            partitions: [shard % 16].into(),
+            rows: u64::from(samples),
+            samples: u64::from(samples),
+            last_ts: Some(2_000),
             bytes: 4_096,
-            fence: Fence {
-                compares: vec![Compare::version(key.clone(), CompareOp::Equal, 0)],
-                bytes: key.len() + value.len(),
-                ops: vec![TxnOp::put(key, value, None)],
-            },
-        }
+        };
+        let fence = owned.advance(taken.rows, taken.last_ts, true);
+        Part::new(shard, true, taken, fence)
     }
 
     #[test]

@@ -3,12 +3,11 @@
 //! buffers it, and publishes a shard's buffer alone once it fills one transaction; at the end of
 //! the pass the shards' remaining rows are packed together into as few transactions as fit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use etcd_client::{Compare, TxnOp};
-use etcd_queue::{Fence, Queue, WorkGroupKeys};
+use etcd_queue::Queue;
 use function_runtime::Shutdown;
 use tokio::sync::mpsc;
 
@@ -22,36 +21,21 @@ use crate::packing::{Packing, Part};
 use crate::publish::{Published, Publisher};
 use crate::reader::{read_pass, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS};
 use crate::retry::sleep_or_stop;
-use crate::shard::StoredShardState;
+use crate::shard::OwnedShard;
 
 /// One shard being streamed in the current pass.
 struct ShardSlot {
     buffer: ShardBuffer,
-    /// The state the next publish compares (what the last publish wrote, once it is in flight).
-    stored: StoredShardState,
-    owner_fence: Compare,
+    shard: OwnedShard,
 }
 
 impl ShardSlot {
     /// Takes the buffered rows as a publish that advances the shard's state (`last` ends its
-    /// pass). The slot then compares the state this publish writes.
-    fn take_part(&mut self, keys: &WorkGroupKeys, shard: u32, last: bool) -> Part {
+    /// pass). The shard's next publish then compares the state this one writes.
+    fn take_part(&mut self, last: bool) -> Part {
         let taken = self.buffer.take();
-        let next = if last {
-            self.stored.state.completed(taken.rows, taken.last_ts)
-        } else {
-            self.stored.state.advanced(taken.rows, taken.last_ts)
-        };
-        let key = keys.item_state(shard);
-        let written = StoredShardState::written(next);
-        let value = written.raw.clone().unwrap_or_default();
-        let fence = Fence {
-            compares: vec![self.owner_fence.clone(), self.stored.unchanged(&key)],
-            bytes: key.len() + value.len(),
-            ops: vec![TxnOp::put(key, value, None)],
-        };
-        self.stored = written;
-        Part::new(shard, last, taken, fence)
+        let fence = self.shard.advance(taken.rows, taken.last_ts, last);
+        Part::new(self.shard.id(), last, taken, fence)
     }
 }
 
@@ -59,7 +43,6 @@ impl ShardSlot {
 /// tasks carry over from pass to pass.
 pub struct Passes {
     csv: PathBuf,
-    keys: WorkGroupKeys,
     stop: Shutdown,
     metrics: StreamerMetrics,
     queue: Queue,
@@ -72,11 +55,9 @@ pub struct Passes {
 }
 
 impl Passes {
-    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once, for
-    /// the shards of the work group `keys`.
+    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once.
     pub fn new(
         config: &StreamerConfig,
-        keys: WorkGroupKeys,
         queue: Queue,
         stop: Shutdown,
         metrics: StreamerMetrics,
@@ -85,7 +66,6 @@ impl Passes {
         let producers = (0..config.in_flight).map(|_| queue.producer()).collect();
         Passes {
             csv: config.csv.clone(),
-            keys,
             limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
             publisher: Publisher::new(producers, source, stop.clone(), metrics.clone()),
             stop,
@@ -112,28 +92,23 @@ impl Passes {
         self.publisher.close().await;
     }
 
-    /// Streams one pass over `shards` (each with the compare that it is still owned and its
-    /// state). True when every one of them completed the pass.
-    pub async fn stream(
-        &mut self,
-        shards: BTreeMap<u32, (Compare, StoredShardState)>,
-    ) -> Result<bool, StreamerError> {
+    /// Streams one pass over `shards`. True when every one of them completed the pass.
+    pub async fn stream(&mut self, shards: Vec<OwnedShard>) -> Result<bool, StreamerError> {
         let mut slots: HashMap<u32, ShardSlot> = HashMap::with_capacity(shards.len());
-        for (shard, (owner_fence, stored)) in shards {
-            self.stamper.raise_floor(stored.state.last_ts);
+        for shard in shards {
+            self.stamper.raise_floor(shard.state().last_ts);
             let slot = ShardSlot {
                 buffer: ShardBuffer::new(self.limits),
-                stored,
-                owner_fence,
+                shard,
             };
-            slots.insert(shard, slot);
+            slots.insert(slot.shard.id(), slot);
         }
         self.publisher.begin_pass(slots.keys().copied());
         let plan = PassPlan {
             path: self.csv.clone(),
             skip: slots
                 .iter()
-                .map(|(shard, slot)| (*shard, slot.stored.state.row))
+                .map(|(id, slot)| (*id, slot.shard.state().row))
                 .collect(),
             report_bad_rows: !self.bad_rows_reported,
         };
@@ -241,8 +216,7 @@ impl Passes {
             }
             // A full buffer goes out on its own, in one transaction.
             if self.publisher.wait_idle(shard).await? {
-                let part = slot.take_part(&self.keys, shard, false);
-                self.publisher.launch(vec![part]).await?;
+                self.publisher.launch(vec![slot.take_part(false)]).await?;
             }
         }
         if !self.publisher.is_dropped(shard) {
@@ -264,8 +238,10 @@ impl Passes {
             if !self.publisher.wait_idle(shard).await? {
                 continue;
             }
-            let slot = slots.get_mut(&shard).expect("a streamed shard");
-            let part = slot.take_part(&self.keys, shard, true);
+            let part = slots
+                .get_mut(&shard)
+                .expect("a streamed shard")
+                .take_part(true);
             if let Some(full) = packing.add(part) {
                 self.publisher.launch(full).await?;
             }

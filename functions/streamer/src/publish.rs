@@ -16,6 +16,7 @@ use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::packing::Part;
 use crate::retry::{is_retryable, sleep_or_stop};
+use crate::shard::joint_fence;
 use crate::streamer::SHUTDOWN_GRACE;
 
 /// What this streamer's publishes came to.
@@ -348,17 +349,7 @@ async fn fly(
             .iter()
             .flat_map(|(m, _)| m.iter().cloned())
             .collect();
-        let fence = Fence {
-            compares: encoded
-                .iter()
-                .flat_map(|(_, f)| f.compares.iter().cloned())
-                .collect(),
-            ops: encoded
-                .iter()
-                .flat_map(|(_, f)| f.ops.iter().cloned())
-                .collect(),
-            bytes: encoded.iter().map(|(_, f)| f.bytes).sum(),
-        };
+        let fence = joint_fence(encoded.iter().map(|(_, f)| f));
         match flight.publish(&messages, &fence, &shards).await {
             Publish::Refused => {
                 let mut outcomes = Vec::with_capacity(encoded.len());

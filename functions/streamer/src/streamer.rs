@@ -8,10 +8,9 @@
 //! state (`shard.rs`); a transaction the fence refuses means the shard moved: its rows are left
 //! to the new owner, never published twice (`publish.rs`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, GetOptions, TxnOp, TxnOpResponse};
+use etcd_client::Client;
 use etcd_queue::change_feed::ChangeFeed;
 use etcd_queue::{Backoff, Queue, WorkGroup, WorkGroupKeys};
 use function_runtime::Shutdown;
@@ -21,7 +20,7 @@ use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::pass::Passes;
 use crate::retry::{is_retryable, retrying, sleep_or_stop};
-use crate::shard::{StoredShardState, SHARDS};
+use crate::shard::{self, OwnedShard, SHARDS};
 
 /// How long a stopping streamer waits for its transactions in flight (and for leaving the group)
 /// before giving up on them. Abandoning is safe: an unfinished publish either landed with its
@@ -105,9 +104,9 @@ impl Streamer {
             config,
             metrics: &self.metrics,
             stop: stop.clone(),
-            passes: Passes::new(config, keys.clone(), queue, stop, self.metrics.clone()),
             keys,
             group,
+            passes: Passes::new(config, queue, stop, self.metrics.clone()),
         };
         // Boxed: the session's future is large (it holds etcd clients and their requests), and a
         // caller that runs the streamer inline would carry it, several times over, on its stack.
@@ -189,63 +188,52 @@ impl Session<'_> {
 
     /// Reads the group, rebalances, then streams one pass, waits, or reports that all is done.
     async fn round(&mut self) -> Result<Step, StreamerError> {
-        let states_read = TxnOp::get(
-            self.keys.item_states_prefix(),
-            Some(GetOptions::new().with_prefix()),
-        );
         let (snapshot, responses) = self
             .group
-            .snapshot_with(vec![states_read])
+            .snapshot_with(vec![shard::read_states(&self.keys)])
             .await
             .map_err(StreamerError::queue("read streamer group"))?;
-        let mut states = decode_states(responses.first())?;
+        let mut states = shard::decode_states(responses.first())?;
         let keys = self.keys.clone();
         let (_, acquired) = self
             .group
-            .rebalance(&snapshot, |shard| {
-                vec![TxnOp::get(keys.item_state(shard), None)]
-            })
+            .rebalance(&snapshot, |id| vec![shard::read_state(&keys, id)])
             .await
             .map_err(StreamerError::queue("rebalance shards"))?;
-        for (shard, responses) in acquired {
-            let key = self.keys.item_state(shard);
-            let value = match responses.first() {
-                Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            };
-            states.insert(shard, StoredShardState::decode(&key, value.as_deref())?);
+        for (id, responses) in acquired {
+            states.insert(id, shard::decode_state(&keys, id, responses.first())?);
         }
         self.metrics
             .owned_shards
             .set(self.group.owned().len() as i64);
 
-        let passes_of = |shard: u32| states.get(&shard).map_or(0, |s| s.state.passes);
+        let passes_of = |id: u32| states.get(&id).map_or(0, |s| s.state.passes);
         if let Some(target) = self.config.passes {
-            if (0..SHARDS).all(|shard| passes_of(shard) >= target) {
+            if (0..SHARDS).all(|id| passes_of(id) >= target) {
                 tracing::info!(passes = target, "every shard reached the requested passes");
                 return Ok(Step::Done);
             }
         }
-        let active: BTreeMap<u32, (Compare, StoredShardState)> = self
+        let active: Vec<OwnedShard> = self
             .group
             .owned()
             .keys()
-            .filter(|shard| self.config.passes.is_none_or(|n| passes_of(**shard) < n))
-            .filter_map(|shard| {
-                let owner_fence = self.group.owner_fence(*shard)?;
-                let stored = states.get(shard).cloned().unwrap_or_default();
-                Some((*shard, (owner_fence, stored)))
+            .filter(|id| self.config.passes.is_none_or(|n| passes_of(**id) < n))
+            .filter_map(|id| {
+                let owner = self.group.owner_fence(*id)?;
+                let stored = states.get(id).cloned().unwrap_or_default();
+                Some(OwnedShard::new(&keys, *id, owner, stored))
             })
             .collect();
         if active.is_empty() {
             self.wait_for_change(snapshot.revision).await;
             return Ok(Step::Continue);
         }
-        let shards: Vec<u32> = active.keys().copied().collect();
+        let shards: Vec<u32> = active.iter().map(OwnedShard::id).collect();
         let reached_after_pass = self
             .config
             .passes
-            .is_some_and(|n| active.values().all(|(_, s)| s.state.passes + 1 >= n));
+            .is_some_and(|n| active.iter().all(|s| s.state().passes + 1 >= n));
         let complete = self.passes.stream(active).await?;
         if complete && !reached_after_pass {
             tracing::debug!(shards = ?shards, "pass complete");
@@ -273,21 +261,4 @@ impl Session<'_> {
             }
         }
     }
-}
-
-/// The shard states in the response to the group snapshot's range read, by shard.
-fn decode_states(
-    response: Option<&TxnOpResponse>,
-) -> Result<BTreeMap<u32, StoredShardState>, StreamerError> {
-    let mut states = BTreeMap::new();
-    if let Some(TxnOpResponse::Get(get)) = response {
-        for kv in get.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let Some(shard) = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            states.insert(shard, StoredShardState::decode(&key, Some(kv.value()))?);
-        }
-    }
-    Ok(states)
 }
