@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use etcd_queue::{Backoff, Fence, OutgoingMessage, Producer, QueueError};
+use etcd_queue::{Fence, OutgoingMessage, Producer, QueueError};
 use function_runtime::Shutdown;
 use tokio::task::{JoinError, JoinSet};
 
@@ -15,7 +15,7 @@ use crate::encode;
 use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::packing::Part;
-use crate::retry::{is_retryable, sleep_or_stop};
+use crate::retry::{Attempt, Retry};
 use crate::shard::joint_fence;
 use crate::streamer::SHUTDOWN_GRACE;
 
@@ -46,7 +46,7 @@ enum Publish {
     Refused,
     /// Given up because the streamer is stopping (nothing known to be written).
     Abandoned,
-    Failed(QueueError),
+    Failed(StreamerError),
 }
 
 struct PartLanding {
@@ -199,19 +199,13 @@ impl Publisher {
                     shard.dropped = true;
                 }
                 Publish::Abandoned => shard.dropped = true,
-                Publish::Failed(source) => {
+                Publish::Failed(e) => {
                     shard.dropped = true;
-                    failure.get_or_insert(source);
+                    failure.get_or_insert(e);
                 }
             }
         }
-        match failure {
-            Some(source) => Err(StreamerError::Queue {
-                operation: "publish",
-                source,
-            }),
-            None => Ok(()),
-        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Waits for every publish in flight; once stopping, for at most [`SHUTDOWN_GRACE`].
@@ -280,35 +274,71 @@ impl Flight {
         fence: &Fence,
         shards: &[u32],
     ) -> Publish {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
+        let Flight {
+            producer,
+            stop,
+            metrics,
+            transactions,
+        } = self;
+        let metrics = &*metrics;
+        let mut transaction = Transaction {
+            producer,
+            messages,
+            fence,
+            metrics,
+            transactions,
+        };
+        let on_retry = |_, error: &QueueError, stopping| {
+            metrics.publish_retries.inc();
+            if stopping {
+                tracing::warn!(?shards, %error,
+                    "publish failed while stopping; the shards' next owner publishes these rows");
+            } else {
+                tracing::warn!(?shards, %error, "publish failed; retrying");
+            }
+        };
+        let retried = Retry::PUBLISH.run(stop, &mut transaction, Transaction::attempt, on_retry);
+        match retried.await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Publish::Abandoned,
+            Err(e) => Publish::Failed(e),
+        }
+    }
+}
+
+/// One publish transaction, as each attempt sends it.
+struct Transaction<'a> {
+    producer: &'a mut Producer,
+    messages: &'a [OutgoingMessage],
+    fence: &'a Fence,
+    metrics: &'a StreamerMetrics,
+    /// Counts the transactions that landed.
+    transactions: &'a mut u64,
+}
+
+impl Transaction<'_> {
+    fn attempt(&mut self) -> Attempt<'_, Publish> {
+        Box::pin(async move {
             let started = Instant::now();
             match self
                 .producer
-                .publish_fenced(messages.to_vec(), fence.clone())
+                .publish_fenced(self.messages.to_vec(), self.fence.clone())
                 .await
             {
                 Ok(_) => {
                     self.metrics
                         .publish_latency
                         .observe(started.elapsed().as_secs_f64());
-                    self.transactions += 1;
-                    return Publish::Landed;
+                    *self.transactions += 1;
+                    Ok(Publish::Landed)
                 }
-                Err(QueueError::FenceFailed) => return Publish::Refused,
-                Err(e) if is_retryable(&e) => {
-                    self.metrics.publish_retries.inc();
-                    if self.stop.is_triggered() {
-                        tracing::warn!(?shards, error = %e,
-                            "publish failed while stopping; the shards' next owner publishes these rows");
-                        return Publish::Abandoned;
-                    }
-                    tracing::warn!(?shards, error = %e, "publish failed; retrying");
-                    sleep_or_stop(backoff.next_delay(), &self.stop).await;
-                }
-                Err(e) => return Publish::Failed(e),
+                Err(QueueError::FenceFailed) => Ok(Publish::Refused),
+                Err(source) => Err(StreamerError::Queue {
+                    operation: "publish",
+                    source,
+                }),
             }
-        }
+        })
     }
 }
 

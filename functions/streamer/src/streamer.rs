@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use etcd_queue::change_feed::ChangeFeed;
-use etcd_queue::{Backoff, Queue, WorkGroup, WorkGroupKeys};
+use etcd_queue::{Queue, WorkGroup, WorkGroupKeys};
 use function_runtime::Shutdown;
 
 use crate::config::{StreamerConfig, WORK_GROUP};
 use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::pass::Passes;
-use crate::retry::{is_retryable, retrying, sleep_or_stop};
+use crate::retry::{self, sleep_or_stop};
 use crate::shard::{self, OwnedShard, SHARDS};
 
 /// How long a stopping streamer waits for its transactions in flight (and for leaving the group)
@@ -78,29 +78,33 @@ impl Streamer {
             member_id: config.member_id.clone(),
             ..RunReport::default()
         };
-        let Some(queue) = retrying("open queue", &stop, || {
-            Queue::open(self.client.clone(), config.queue.clone())
-        })
-        .await?
-        else {
+        let mut client = self.client.clone();
+        let opened = retry::etcd(&stop, &mut client, |client| {
+            let open = Queue::open(client.clone(), config.queue.clone());
+            Box::pin(async { open.await.map_err(StreamerError::queue("open queue")) })
+        });
+        let Some(queue) = opened.await? else {
             return Ok(report);
         };
-        let Some(group) = retrying("join streamer group", &stop, || {
-            WorkGroup::join(
-                self.client.clone(),
+        let joined = retry::etcd(&stop, &mut client, |client| {
+            let join = WorkGroup::join(
+                client.clone(),
                 keys.clone(),
                 SHARDS,
                 config.member_id.clone(),
                 config.lease_ttl,
                 config.queue.retry_budget,
-            )
-        })
-        .await?
-        else {
+            );
+            Box::pin(async {
+                join.await
+                    .map_err(StreamerError::queue("join streamer group"))
+            })
+        });
+        let Some(group) = joined.await? else {
             return Ok(report);
         };
         let session = Session {
-            client: self.client.clone(),
+            client,
             config,
             metrics: &self.metrics,
             stop: stop.clone(),
@@ -167,21 +171,12 @@ impl Session<'_> {
     /// Runs rounds until the streamer stops (false) or every shard reached the requested passes
     /// (true), retrying the rounds etcd failed.
     async fn run_rounds(&mut self) -> Result<bool, StreamerError> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let stop = self.stop.clone();
         loop {
-            if self.stop.is_triggered() {
-                return Ok(false);
-            }
-            match self.round().await {
-                Ok(Step::Done) => return Ok(true),
-                Ok(Step::Continue) => {
-                    backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                }
-                Err(StreamerError::Queue { operation, source }) if is_retryable(&source) => {
-                    tracing::warn!(operation, error = %source, "etcd unavailable; retrying");
-                    sleep_or_stop(backoff.next_delay(), &self.stop).await;
-                }
-                Err(e) => return Err(e),
+            match retry::etcd(&stop, self, |session| Box::pin(session.round())).await? {
+                None => return Ok(false),
+                Some(Step::Done) => return Ok(true),
+                Some(Step::Continue) => {}
             }
         }
     }
