@@ -13,10 +13,7 @@ use telemetry_model::{
     CsvRow, GpuUuid, MetricName, SampleBatch, SampleBatchBuilder, TimestampMicros,
 };
 
-/// Operations a shard publish adds besides the messages: the shard state put.
-pub const FENCE_OPS: usize = 1;
-/// Bytes the fence's state put adds to the request (key and JSON value, generously).
-pub const FENCE_BYTES: usize = 512;
+use crate::shard::{FENCE_BYTES, FENCE_OPS};
 
 /// Limits every batch and transaction of a buffer respects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +289,7 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::{BatchEvent, GpuInfo};
+    use telemetry_model::GpuInfo;
 
     use super::*;
 
@@ -313,13 +310,7 @@ mod tests {
     const SOURCE: &str = "/streamer/host-0123abcd";
 
     fn encoded_len(batch: &SampleBatch) -> usize {
-        BatchEvent::new(
-            uuid::Uuid::new_v4().simple().to_string(),
-            SOURCE,
-            batch.clone(),
-        )
-        .to_json()
-        .len()
+        crate::encode::event(SOURCE, batch.clone()).len()
     }
 
     #[test]

@@ -6,8 +6,15 @@
 //! completed, rows of the current pass already published, and the last timestamp stamped on a
 //! published row. Every publish compares the exact bytes read and writes the next value in the
 //! same transaction, so a shard's rows are published once per pass no matter who owns it.
+//!
+//! This module is the only one that reads or writes the state keys and builds the shards' fences
+//! (the compares and the state put a publish carries); the rest of the streamer hands those
+//! fences to the queue as they are.
 
-use etcd_client::{Compare, CompareOp};
+use std::collections::BTreeMap;
+
+use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse};
+use etcd_queue::{Fence, WorkGroupKeys};
 use serde::{Deserialize, Serialize};
 use telemetry_model::GpuUuid;
 
@@ -15,6 +22,11 @@ use crate::error::StreamerError;
 
 /// Number of CSV shards. Fixed: changing it would move GPUs between shards mid-pass.
 pub const SHARDS: u32 = 32;
+
+/// Operations a shard's fence adds to a publish besides the messages: the state put.
+pub(crate) const FENCE_OPS: usize = 1;
+/// Bytes a shard's fence adds to the request (state key and JSON value, generously).
+pub(crate) const FENCE_BYTES: usize = 512;
 
 /// The shard that owns every row of `uuid`.
 pub fn shard_for(uuid: &GpuUuid) -> u32 {
@@ -102,8 +114,123 @@ impl StoredShardState {
     }
 }
 
+/// The read of every shard's state, to run in the transaction that reads the group.
+pub(crate) fn read_states(keys: &WorkGroupKeys) -> TxnOp {
+    TxnOp::get(
+        keys.item_states_prefix(),
+        Some(GetOptions::new().with_prefix()),
+    )
+}
+
+/// The states [`read_states`] found, by shard; shards without a state are absent.
+pub(crate) fn decode_states(
+    response: Option<&TxnOpResponse>,
+) -> Result<BTreeMap<u32, StoredShardState>, StreamerError> {
+    let mut states = BTreeMap::new();
+    if let Some(TxnOpResponse::Get(get)) = response {
+        for kv in get.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(shard) = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            states.insert(shard, StoredShardState::decode(&key, Some(kv.value()))?);
+        }
+    }
+    Ok(states)
+}
+
+/// The read of one shard's state, to run in the transaction that acquires the shard.
+pub(crate) fn read_state(keys: &WorkGroupKeys, shard: u32) -> TxnOp {
+    TxnOp::get(keys.item_state(shard), None)
+}
+
+/// The state [`read_state`] found for `shard`.
+pub(crate) fn decode_state(
+    keys: &WorkGroupKeys,
+    shard: u32,
+    response: Option<&TxnOpResponse>,
+) -> Result<StoredShardState, StreamerError> {
+    let value = match response {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.value()),
+        _ => None,
+    };
+    StoredShardState::decode(&keys.item_state(shard), value)
+}
+
+/// A shard this streamer publishes in a pass: the compare that it still owns the shard (from the
+/// work group) and the state its next publish compares.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedShard {
+    id: u32,
+    key: String,
+    owner: Compare,
+    stored: StoredShardState,
+}
+
+impl OwnedShard {
+    /// `shard`, owned while `owner` holds, with `stored` as its state.
+    pub(crate) fn new(
+        keys: &WorkGroupKeys,
+        shard: u32,
+        owner: Compare,
+        stored: StoredShardState,
+    ) -> Self {
+        OwnedShard {
+            id: shard,
+            key: keys.item_state(shard),
+            owner,
+            stored,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The state the next publish starts from.
+    pub(crate) fn state(&self) -> &ShardState {
+        &self.stored.state
+    }
+
+    /// The fence of a publish of `rows` more rows, the last stamped `last_ts` (`ends_pass`: the
+    /// publish ends the shard's pass). It holds only while this streamer owns the shard and the
+    /// state is still the one read or last written, and it writes the next state, which the
+    /// shard's next publish then compares.
+    pub(crate) fn advance(&mut self, rows: u64, last_ts: Option<i64>, ends_pass: bool) -> Fence {
+        let next = if ends_pass {
+            self.stored.state.completed(rows, last_ts)
+        } else {
+            self.stored.state.advanced(rows, last_ts)
+        };
+        let written = StoredShardState::written(next);
+        let value = written.raw.clone().unwrap_or_default();
+        let fence = Fence {
+            compares: vec![self.owner.clone(), self.stored.unchanged(&self.key)],
+            bytes: self.key.len() + value.len(),
+            ops: vec![TxnOp::put(self.key.clone(), value, None)],
+        };
+        self.stored = written;
+        fence
+    }
+}
+
+/// The fence of one transaction that publishes several shards: every shard's compares and state
+/// puts, so it holds only if each of theirs does.
+pub(crate) fn joint_fence<'a>(fences: impl IntoIterator<Item = &'a Fence>) -> Fence {
+    let mut joint = Fence::default();
+    for fence in fences {
+        joint.compares.extend(fence.compares.iter().cloned());
+        joint.ops.extend(fence.ops.iter().cloned());
+        joint.bytes += fence.bytes;
+    }
+    joint
+}
+
 #[cfg(test)]
 mod tests {
+    use etcd_client::{Client, Txn};
+    use test_support::{unique_prefix, EtcdHarness};
+
     use super::*;
 
     #[test]
@@ -160,6 +287,65 @@ mod tests {
         );
         // A stamp below the stored one never lowers it.
         assert_eq!(s.advanced(1, Some(100)).last_ts, 500);
+    }
+
+    /// Whether a transaction with `fence` alone holds.
+    async fn holds(client: &mut Client, fence: Fence) -> bool {
+        let txn = Txn::new().when(fence.compares).and_then(fence.ops);
+        client.txn(txn).await.unwrap().succeeded()
+    }
+
+    /// Every stored state and, read in the same transaction, that of shard 4 (never written).
+    async fn stored(
+        client: &mut Client,
+        keys: &WorkGroupKeys,
+    ) -> (BTreeMap<u32, StoredShardState>, StoredShardState) {
+        let txn = Txn::new().and_then([read_states(keys), read_state(keys, 4)]);
+        let response = client.txn(txn).await.unwrap();
+        let responses = response.op_responses();
+        (
+            decode_states(responses.first()).unwrap(),
+            decode_state(keys, 4, responses.get(1)).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_fence_holds_once_and_only_for_the_owner() {
+        let etcd = EtcdHarness::start().await;
+        let mut client = etcd.client().await;
+        let keys = WorkGroupKeys::new(&unique_prefix("fences"), "streamers").unwrap();
+        let put = client.put(keys.owner(3), "me", None).await.unwrap();
+        let owned_at = put.header().unwrap().revision();
+        let owner = Compare::mod_revision(keys.owner(3), CompareOp::Equal, owned_at);
+        let mut shard = OwnedShard::new(&keys, 3, owner, StoredShardState::default());
+
+        let first = shard.advance(10, Some(500), false);
+        assert_eq!(first.ops.len(), FENCE_OPS);
+        assert!(first.bytes <= FENCE_BYTES, "{} bytes", first.bytes);
+        assert!(holds(&mut client, first.clone()).await, "the first publish");
+        assert!(!holds(&mut client, first).await, "a replay is refused");
+        assert!(holds(&mut client, shard.advance(5, None, true)).await);
+        let done = ShardState {
+            passes: 1,
+            row: 0,
+            last_ts: 500,
+        };
+        assert_eq!(shard.state(), &done);
+        let (states, absent) = stored(&mut client, &keys).await;
+        assert_eq!(
+            states,
+            BTreeMap::from([(3, StoredShardState::written(done))])
+        );
+        assert_eq!(absent, StoredShardState::default());
+
+        client
+            .put(keys.owner(3), "someone else", None)
+            .await
+            .unwrap();
+        let moved = shard.advance(1, Some(900), false);
+        assert!(!holds(&mut client, moved).await, "the shard moved");
+        let (states, _) = stored(&mut client, &keys).await;
+        assert_eq!(states[&3].state, done, "a refused publish writes nothing");
     }
 
     #[test]

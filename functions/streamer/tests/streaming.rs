@@ -30,6 +30,26 @@ fn spawn_streamer(
     })
 }
 
+/// Runs one streamer until it stops by itself (its `passes` reached).
+async fn run_streamer(
+    etcd: &EtcdHarness,
+    config: StreamerConfig,
+    metrics: &StreamerMetrics,
+) -> RunReport {
+    Streamer::new(etcd.client().await, config, metrics.clone())
+        .run(Shutdown::new())
+        .await
+        .unwrap()
+}
+
+/// Every row of `csv` counted `passes` times: what that many passes put on the queue.
+fn csv_rows_times(csv: &str, passes: u64) -> BTreeMap<(String, String, String), u64> {
+    csv_rows(csv)
+        .into_iter()
+        .map(|(row, n)| (row, passes * n))
+        .collect()
+}
+
 async fn open_queue(etcd: &EtcdHarness, prefix: &str) -> Queue {
     Queue::open(etcd.client().await, queue_config(prefix))
         .await
@@ -41,17 +61,11 @@ async fn n_passes_put_exactly_n_times_the_rows_on_the_queue() {
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("passes");
     let metrics = StreamerMetrics::default();
-    let report = Streamer::new(
-        etcd.client().await,
-        StreamerConfig {
-            passes: Some(3),
-            ..config(&prefix, REAL_CSV, "solo")
-        },
-        metrics.clone(),
-    )
-    .run(Shutdown::new())
-    .await
-    .unwrap();
+    let config = StreamerConfig {
+        passes: Some(3),
+        ..config(&prefix, REAL_CSV, "solo")
+    };
+    let report = run_streamer(&etcd, config, &metrics).await;
 
     assert!(report.passes_reached);
     assert_eq!(report.samples_published, 3 * REAL_ROWS);
@@ -65,10 +79,7 @@ async fn n_passes_put_exactly_n_times_the_rows_on_the_queue() {
     let queue = open_queue(&etcd, &prefix).await;
     let samples = queued_samples(&queue).await;
     assert_eq!(samples.len() as u64, 3 * REAL_ROWS);
-    let expected: BTreeMap<_, _> = csv_rows(REAL_CSV)
-        .into_iter()
-        .map(|(row, n)| (row, 3 * n))
-        .collect();
+    let expected = csv_rows_times(REAL_CSV, 3);
     assert_eq!(row_counts(&samples), expected, "every row exactly 3 times");
     assert_timestamps_increase_per_gpu(&samples);
     for s in &samples {
@@ -132,10 +143,7 @@ async fn three_streamers_with_two_passes_emit_every_row_exactly_twice() {
     let queue = open_queue(&etcd, &prefix).await;
     let samples = queued_samples(&queue).await;
     assert_eq!(samples.len() as u64, 2 * REAL_ROWS);
-    let expected: BTreeMap<_, _> = csv_rows(REAL_CSV)
-        .into_iter()
-        .map(|(row, n)| (row, 2 * n))
-        .collect();
+    let expected = csv_rows_times(REAL_CSV, 2);
     assert_eq!(row_counts(&samples), expected, "every row exactly twice");
     assert_timestamps_increase_per_gpu(&samples);
     let states = shard_states(&etcd.client().await, &prefix).await;
@@ -247,17 +255,11 @@ async fn bad_and_blank_rows_are_skipped_and_counted_once() {
     ] {
         let prefix = unique_prefix("bad-rows");
         let metrics = StreamerMetrics::default();
-        let report = Streamer::new(
-            etcd.client().await,
-            StreamerConfig {
-                passes: Some(2),
-                ..config(&prefix, csv, "bad-rows")
-            },
-            metrics.clone(),
-        )
-        .run(Shutdown::new())
-        .await
-        .unwrap();
+        let config = StreamerConfig {
+            passes: Some(2),
+            ..config(&prefix, csv, "bad-rows")
+        };
+        let report = run_streamer(&etcd, config, &metrics).await;
         assert_eq!(report.samples_published, 2 * ok, "{csv}");
         assert_eq!(
             metrics.bad_rows.get(),
@@ -269,10 +271,7 @@ async fn bad_and_blank_rows_are_skipped_and_counted_once() {
 
         let queue = open_queue(&etcd, &prefix).await;
         let samples = queued_samples(&queue).await;
-        let expected: BTreeMap<_, _> = csv_rows(csv)
-            .into_iter()
-            .map(|(row, n)| (row, 2 * n))
-            .collect();
+        let expected = csv_rows_times(csv, 2);
         assert_eq!(expected.values().sum::<u64>(), 2 * ok);
         assert_eq!(row_counts(&samples), expected, "{csv}");
         assert_timestamps_increase_per_gpu(&samples);
@@ -317,10 +316,7 @@ async fn an_etcd_restart_mid_run_loses_and_duplicates_nothing() {
 
     let queue = open_queue(&etcd, &prefix).await;
     let samples = queued_samples(&queue).await;
-    let expected: BTreeMap<_, _> = csv_rows(REAL_CSV)
-        .into_iter()
-        .map(|(row, n)| (row, 4 * n))
-        .collect();
+    let expected = csv_rows_times(REAL_CSV, 4);
     assert_eq!(row_counts(&samples), expected, "every row exactly 4 times");
     assert_timestamps_increase_per_gpu(&samples);
 }
@@ -393,10 +389,7 @@ async fn a_full_queue_slows_the_streamer_down_and_drops_nothing() {
     consumer.leave().await.unwrap();
     let report = task.await.unwrap();
     assert!(report.passes_reached);
-    let expected: BTreeMap<_, _> = csv_rows(REAL_CSV)
-        .into_iter()
-        .map(|(row, n)| (row, 3 * n))
-        .collect();
+    let expected = csv_rows_times(REAL_CSV, 3);
     assert_eq!(row_counts(&consumed), expected, "every row exactly 3 times");
     // Consumed partition by partition, each in queue order: per-GPU order holds in each.
     let mut by_partition = consumed.clone();

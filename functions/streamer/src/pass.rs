@@ -1,0 +1,254 @@
+//! Streaming passes over the shards this streamer owns: a pass reads the file from the start on a
+//! blocking thread, stamps each row of an owned shard as it is processed (paced to the rate cap),
+//! buffers it, and publishes a shard's buffer alone once it fills one transaction; at the end of
+//! the pass the shards' remaining rows are packed together into as few transactions as fit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use etcd_queue::Queue;
+use function_runtime::Shutdown;
+use tokio::sync::mpsc;
+
+use crate::buffer::{BufferLimits, ShardBuffer};
+use crate::clock::{Pacer, Stamper};
+use crate::config::StreamerConfig;
+use crate::encode;
+use crate::error::StreamerError;
+use crate::metrics::StreamerMetrics;
+use crate::packing::{Packing, Part};
+use crate::publish::{Published, Publisher};
+use crate::reader::{read_pass, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS};
+use crate::retry::sleep_or_stop;
+use crate::shard::OwnedShard;
+
+/// One shard being streamed in the current pass.
+struct ShardSlot {
+    buffer: ShardBuffer,
+    shard: OwnedShard,
+}
+
+impl ShardSlot {
+    /// Takes the buffered rows as a publish that advances the shard's state (`last` ends its
+    /// pass). The shard's next publish then compares the state this one writes.
+    fn take_part(&mut self, last: bool) -> Part {
+        let taken = self.buffer.take();
+        let fence = self.shard.advance(taken.rows, taken.last_ts, last);
+        Part::new(self.shard.id(), last, taken, fence)
+    }
+}
+
+/// Streams this streamer's passes, one after another: the stamps, the pacing and the publish
+/// tasks carry over from pass to pass.
+pub struct Passes {
+    csv: PathBuf,
+    stop: Shutdown,
+    metrics: StreamerMetrics,
+    queue: Queue,
+    publisher: Publisher,
+    stamper: Stamper,
+    pacer: Pacer,
+    limits: BufferLimits,
+    bad_rows_reported: bool,
+    file_passes: u64,
+}
+
+impl Passes {
+    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once.
+    pub fn new(
+        config: &StreamerConfig,
+        queue: Queue,
+        stop: Shutdown,
+        metrics: StreamerMetrics,
+    ) -> Self {
+        let source = encode::source(&config.member_id);
+        let producers = (0..config.in_flight).map(|_| queue.producer()).collect();
+        Passes {
+            csv: config.csv.clone(),
+            limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
+            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone()),
+            stop,
+            metrics,
+            queue,
+            stamper: Stamper::default(),
+            pacer: Pacer::new(config.rate),
+            bad_rows_reported: false,
+            file_passes: 0,
+        }
+    }
+
+    /// Passes that read the file to the end.
+    pub fn file_passes(&self) -> u64 {
+        self.file_passes
+    }
+
+    pub fn published(&self) -> Published {
+        self.publisher.published()
+    }
+
+    /// Abandons the publishes in flight and closes the producers (see [`Publisher::close`]).
+    pub async fn close(self) {
+        self.publisher.close().await;
+    }
+
+    /// Streams one pass over `shards`. True when every one of them completed the pass.
+    pub async fn stream(&mut self, shards: Vec<OwnedShard>) -> Result<bool, StreamerError> {
+        let mut slots: HashMap<u32, ShardSlot> = HashMap::with_capacity(shards.len());
+        for shard in shards {
+            self.stamper.raise_floor(shard.state().last_ts);
+            let slot = ShardSlot {
+                buffer: ShardBuffer::new(self.limits),
+                shard,
+            };
+            slots.insert(slot.shard.id(), slot);
+        }
+        self.publisher.begin_pass(slots.keys().copied());
+        let plan = PassPlan {
+            path: self.csv.clone(),
+            skip: slots
+                .iter()
+                .map(|(id, slot)| (*id, slot.shard.state().row))
+                .collect(),
+            report_bad_rows: !self.bad_rows_reported,
+        };
+        let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let metrics = self.metrics.clone();
+        let reader = tokio::task::spawn_blocking(move || read_pass(plan, tx, metrics));
+        self.pacer.restart(Instant::now());
+        let streamed = self.stream_rows(&mut slots, &mut rx).await;
+        drop(rx);
+        // The reader notices the closed channel within a few rows.
+        let _ = reader.await;
+        let read_to_end = match streamed {
+            Ok(read_to_end) => read_to_end,
+            Err(e) => {
+                self.publisher.abort_all();
+                return Err(e);
+            }
+        };
+        if read_to_end {
+            self.bad_rows_reported = true;
+            self.file_passes += 1;
+            self.finish_shards(&mut slots).await?;
+        }
+        self.publisher.drain().await?;
+        Ok(read_to_end && self.publisher.all_completed())
+    }
+
+    /// Feeds the reader's rows into the shard buffers. True when the file was read to the end,
+    /// false when the streamer is stopping.
+    async fn stream_rows(
+        &mut self,
+        slots: &mut HashMap<u32, ShardSlot>,
+        rx: &mut mpsc::Receiver<ReaderEvent>,
+    ) -> Result<bool, StreamerError> {
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.stop.wait() => return Ok(false),
+                landed = self.publisher.land_next(), if self.publisher.has_flights() => {
+                    landed?;
+                    continue;
+                }
+                event = rx.recv() => event,
+            };
+            match event {
+                Some(ReaderEvent::Rows(rows)) => {
+                    for row in rows {
+                        if self.stop.is_triggered() {
+                            return Ok(false);
+                        }
+                        self.stream_row(row, slots).await?;
+                    }
+                }
+                Some(ReaderEvent::Finished(stats)) => {
+                    tracing::debug!(?stats, "read the CSV to the end");
+                    return Ok(true);
+                }
+                Some(ReaderEvent::OpenFailed(source)) => {
+                    return Err(StreamerError::OpenCsv {
+                        path: self.csv.clone(),
+                        source,
+                    })
+                }
+                Some(ReaderEvent::ReadFailed(reason)) => {
+                    return Err(StreamerError::ReadCsv {
+                        path: self.csv.clone(),
+                        reason,
+                    })
+                }
+                None => {
+                    return Err(StreamerError::ReaderTask(
+                        "the reader ended without finishing the file".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn stream_row(
+        &mut self,
+        ShardRow { shard, row }: ShardRow,
+        slots: &mut HashMap<u32, ShardSlot>,
+    ) -> Result<(), StreamerError> {
+        if self.publisher.is_dropped(shard) {
+            return Ok(());
+        }
+        let Some(slot) = slots.get_mut(&shard) else {
+            return Ok(());
+        };
+        if let Some(wait) = self.pacer.admit(Instant::now()) {
+            sleep_or_stop(wait, &self.stop).await;
+        }
+        let ts = self.stamper.stamp();
+        let partition = self.queue.partition_for(row.info.uuid.as_str().as_bytes());
+        if !slot.buffer.fits(&row, partition, ts) {
+            if !ShardBuffer::fits_alone(self.limits, &row, partition, ts) {
+                tracing::warn!(
+                    line = row.line,
+                    shard,
+                    "skipping a row too large for one queue message"
+                );
+                self.metrics.bad_rows.inc();
+                slot.buffer.skip_row();
+                return Ok(());
+            }
+            // A full buffer goes out on its own, in one transaction.
+            if self.publisher.wait_idle(shard).await? {
+                self.publisher.launch(vec![slot.take_part(false)]).await?;
+            }
+        }
+        if !self.publisher.is_dropped(shard) {
+            slot.buffer.push(&row, partition, ts);
+        }
+        Ok(())
+    }
+
+    /// Ends the pass of every shard still streaming: each publishes its remaining rows and marks
+    /// the pass done. Small shards share transactions (each with its own fence), as many as fit.
+    async fn finish_shards(
+        &mut self,
+        slots: &mut HashMap<u32, ShardSlot>,
+    ) -> Result<(), StreamerError> {
+        let mut shards: Vec<u32> = slots.keys().copied().collect();
+        shards.sort_unstable();
+        let mut packing = Packing::default();
+        for shard in shards {
+            if !self.publisher.wait_idle(shard).await? {
+                continue;
+            }
+            let part = slots
+                .get_mut(&shard)
+                .expect("a streamed shard")
+                .take_part(true);
+            if let Some(full) = packing.add(part) {
+                self.publisher.launch(full).await?;
+            }
+        }
+        if let Some(last) = packing.finish() {
+            self.publisher.launch(last).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,478 @@
+//! Publishing parts and landing them: each transaction flies as its own task on a producer lent
+//! from the idle ones (so at most `in_flight` run at once, never two for one shard), a shared
+//! transaction the fence refuses is retried shard by shard, and each landing is booked: what was
+//! published, which shards moved (their rows are left to the new owner), which ended their pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use etcd_queue::{Fence, OutgoingMessage, Producer, QueueError};
+use function_runtime::Shutdown;
+use tokio::task::{JoinError, JoinSet};
+
+use crate::encode;
+use crate::error::StreamerError;
+use crate::metrics::StreamerMetrics;
+use crate::packing::Part;
+use crate::retry::{Attempt, Retry};
+use crate::shard::joint_fence;
+use crate::streamer::SHUTDOWN_GRACE;
+
+/// What this streamer's publishes came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub samples: u64,
+    pub batches: u64,
+    pub transactions: u64,
+    /// Parts that ended a shard's pass.
+    pub shard_passes: u64,
+}
+
+/// What publishing did to one shard of the pass so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShardPublishing {
+    in_flight: bool,
+    /// Left for the rest of the pass (moved to another streamer, or stopping).
+    dropped: bool,
+    completed: bool,
+}
+
+/// What a transaction (or the parts of it) came to.
+#[derive(Debug)]
+enum Publish {
+    Landed,
+    /// The fence did not hold: a shard moved or its state changed; nothing was written.
+    Refused,
+    /// Given up because the streamer is stopping (nothing known to be written).
+    Abandoned,
+    Failed(StreamerError),
+}
+
+struct PartLanding {
+    shard: u32,
+    last: bool,
+    samples: u64,
+    batches: u64,
+    outcome: Publish,
+}
+
+/// A finished publish task: the producer it borrowed and what became of each part.
+struct Landing {
+    producer: Producer,
+    parts: Vec<PartLanding>,
+    transactions: u64,
+}
+
+/// The publish tasks of one streamer and what they did to the shards of the current pass.
+pub struct Publisher {
+    /// Idle producers; one is lent to each flight.
+    idle: Vec<Producer>,
+    flights: JoinSet<Landing>,
+    shards: HashMap<u32, ShardPublishing>,
+    source: Arc<str>,
+    stop: Shutdown,
+    metrics: StreamerMetrics,
+    published: Published,
+}
+
+impl Publisher {
+    /// Publishes events from `source` with `producers`, one flight per producer at a time.
+    pub fn new(
+        producers: Vec<Producer>,
+        source: Arc<str>,
+        stop: Shutdown,
+        metrics: StreamerMetrics,
+    ) -> Self {
+        Publisher {
+            idle: producers,
+            flights: JoinSet::new(),
+            shards: HashMap::new(),
+            source,
+            stop,
+            metrics,
+            published: Published::default(),
+        }
+    }
+
+    pub fn published(&self) -> Published {
+        self.published
+    }
+
+    /// Starts a pass over `shards`: none in flight, dropped or completed yet.
+    pub fn begin_pass(&mut self, shards: impl IntoIterator<Item = u32>) {
+        self.shards = shards
+            .into_iter()
+            .map(|shard| (shard, ShardPublishing::default()))
+            .collect();
+    }
+
+    /// Whether `shard` is left for the rest of the pass (or not part of it).
+    pub fn is_dropped(&self, shard: u32) -> bool {
+        self.shards.get(&shard).is_none_or(|s| s.dropped)
+    }
+
+    /// Whether every shard of the pass published its last part.
+    pub fn all_completed(&self) -> bool {
+        self.shards.values().all(|s| s.completed)
+    }
+
+    pub fn has_flights(&self) -> bool {
+        !self.flights.is_empty()
+    }
+
+    /// Waits until `shard` has no publish in flight (each publish compares the state the
+    /// previous one wrote). False if the shard was dropped meanwhile.
+    pub async fn wait_idle(&mut self, shard: u32) -> Result<bool, StreamerError> {
+        loop {
+            match self.shards.get(&shard) {
+                None => return Ok(false),
+                Some(s) if s.dropped => return Ok(false),
+                Some(s) if !s.in_flight => return Ok(true),
+                Some(_) => {}
+            }
+            self.land_next().await?;
+        }
+    }
+
+    /// Hands `parts` (one transaction) to a publish task once a producer is idle.
+    pub async fn launch(&mut self, parts: Vec<Part>) -> Result<(), StreamerError> {
+        while self.idle.is_empty() {
+            self.land_next().await?;
+        }
+        for part in &parts {
+            if let Some(shard) = self.shards.get_mut(&part.shard) {
+                shard.in_flight = true;
+            }
+        }
+        let producer = self.idle.pop().expect("checked above");
+        self.flights.spawn(fly(
+            producer,
+            parts,
+            self.source.clone(),
+            self.stop.clone(),
+            self.metrics.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Waits for the next publish task to finish and books it.
+    pub async fn land_next(&mut self) -> Result<(), StreamerError> {
+        match self.flights.join_next().await {
+            Some(done) => self.landed(done),
+            None => Err(StreamerError::ReaderTask(
+                "waited for a publish but none is in flight".into(),
+            )),
+        }
+    }
+
+    /// Books a finished publish task.
+    fn landed(&mut self, done: Result<Landing, JoinError>) -> Result<(), StreamerError> {
+        let landing = done.map_err(|e| StreamerError::ReaderTask(format!("publish task: {e}")))?;
+        self.idle.push(landing.producer);
+        self.metrics.transactions.inc_by(landing.transactions);
+        self.published.transactions += landing.transactions;
+        let mut failure = None;
+        for part in landing.parts {
+            let Some(shard) = self.shards.get_mut(&part.shard) else {
+                continue;
+            };
+            shard.in_flight = false;
+            match part.outcome {
+                Publish::Landed => {
+                    self.metrics.samples_published.inc_by(part.samples);
+                    self.metrics.batches_published.inc_by(part.batches);
+                    self.published.samples += part.samples;
+                    self.published.batches += part.batches;
+                    if part.last {
+                        shard.completed = true;
+                        self.metrics.shard_passes.inc();
+                        self.published.shard_passes += 1;
+                    }
+                }
+                Publish::Refused => {
+                    self.metrics.fence_failures.inc();
+                    tracing::info!(
+                        shard = part.shard,
+                        "shard moved or its state changed; leaving it for this pass"
+                    );
+                    shard.dropped = true;
+                }
+                Publish::Abandoned => shard.dropped = true,
+                Publish::Failed(e) => {
+                    shard.dropped = true;
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Waits for every publish in flight; once stopping, for at most [`SHUTDOWN_GRACE`].
+    pub async fn drain(&mut self) -> Result<(), StreamerError> {
+        let stop = self.stop.clone();
+        let grace = async move {
+            stop.wait().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                done = self.flights.join_next() => match done {
+                    Some(done) => self.landed(done)?,
+                    None => return Ok(()),
+                },
+                _ = &mut grace => {
+                    tracing::warn!(
+                        in_flight = self.flights.len(),
+                        "publishes still unfinished after the shutdown grace; abandoning them"
+                    );
+                    self.flights.abort_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Abandons the publishes in flight (each either landed with its state update or not at
+    /// all).
+    pub fn abort_all(&mut self) {
+        self.flights.abort_all();
+    }
+
+    /// Abandons the publishes in flight and writes the final queue depth through the idle
+    /// producers, for at most [`SHUTDOWN_GRACE`].
+    pub async fn close(mut self) {
+        self.abort_all();
+        let close = async {
+            for producer in self.idle {
+                if let Err(e) = producer.close().await {
+                    tracing::warn!(error = %e, "could not write the final queue depth");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, close).await.is_err() {
+            tracing::warn!("gave up writing the final queue depth");
+        }
+    }
+}
+
+/// One publish task's producer and the transactions it committed.
+struct Flight {
+    producer: Producer,
+    stop: Shutdown,
+    metrics: StreamerMetrics,
+    transactions: u64,
+}
+
+impl Flight {
+    /// Publishes `messages` with `fence` in one transaction, retrying transient failures and a
+    /// full queue until it lands, the fence refuses it, or the streamer stops.
+    async fn publish(
+        &mut self,
+        messages: &[OutgoingMessage],
+        fence: &Fence,
+        shards: &[u32],
+    ) -> Publish {
+        let Flight {
+            producer,
+            stop,
+            metrics,
+            transactions,
+        } = self;
+        let metrics = &*metrics;
+        let mut transaction = Transaction {
+            producer,
+            messages,
+            fence,
+            metrics,
+            transactions,
+        };
+        let on_retry = |_, error: &QueueError, stopping| {
+            metrics.publish_retries.inc();
+            if stopping {
+                tracing::warn!(?shards, %error,
+                    "publish failed while stopping; the shards' next owner publishes these rows");
+            } else {
+                tracing::warn!(?shards, %error, "publish failed; retrying");
+            }
+        };
+        let retried = Retry::PUBLISH.run(stop, &mut transaction, Transaction::attempt, on_retry);
+        match retried.await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Publish::Abandoned,
+            Err(e) => Publish::Failed(e),
+        }
+    }
+}
+
+/// One publish transaction, as each attempt sends it.
+struct Transaction<'a> {
+    producer: &'a mut Producer,
+    messages: &'a [OutgoingMessage],
+    fence: &'a Fence,
+    metrics: &'a StreamerMetrics,
+    /// Counts the transactions that landed.
+    transactions: &'a mut u64,
+}
+
+impl Transaction<'_> {
+    fn attempt(&mut self) -> Attempt<'_, Publish> {
+        Box::pin(async move {
+            let started = Instant::now();
+            match self
+                .producer
+                .publish_fenced(self.messages.to_vec(), self.fence.clone())
+                .await
+            {
+                Ok(_) => {
+                    self.metrics
+                        .publish_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    *self.transactions += 1;
+                    Ok(Publish::Landed)
+                }
+                Err(QueueError::FenceFailed) => Ok(Publish::Refused),
+                Err(source) => Err(StreamerError::Queue {
+                    operation: "publish",
+                    source,
+                }),
+            }
+        })
+    }
+}
+
+/// Encodes each part's batches as CloudEvents and publishes the parts in one transaction. If
+/// that transaction's fence fails (one of the shards moved), each part is retried on its own so
+/// the others still go out.
+async fn fly(
+    producer: Producer,
+    parts: Vec<Part>,
+    source: Arc<str>,
+    stop: Shutdown,
+    metrics: StreamerMetrics,
+) -> Landing {
+    let mut flight = Flight {
+        producer,
+        stop,
+        metrics,
+        transactions: 0,
+    };
+    let mut landings = Vec::with_capacity(parts.len());
+    let mut encoded: Vec<(Vec<OutgoingMessage>, Fence)> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let messages = encode::messages(&source, part.batches);
+        landings.push(PartLanding {
+            shard: part.shard,
+            last: part.last,
+            samples: part.samples,
+            batches: messages.len() as u64,
+            outcome: Publish::Abandoned,
+        });
+        encoded.push((messages, part.fence));
+    }
+    let shards: Vec<u32> = landings.iter().map(|p| p.shard).collect();
+    let outcomes: Vec<Publish> = if let [(messages, fence)] = &encoded[..] {
+        vec![flight.publish(messages, fence, &shards).await]
+    } else {
+        let messages: Vec<OutgoingMessage> = encoded
+            .iter()
+            .flat_map(|(m, _)| m.iter().cloned())
+            .collect();
+        let fence = joint_fence(encoded.iter().map(|(_, f)| f));
+        match flight.publish(&messages, &fence, &shards).await {
+            Publish::Refused => {
+                let mut outcomes = Vec::with_capacity(encoded.len());
+                for ((messages, fence), shard) in encoded.iter().zip(&shards) {
+                    outcomes.push(flight.publish(messages, fence, &[*shard]).await);
+                }
+                outcomes
+            }
+            Publish::Landed => encoded.iter().map(|_| Publish::Landed).collect(),
+            Publish::Abandoned => encoded.iter().map(|_| Publish::Abandoned).collect(),
+            Publish::Failed(e) => {
+                let mut outcomes = vec![Publish::Failed(e)];
+                outcomes.extend(encoded.iter().skip(1).map(|_| Publish::Abandoned));
+                outcomes
+            }
+        }
+    };
+    for (landing, outcome) in landings.iter_mut().zip(outcomes) {
+        landing.outcome = outcome;
+    }
+    Landing {
+        producer: flight.producer,
+        parts: landings,
+        transactions: flight.transactions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_queue::{Queue, QueueConfig, WorkGroupKeys};
+    use telemetry_model::BatchEvent;
+    use test_support::{unique_prefix, EtcdHarness};
+
+    use super::*;
+    use crate::config::WORK_GROUP;
+    use crate::packing::tests::part;
+
+    #[tokio::test]
+    async fn a_refused_shared_transaction_is_retried_shard_by_shard() {
+        let etcd = EtcdHarness::start().await;
+        let prefix = unique_prefix("shared-txn");
+        let config = QueueConfig {
+            prefix: prefix.clone(),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(etcd.client().await, config).await.unwrap();
+        let keys = WorkGroupKeys::new(&prefix, WORK_GROUP).unwrap();
+        // Shard 5 moved on: its state exists, so its fence fails and with it the shared one.
+        let mut client = etcd.client().await;
+        client.put(keys.item_state(5), "{}", None).await.unwrap();
+        let parts = vec![part(&keys, 1, 3), part(&keys, 5, 4), part(&keys, 9, 5)];
+        let metrics = StreamerMetrics::default();
+        let landing = fly(
+            queue.producer(),
+            parts,
+            "/streamer/test".into(),
+            Shutdown::new(),
+            metrics.clone(),
+        )
+        .await;
+        let outcomes: Vec<(u32, u64, &str)> = landing
+            .parts
+            .iter()
+            .map(|p| {
+                let outcome = match p.outcome {
+                    Publish::Landed => "landed",
+                    Publish::Refused => "refused",
+                    Publish::Abandoned => "abandoned",
+                    Publish::Failed(_) => "failed",
+                };
+                (p.shard, p.batches, outcome)
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [(1, 1, "landed"), (5, 1, "refused"), (9, 1, "landed")]
+        );
+        assert_eq!(landing.transactions, 2);
+        assert_eq!(queue.stored_message_count().await.unwrap(), 2);
+        for (partition, samples) in [(1, 3), (5, 0), (9, 5)] {
+            let messages = queue.peek(partition, 0, 10).await.unwrap();
+            let published: usize = messages
+                .iter()
+                .map(|m| BatchEvent::from_json(&m.payload).unwrap().batch.len())
+                .sum();
+            assert_eq!(published, samples, "partition {partition}");
+        }
+        let stored = client.get(keys.item_state(5), None).await.unwrap();
+        assert_eq!(stored.kvs()[0].value(), b"{}", "refused state untouched");
+        let stored = client.get(keys.item_state(9), None).await.unwrap();
+        assert_eq!(
+            stored.kvs()[0].value(),
+            br#"{"passes":1,"row":0,"last_ts":2000}"#
+        );
+    }
+}
