@@ -1,8 +1,11 @@
-//! Graceful shutdown: SIGTERM (what Kubernetes and the autoscaler send) or Ctrl-C.
+//! Graceful shutdown: the signal future a function's `main` hands to its library (SIGTERM, what
+//! Kubernetes and the autoscaler send, or Ctrl-C), and the flag the library's tasks wait on.
+
+use std::future::Future;
 
 use tokio::sync::watch;
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. Only a `main` listens for signals; libraries take a future.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -41,6 +44,17 @@ impl Shutdown {
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
         Shutdown { tx, rx }
+    }
+
+    /// A shutdown that triggers once `future` resolves (the shutdown future a library was given).
+    pub fn when(future: impl Future<Output = ()> + Send + 'static) -> Self {
+        let shutdown = Shutdown::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            future.await;
+            trigger.trigger();
+        });
+        shutdown
     }
 
     /// A shutdown that triggers on SIGTERM/SIGINT.
