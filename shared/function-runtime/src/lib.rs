@@ -14,7 +14,6 @@ mod config;
 mod error;
 mod etcd;
 mod http;
-mod legacy;
 mod ops;
 mod problem;
 mod shutdown;
@@ -25,7 +24,6 @@ pub use config::{
 };
 pub use error::RuntimeError;
 pub use http::{bind_http, serve_http, HttpServer};
-pub use legacy::{serve, CommonArgs, QueueArgs};
 pub use ops::{ops_router, Readiness};
 pub use problem::{Problem, PROBLEM_CONTENT_TYPE};
 pub use shutdown::{shutdown_signal, Shutdown};

@@ -27,7 +27,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A shutdown flag that many tasks can wait on; triggered by a signal or by the program itself.
+/// A shutdown flag that many tasks can wait on; triggered by a future ([`Shutdown::when`]) or by
+/// the program itself.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     tx: watch::Sender<bool>,
@@ -52,17 +53,6 @@ impl Shutdown {
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             future.await;
-            trigger.trigger();
-        });
-        shutdown
-    }
-
-    /// A shutdown that triggers on SIGTERM/SIGINT.
-    pub fn on_signal() -> Self {
-        let shutdown = Shutdown::new();
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
             trigger.trigger();
         });
         shutdown
