@@ -7,18 +7,9 @@ use autoscaler::{Config, PolicyConfig, WorkerConfig};
 use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs};
 use function_runtime::{ports, DurationArg};
 
+/// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "autoscaler",
-    version,
-    about = "Keeps 0..N collector processes running from the queue's depth key (KEDA-style)"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[command(version, about)]
 pub enum Command {
     /// Watch the depth key and scale the collector processes until SIGTERM or Ctrl-C.
     Run(Box<RunArgs>),
@@ -149,14 +140,14 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        let cli = Cli::try_parse_from(["autoscaler", "run"].iter().chain(args)).unwrap();
-        let Command::Run(args) = cli.command;
+        let cli = Command::try_parse_from(["autoscaler", "run"].iter().chain(args)).unwrap();
+        let Command::Run(args) = cli;
         args.into_config()
     }
 
     #[test]
     fn options_default_to_the_documented_values() {
-        Cli::command().debug_assert();
+        Command::command().debug_assert();
         let config = parse(&[]);
         assert_eq!(config.policy, PolicyConfig::default());
         assert_eq!(config.policy.min_replicas, 0);

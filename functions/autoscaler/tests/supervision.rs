@@ -147,6 +147,16 @@ impl Running {
         metric(self.port, "autoscaler_replicas").await
     }
 
+    /// Waits until the autoscaler has made `n` decisions that kept the replica count.
+    async fn wait_unchanged_decisions(&self, n: u32, what: &str) {
+        wait_until(what, WAIT, || async {
+            let metrics = scrape(self.port).await;
+            sample(&metrics, r#"autoscaler_decisions_total{change="none"}"#).unwrap_or(0.0)
+                >= f64::from(n)
+        })
+        .await;
+    }
+
     /// Waits until the metrics and the process table agree on `n` workers; returns their pids.
     async fn wait_for_workers(&self, tag: &str, n: usize, what: &str) -> Vec<u32> {
         wait_until(what, WAIT, || async {
@@ -183,6 +193,16 @@ async fn wait_listening(pids: &[u32]) {
         )
         .await;
     }
+}
+
+/// Opens (and so creates) the topic under `prefix`, as a producer does.
+async fn open_queue(etcd: &EtcdHarness, prefix: &str) -> Queue {
+    Queue::open(
+        etcd.client().await,
+        QueueSettings::default().queue_config(prefix),
+    )
+    .await
+    .unwrap()
 }
 
 async fn publish(queue: &Queue, n: u32) {
@@ -273,20 +293,13 @@ async fn follows_the_depth_up_down_and_to_zero_and_replaces_a_killed_worker() {
     let dir = tempfile::tempdir().unwrap();
     let drained = dir.path().join("drained");
     let command = worker_command(&tag, &["--drained-file", drained.to_str().unwrap()]);
-    let queue = Queue::open(
-        etcd.client().await,
-        QueueSettings::default().queue_config(&prefix),
-    )
-    .await
-    .unwrap();
+    let queue = open_queue(&etcd, &prefix).await;
     let running = Running::start(test_config(&etcd, &prefix, command)).await;
 
     // Idle: decisions are made, nothing runs.
-    wait_until("a first decision at depth 0", WAIT, || async {
-        let metrics = scrape(running.port).await;
-        sample(&metrics, r#"autoscaler_decisions_total{change="none"}"#).unwrap_or(0.0) >= 1.0
-    })
-    .await;
+    running
+        .wait_unchanged_decisions(1, "a first decision at depth 0")
+        .await;
     let metrics = scrape(running.port).await;
     assert_eq!(sample(&metrics, "autoscaler_replicas"), Some(0.0));
     assert_eq!(sample(&metrics, "autoscaler_desired_replicas"), Some(0.0));
@@ -372,12 +385,7 @@ async fn shutdown_drains_every_worker_and_kills_one_that_ignores_sigterm() {
 
     // A worker that ignores SIGTERM is killed after the grace period on scale-down.
     let tag = unique_prefix("tag");
-    let queue = Queue::open(
-        etcd.client().await,
-        QueueSettings::default().queue_config(&prefix),
-    )
-    .await
-    .unwrap();
+    let queue = open_queue(&etcd, &prefix).await;
     let mut config = test_config(&etcd, &prefix, worker_command(&tag, &["--ignore-term"]));
     config.workers.grace_period = Duration::from_millis(300);
     let running = Running::start(config).await;
@@ -407,11 +415,9 @@ async fn attaches_once_the_topic_exists_and_writes_nothing() {
     let prefix = unique_prefix("autoscaler");
     let tag = unique_prefix("tag");
     let running = Running::start(test_config(&etcd, &prefix, worker_command(&tag, &[]))).await;
-    wait_until("decisions at depth 0 without a topic", WAIT, || async {
-        let metrics = scrape(running.port).await;
-        sample(&metrics, r#"autoscaler_decisions_total{change="none"}"#).unwrap_or(0.0) >= 2.0
-    })
-    .await;
+    running
+        .wait_unchanged_decisions(2, "decisions at depth 0 without a topic")
+        .await;
     let metrics = scrape(running.port).await;
     assert_eq!(sample(&metrics, "autoscaler_queue_depth"), Some(0.0));
     assert_eq!(sample(&metrics, "autoscaler_replicas"), Some(0.0));
@@ -431,12 +437,7 @@ async fn attaches_once_the_topic_exists_and_writes_nothing() {
         .count();
     assert_eq!(written, 0, "the autoscaler wrote nothing");
 
-    let queue = Queue::open(
-        etcd.client().await,
-        QueueSettings::default().queue_config(&prefix),
-    )
-    .await
-    .unwrap();
+    let queue = open_queue(&etcd, &prefix).await;
     publish(&queue, 25).await;
     running
         .wait_for_workers(&tag, 3, "3 workers once the topic holds 25 messages")

@@ -5,18 +5,9 @@ use collector::Config;
 use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs, StoreArgs};
 use function_runtime::{member_id, ports, DurationArg};
 
+/// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "collector",
-    version,
-    about = "Consumes telemetry from the etcd queue and persists it exactly once"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[command(version, about)]
 pub enum Command {
     /// Join the consumer group and persist telemetry until SIGTERM.
     Run(Box<RunArgs>),
@@ -74,8 +65,8 @@ mod tests {
 
     #[test]
     fn options_parse_into_the_config() {
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from([
+        Command::command().debug_assert();
+        let cli = Command::try_parse_from([
             "collector",
             "run",
             "--id",
@@ -88,14 +79,14 @@ mod tests {
             "2s",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli;
         let config = args.into_config();
         assert_eq!(config.member_id, "c1");
         assert_eq!(config.grace_period, Duration::from_secs(5));
         assert_eq!(config.store.bucket, Duration::from_secs(30));
         assert_eq!(config.consumer_config().lease_ttl, Duration::from_secs(2));
         assert_eq!(config.consumer_config().max_messages, 64);
-        let Command::Run(defaults) = Cli::try_parse_from(["collector", "run"]).unwrap().command;
+        let Command::Run(defaults) = Command::try_parse_from(["collector", "run"]).unwrap();
         let defaults = defaults.into_config();
         assert_eq!(
             (defaults.grace_period, defaults.store),

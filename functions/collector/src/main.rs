@@ -5,12 +5,12 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::Command;
 use function_runtime::{bind_http, init_tracing, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Run(args) = Cli::parse().command;
+    let Command::Run(args) = Command::parse();
     init_tracing(args.serve.log.log_format);
     let listener = bind_http(args.serve.port)?;
     let summary = collector::run(args.into_config(), listener, shutdown_signal())

@@ -12,18 +12,9 @@ use function_runtime::{ports, DurationArg};
 use gateway::seed::SeedConfig;
 use gateway::{Config, HttpSettings};
 
+/// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "gateway",
-    version,
-    about = "REST API over the GPU telemetry store"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[command(version, about)]
 pub enum Command {
     /// Serve the API on PORT (default 8080) until SIGTERM.
     Run(Box<RunArgs>),
@@ -73,9 +64,6 @@ impl RunArgs {
     /// The library's configuration.
     pub fn into_config(self) -> Config {
         Config {
-            etcd: self.etcd.into(),
-            queue: self.queue.into(),
-            store: self.store.into(),
             http: HttpSettings {
                 request_timeout: self.request_timeout.into(),
                 body_limit: self.body_limit.0,
@@ -86,7 +74,10 @@ impl RunArgs {
                     .filter(|o| !o.is_empty())
                     .collect(),
             },
+            etcd: self.etcd.into(),
             etcd_read_timeout: self.etcd_read_timeout.into(),
+            queue: self.queue.into(),
+            store: self.store.into(),
         }
     }
 }
@@ -182,8 +173,8 @@ mod tests {
     use super::*;
 
     fn run_args(flags: &[&str]) -> RunArgs {
-        let cli = Cli::try_parse_from(["gateway", "run"].iter().chain(flags)).unwrap();
-        let Command::Run(args) = cli.command else {
+        let cli = Command::try_parse_from(["gateway", "run"].iter().chain(flags)).unwrap();
+        let Command::Run(args) = cli else {
             panic!("expected run");
         };
         *args
@@ -208,10 +199,10 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
-        let cli =
-            Cli::try_parse_from(["gateway", "seed", "--csv", "x.csv", "--passes", "2"]).unwrap();
-        let Command::Seed(seed) = cli.command else {
+        Command::command().debug_assert();
+        let cli = Command::try_parse_from(["gateway", "seed", "--csv", "x.csv", "--passes", "2"])
+            .unwrap();
+        let Command::Seed(seed) = cli else {
             panic!("expected seed");
         };
         let seed = seed.into_config();

@@ -1,6 +1,6 @@
-//! The gateway's settings as plain data: the etcd connection and key prefix, the queue and store
-//! settings (to read the queue status and the store), the HTTP server's limits and the etcd read
-//! timeout. Built by `main` from flags and environment variables, or directly by tests.
+//! The gateway's settings as plain data: the HTTP server's limits, the etcd connection, key
+//! prefix and read timeout, and the queue and store settings (to read the queue status and the
+//! store). Built by `main` from flags and environment variables, or directly by tests.
 
 use std::time::Duration;
 
@@ -9,27 +9,27 @@ use function_runtime::{EtcdConfig, QueueSettings, StoreSettings};
 /// Everything `gateway run` needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Limits of the HTTP layer.
+    pub http: HttpSettings,
     /// etcd and the key prefix.
     pub etcd: EtcdConfig,
+    /// Longest time one etcd read may take before the request is answered with 503; also the
+    /// readiness probe's limit.
+    pub etcd_read_timeout: Duration,
     /// The telemetry topic's settings; the stored partition count wins when it differs.
     pub queue: QueueSettings,
     /// The store's settings; the bucket must be the collectors' (reads look one bucket back).
     pub store: StoreSettings,
-    /// Limits of the HTTP layer.
-    pub http: HttpSettings,
-    /// Longest time one etcd read may take before the request is answered with 503; also the
-    /// readiness probe's limit.
-    pub etcd_read_timeout: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            http: HttpSettings::default(),
             etcd: EtcdConfig::default(),
+            etcd_read_timeout: Duration::from_secs(2),
             queue: QueueSettings::default(),
             store: StoreSettings::default(),
-            http: HttpSettings::default(),
-            etcd_read_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -4,12 +4,12 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::Command;
 use function_runtime::{bind_http, init_tracing, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match Command::parse() {
         Command::Run(args) => {
             init_tracing(args.serve.log.log_format);
             let listener = bind_http(args.serve.port)?;

@@ -9,15 +9,9 @@ use function_runtime::{member_id, ports, DurationArg};
 use streamer::validate::{OutputFormat, ValidateConfig};
 use streamer::Config;
 
-/// Streams the DCGM CSV onto the telemetry queue.
+/// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
-#[command(name = "streamer", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[command(version, about)]
 pub enum Command {
     /// Stream the CSV onto the queue in passes until stopped (SIGTERM, --passes or --for).
     Run(Box<RunArgs>),
@@ -128,12 +122,12 @@ mod tests {
 
     #[test]
     fn cli_is_well_formed() {
-        Cli::command().debug_assert();
+        Command::command().debug_assert();
     }
 
     #[test]
     fn run_options_parse_into_config() {
-        let cli = Cli::try_parse_from([
+        let cli = Command::try_parse_from([
             "streamer",
             "run",
             "--csv",
@@ -152,7 +146,7 @@ mod tests {
             "/p",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
+        let Command::Run(args) = cli else {
             panic!("expected run");
         };
         let config = args.into_config();
@@ -179,12 +173,12 @@ mod tests {
         ] {
             let mut argv = vec!["streamer", "run", "--csv", "x.csv"];
             argv.extend_from_slice(bad);
-            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?} accepted");
+            assert!(Command::try_parse_from(&argv).is_err(), "{bad:?} accepted");
         }
         let cli =
-            Cli::try_parse_from(["streamer", "validate", "--csv", "x.csv", "--format", "json"])
+            Command::try_parse_from(["streamer", "validate", "--csv", "x.csv", "--format", "json"])
                 .unwrap();
-        let Command::Validate(args) = cli.command else {
+        let Command::Validate(args) = cli else {
             panic!("expected validate");
         };
         assert_eq!(args.into_config().format, OutputFormat::Json);

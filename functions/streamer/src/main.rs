@@ -6,12 +6,12 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::Command;
 use function_runtime::{bind_http, init_tracing, shutdown_signal, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+    match Command::parse() {
         Command::Validate(args) => {
             init_tracing(LogFormat::Text);
             let code = streamer::validate::run_validate(

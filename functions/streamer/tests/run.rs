@@ -7,32 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_queue::Queue;
 use function_runtime::{EtcdConfig, Shutdown};
-use test_support::{http_request, unique_prefix, EtcdHarness};
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let response = http_request(
-        "GET",
-        &format!("http://127.0.0.1:{port}{path}"),
-        &[],
-        vec![],
-    )
-    .await
-    .ok()?;
-    Some((response.status, response.text()))
-}
-
-fn samples_published(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("streamer_samples_published_total ")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
+use test_support::{unique_prefix, EtcdHarness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_until_shutdown_and_reports_what_the_queue_holds() {
@@ -58,22 +34,11 @@ async fn run_streams_until_shutdown_and_reports_what_the_queue_holds() {
         async move { stop.wait().await }
     }));
 
-    wait_until(
-        "healthy, ready and publishing",
-        Duration::from_secs(30),
-        || async {
-            let (Some((200, health)), Some((200, _)), Some((200, metrics))) = (
-                get(port, "/healthz").await,
-                get(port, "/readyz").await,
-                get(port, "/metrics").await,
-            ) else {
-                return false;
-            };
-            assert_eq!(health, r#"{"status":"ok"}"#);
-            samples_published(&metrics) > 0.0
-        },
-    )
-    .await;
+    wait_streaming(port).await;
+    assert_eq!(
+        http_get(port, "/healthz").await,
+        Some((200, r#"{"status":"ok"}"#.to_string()))
+    );
     stop.trigger();
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -81,30 +46,12 @@ async fn run_streams_until_shutdown_and_reports_what_the_queue_holds() {
         .unwrap()
         .expect("run ends without error");
 
-    let client = etcd.client().await;
     assert_eq!(
-        group_keys(&client, &prefix, "owner").await,
-        Vec::<String>::new()
+        assert_exact_and_released(&etcd, &prefix).await,
+        report.samples_published
     );
     assert_eq!(
-        group_keys(&client, &prefix, "member").await,
-        Vec::<String>::new()
-    );
-    let queue = Queue::open(client.clone(), queue_config(&prefix))
-        .await
-        .unwrap();
-    let samples = queued_samples(&queue).await;
-    assert_eq!(samples.len() as u64, report.samples_published);
-    assert_eq!(
-        report.samples_published,
-        samples_per_states(
-            &shard_states(&client, &prefix).await,
-            &rows_per_shard(REAL_CSV)
-        )
-    );
-    assert_timestamps_increase_per_gpu(&samples);
-    assert_eq!(
-        get(port, "/healthz").await,
+        http_get(port, "/healthz").await,
         None,
         "the server stopped with run"
     );

@@ -115,19 +115,15 @@ impl Drop for HttpServer {
 #[cfg(test)]
 mod tests {
     use axum::routing::get;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
-    async fn get_over(address: SocketAddr) -> String {
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        stream
-            .write_all(b"GET /hello HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response.rsplit("\r\n\r\n").next().unwrap().to_string()
+    async fn get_over(host: &str, port: u16) -> String {
+        let response =
+            test_support::http_request("GET", &format!("http://{host}:{port}/hello"), &[], vec![])
+                .await
+                .unwrap();
+        response.text()
     }
 
     #[tokio::test]
@@ -138,10 +134,10 @@ mod tests {
             listener,
             Router::new().route("/hello", get(|| async { "hi" })),
         );
-        assert_eq!(get_over((Ipv4Addr::LOCALHOST, port).into()).await, "hi");
+        assert_eq!(get_over("127.0.0.1", port).await, "hi");
         // Where the machine has IPv6 at all, the same socket serves it.
         if std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
-            assert_eq!(get_over((Ipv6Addr::LOCALHOST, port).into()).await, "hi");
+            assert_eq!(get_over("[::1]", port).await, "hi");
         }
         server.stop().await.unwrap();
         assert!(tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
