@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use etcd_queue::QueueError;
+use function_runtime::RuntimeError;
 
 /// What stopped the autoscaler (or a worker from starting).
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +17,7 @@ pub enum AutoscalerError {
     FindCommand { program: PathBuf, hint: String },
 
     #[error("connect to etcd: {0}")]
-    ConnectEtcd(String),
-
-    #[error("open the queue: {0}")]
-    OpenQueue(#[source] QueueError),
+    ConnectEtcd(#[source] RuntimeError),
 
     #[error("pick a free port for a worker: {0}")]
     PickPort(#[source] std::io::Error),
@@ -33,5 +30,5 @@ pub enum AutoscalerError {
     },
 
     #[error("serve HTTP: {0}")]
-    Serve(String),
+    Serve(#[source] RuntimeError),
 }

@@ -1,33 +1,17 @@
-//! The `autoscaler` binary: parses its configuration and runs the library's control loop.
+//! `autoscaler`: parses the command line, starts tracing, binds the HTTP port and runs the
+//! library's control loop until SIGTERM or SIGINT.
 
-use clap::{Parser, Subcommand};
-use function_runtime::{init_tracing, Shutdown};
+mod cli;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "autoscaler",
-    version,
-    about = "Keeps 0..N collector processes running from the queue's depth key (KEDA-style)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Watch the depth key and scale the collector processes until SIGTERM or Ctrl-C.
-    Run(Box<autoscaler::AutoscalerConfig>),
-}
+use clap::Parser;
+use cli::Command;
+use function_runtime::{bind_http, init_tracing, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command } = Cli::parse();
-    match command {
-        Command::Run(config) => {
-            init_tracing(config.common.log_format);
-            autoscaler::run(*config, Shutdown::on_signal(), |_| {}).await?;
-        }
-    }
+    let Command::Run(args) = Command::parse();
+    init_tracing(args.serve.log.log_format);
+    let listener = bind_http(args.serve.port)?;
+    autoscaler::run(args.into_config(), listener, shutdown_signal()).await?;
     Ok(())
 }

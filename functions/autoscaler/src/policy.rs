@@ -31,42 +31,23 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// The policy's settings. Every field is also an `autoscaler run` option (see the README).
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// Fewest collectors to keep running (0 allows scale to zero).
-    #[arg(long = "min", env = "AUTOSCALER_MIN", default_value_t = 0)]
     pub min_replicas: u32,
-
     /// Most collectors to run.
-    #[arg(long = "max", env = "AUTOSCALER_MAX", default_value_t = 10)]
     pub max_replicas: u32,
-
     /// Queue depth (messages) one collector is expected to handle: desired = ceil(depth / target).
-    #[arg(long = "target", env = "AUTOSCALER_TARGET", default_value_t = 100)]
     pub target_per_replica: u64,
-
     /// Depth that must be exceeded to start collectors from zero (KEDA's activationValue).
-    #[arg(
-        long = "activation",
-        env = "AUTOSCALER_ACTIVATION",
-        default_value_t = 0
-    )]
     pub activation: u64,
-
     /// Most collectors added per scale-up period.
-    #[arg(long, env = "AUTOSCALER_SCALE_UP_STEP", default_value_t = 4)]
     pub scale_up_step: u32,
-
     /// The rolling period the scale-up step limit applies to.
-    #[arg(long, env = "AUTOSCALER_SCALE_UP_PERIOD", default_value = "15s", value_parser = function_runtime::parse_duration)]
     pub scale_up_period: Duration,
-
     /// Scale-down stabilization window: scale down only to the highest desired count seen within it.
-    #[arg(long, env = "AUTOSCALER_STABILIZATION", default_value = "30s", value_parser = function_runtime::parse_duration)]
     pub stabilization: Duration,
-
     /// How long the queue must stay inactive (depth <= activation) before scaling to zero.
-    #[arg(long, env = "AUTOSCALER_COOLDOWN", default_value = "60s", value_parser = function_runtime::parse_duration)]
     pub cooldown: Duration,
 }
 

@@ -9,9 +9,10 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use autoscaler::{AutoscalerConfig, AutoscalerError, PolicyConfig, WorkerCommand};
+use autoscaler::{AutoscalerError, Config, PolicyConfig, WorkerCommand, WorkerConfig};
+use etcd_client::GetOptions;
 use etcd_queue::{ConsumerConfig, Fence, OutgoingMessage, Queue};
-use function_runtime::{QueueArgs, Shutdown};
+use function_runtime::{EtcdConfig, QueueSettings, Shutdown};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use test_support::{unique_prefix, wait_until, EtcdHarness};
@@ -126,13 +127,15 @@ struct Running {
 }
 
 impl Running {
-    async fn start(config: AutoscalerConfig) -> Running {
+    /// Runs the library's `run` on a free port.
+    async fn start(config: Config) -> Running {
         let shutdown = Shutdown::new();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(autoscaler::run(config, shutdown.clone(), move |port| {
-            let _ = bound_tx.send(port);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(autoscaler::run(config, listener, async move {
+            stop.wait().await
         }));
-        let port = bound_rx.await.expect("the autoscaler bound its HTTP port");
         Running {
             shutdown,
             task,
@@ -142,6 +145,16 @@ impl Running {
 
     async fn replicas(&self) -> f64 {
         metric(self.port, "autoscaler_replicas").await
+    }
+
+    /// Waits until the autoscaler has made `n` decisions that kept the replica count.
+    async fn wait_unchanged_decisions(&self, n: u32, what: &str) {
+        wait_until(what, WAIT, || async {
+            let metrics = scrape(self.port).await;
+            sample(&metrics, r#"autoscaler_decisions_total{change="none"}"#).unwrap_or(0.0)
+                >= f64::from(n)
+        })
+        .await;
     }
 
     /// Waits until the metrics and the process table agree on `n` workers; returns their pids.
@@ -180,6 +193,16 @@ async fn wait_listening(pids: &[u32]) {
         )
         .await;
     }
+}
+
+/// Opens (and so creates) the topic under `prefix`, as a producer does.
+async fn open_queue(etcd: &EtcdHarness, prefix: &str) -> Queue {
+    Queue::open(
+        etcd.client().await,
+        QueueSettings::default().queue_config(prefix),
+    )
+    .await
+    .unwrap()
 }
 
 async fn publish(queue: &Queue, n: u32) {
@@ -230,18 +253,28 @@ fn uuid_like() -> String {
     unique_prefix("c").rsplit('-').next().unwrap().to_string()
 }
 
-fn test_config(etcd: &EtcdHarness, prefix: &str, command: WorkerCommand) -> AutoscalerConfig {
-    let mut config = AutoscalerConfig::local(&etcd.endpoint(), prefix, command);
-    config.policy = PolicyConfig {
-        target_per_replica: 10,
-        scale_up_step: 10,
-        stabilization: Duration::from_secs(2),
-        cooldown: Duration::from_secs(2),
-        ..PolicyConfig::default()
-    };
-    config.interval = Duration::from_millis(100);
-    config.workers.grace_period = Duration::from_secs(20);
-    config
+fn test_config(etcd: &EtcdHarness, prefix: &str, command: WorkerCommand) -> Config {
+    Config {
+        etcd: EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: prefix.to_string(),
+            ..EtcdConfig::default()
+        },
+        policy: PolicyConfig {
+            target_per_replica: 10,
+            scale_up_step: 10,
+            stabilization: Duration::from_secs(2),
+            cooldown: Duration::from_secs(2),
+            ..PolicyConfig::default()
+        },
+        workers: WorkerConfig {
+            command: Some(command.program),
+            args: command.args,
+            grace_period: Duration::from_secs(20),
+        },
+        interval: Duration::from_millis(100),
+        ..Config::default()
+    }
 }
 
 fn drained_pids(path: &Path) -> BTreeSet<u32> {
@@ -260,20 +293,13 @@ async fn follows_the_depth_up_down_and_to_zero_and_replaces_a_killed_worker() {
     let dir = tempfile::tempdir().unwrap();
     let drained = dir.path().join("drained");
     let command = worker_command(&tag, &["--drained-file", drained.to_str().unwrap()]);
-    let queue = Queue::open(
-        etcd.client().await,
-        QueueArgs::default().queue_config(&prefix),
-    )
-    .await
-    .unwrap();
+    let queue = open_queue(&etcd, &prefix).await;
     let running = Running::start(test_config(&etcd, &prefix, command)).await;
 
     // Idle: decisions are made, nothing runs.
-    wait_until("a first decision at depth 0", WAIT, || async {
-        let metrics = scrape(running.port).await;
-        sample(&metrics, r#"autoscaler_decisions_total{change="none"}"#).unwrap_or(0.0) >= 1.0
-    })
-    .await;
+    running
+        .wait_unchanged_decisions(1, "a first decision at depth 0")
+        .await;
     let metrics = scrape(running.port).await;
     assert_eq!(sample(&metrics, "autoscaler_replicas"), Some(0.0));
     assert_eq!(sample(&metrics, "autoscaler_desired_replicas"), Some(0.0));
@@ -359,12 +385,7 @@ async fn shutdown_drains_every_worker_and_kills_one_that_ignores_sigterm() {
 
     // A worker that ignores SIGTERM is killed after the grace period on scale-down.
     let tag = unique_prefix("tag");
-    let queue = Queue::open(
-        etcd.client().await,
-        QueueArgs::default().queue_config(&prefix),
-    )
-    .await
-    .unwrap();
+    let queue = open_queue(&etcd, &prefix).await;
     let mut config = test_config(&etcd, &prefix, worker_command(&tag, &["--ignore-term"]));
     config.workers.grace_period = Duration::from_millis(300);
     let running = Running::start(config).await;
@@ -383,6 +404,46 @@ async fn shutdown_drains_every_worker_and_kills_one_that_ignores_sigterm() {
     );
     assert_eq!(metric(running.port, "autoscaler_restarts_total").await, 0.0);
     running.stop().await;
+}
+
+/// Before any producer or collector has created the topic, the autoscaler sees depth 0 and
+/// writes nothing; once a producer creates it and publishes, it attaches on its next tick and
+/// follows the depth.
+#[tokio::test]
+async fn attaches_once_the_topic_exists_and_writes_nothing() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("autoscaler");
+    let tag = unique_prefix("tag");
+    let running = Running::start(test_config(&etcd, &prefix, worker_command(&tag, &[]))).await;
+    running
+        .wait_unchanged_decisions(2, "decisions at depth 0 without a topic")
+        .await;
+    let metrics = scrape(running.port).await;
+    assert_eq!(sample(&metrics, "autoscaler_queue_depth"), Some(0.0));
+    assert_eq!(sample(&metrics, "autoscaler_replicas"), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "autoscaler_depth_read_errors_total"),
+        Some(0.0)
+    );
+    let written = etcd
+        .client()
+        .await
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(written, 0, "the autoscaler wrote nothing");
+
+    let queue = open_queue(&etcd, &prefix).await;
+    publish(&queue, 25).await;
+    running
+        .wait_for_workers(&tag, 3, "3 workers once the topic holds 25 messages")
+        .await;
+    running.stop().await;
+    assert_eq!(processes_tagged(&tag), Vec::<u32>::new());
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use etcd_queue::{
 };
 use telemetry_model::{BatchEvent, GpuUuid};
 use telemetry_store::{
-    group_by_gpu, ChunkTag, StoreError, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
+    group_by_gpu, ChunkTag, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
 };
 
 use crate::metrics::CollectorMetrics;
@@ -204,7 +204,7 @@ impl DeliveryProcessor {
         }
         self.metrics.commit_conflicts.inc();
         consumer.abandon(delivery);
-        Err(CollectorError::Conflict {
+        Err(CollectorError::CommitConflict {
             partition: delivery.partition,
         })
     }
@@ -285,11 +285,5 @@ fn fitting_prefix(decoded: &[Decoded]) -> usize {
     decoded.len()
 }
 
-impl From<StoreError> for CollectorError {
-    fn from(e: StoreError) -> Self {
-        CollectorError::Store(e)
-    }
-}
-
-/// Gives `Duration` a readable default for the poll wait.
+/// How long one poll waits for a delivery before the loop looks at ownership and shutdown again.
 pub const POLL_WAIT: Duration = Duration::from_millis(500);

@@ -1,23 +1,27 @@
 //! `POST /`: a CloudEvent sample batch delivered over HTTP (binary or structured content mode), so
 //! the collector can be invoked directly as a function. Stored idempotently: chunk keys derive from
-//! the event's source and id, so posting the same event twice stores it once.
+//! the event's source and id, so posting the same event twice stores it once. Until the collector
+//! has reached etcd, it answers 503.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::json;
+use function_runtime::Problem;
 use telemetry_model::BatchEvent;
 use telemetry_store::{group_by_gpu, ChunkTag, TelemetryStore};
 
 use crate::metrics::CollectorMetrics;
 
+/// The store `POST /` writes to, once etcd has been reached.
+pub(crate) type StoreSlot = Arc<OnceLock<TelemetryStore>>;
+
 #[derive(Clone)]
 struct IngestState {
-    store: TelemetryStore,
+    store: StoreSlot,
     metrics: Arc<CollectorMetrics>,
 }
 
@@ -30,7 +34,7 @@ pub struct IngestResponse {
 }
 
 /// The `POST /` route.
-pub fn ingest_router(store: TelemetryStore, metrics: Arc<CollectorMetrics>) -> Router {
+pub(crate) fn ingest_router(store: StoreSlot, metrics: Arc<CollectorMetrics>) -> Router {
     Router::new()
         .route("/", post(ingest))
         .with_state(IngestState { store, metrics })
@@ -61,8 +65,15 @@ async fn ingest(
         source: &event.source,
         id: &event.id,
     };
+    let Some(store) = state.store.get() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Store unavailable",
+            "not connected to etcd yet",
+        );
+    };
     let grouped = group_by_gpu([&event.batch]);
-    match state.store.write_idempotent(tag, &grouped).await {
+    match store.write_idempotent(tag, &grouped).await {
         Ok(stats) => {
             state.metrics.http_events.inc();
             state.metrics.http_samples.inc_by(stats.samples as u64);
@@ -88,11 +99,5 @@ async fn ingest(
 }
 
 fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail})
-            .to_string(),
-    )
-        .into_response()
+    Problem::new(status, "about:blank", title, detail).into_response()
 }

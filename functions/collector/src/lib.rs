@@ -1,44 +1,37 @@
 //! The collector function: joins the queue's consumer group `collectors`, persists each delivery
 //! into the telemetry store and commits it in ONE fenced etcd transaction (exactly once), and
 //! accepts CloudEvent batches over HTTP (`POST /`) as a plain function, stored idempotently by event
-//! id. On shutdown it finishes the delivery in flight, releases its partitions and exits.
+//! id. On shutdown it finishes the delivery in flight, releases its partitions and returns.
+//!
+//! [`run`] serves `/healthz`, `/readyz`, `/metrics` and `POST /` from the start: while etcd is
+//! unreachable the process is healthy (a liveness probe leaves it alone), `/readyz` and `POST /`
+//! answer 503, and the collector waits for etcd before it joins the group.
 
+mod config;
 mod consume;
+mod error;
 mod ingest;
 mod metrics;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
-use etcd_queue::{ConsumerConfig, Queue, QueueConfig, QueueError};
-use function_runtime::Shutdown;
-use telemetry_store::{StoreConfig, StoreError, TelemetryStore};
+use etcd_queue::{is_transient, Backoff, Consumer, Queue, QueueError};
+use function_runtime::{ops_router, HttpServer, Readiness, Shutdown};
+use prometheus_client::registry::Registry;
+use telemetry_store::TelemetryStore;
+use tokio::net::TcpListener;
 
+pub use config::Config;
 pub use consume::{DeliveryProcessor, Processed};
-pub use ingest::{ingest_router, IngestResponse};
+pub use error::CollectorError;
+pub use ingest::IngestResponse;
 pub use metrics::CollectorMetrics;
 
-/// Everything the collector needs, as plain data.
-#[derive(Debug, Clone)]
-pub struct CollectorConfig {
-    pub queue: QueueConfig,
-    pub consumer: ConsumerConfig,
-    pub store: StoreConfig,
-    /// Time allowed, after a shutdown signal, to finish the delivery in flight and leave the group.
-    pub grace_period: Duration,
-}
-
-/// What can stop the collector.
-#[derive(Debug, thiserror::Error)]
-pub enum CollectorError {
-    #[error("queue operation failed: {0}")]
-    Queue(#[from] QueueError),
-    #[error("store operation failed: {0}")]
-    Store(StoreError),
-    #[error("commit for partition {partition} kept conflicting; the delivery was handed back")]
-    Conflict { partition: u32 },
-}
+/// How long `/readyz` waits for etcd to answer.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Totals of one run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +41,89 @@ pub struct RunSummary {
     pub dead_letters: u64,
 }
 
-/// Consumes until `shutdown` triggers, then drains within the grace period and leaves the group.
+/// Serves HTTP on `listener`, waits for etcd, joins the group and consumes until `shutdown`
+/// resolves; then drains within the grace period, leaves the group and stops serving.
 pub async fn run(
-    client: Client,
-    config: CollectorConfig,
-    metrics: Arc<CollectorMetrics>,
-    shutdown: Shutdown,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, CollectorError> {
-    let queue = Queue::open(client.clone(), config.queue.clone()).await?;
-    let store = TelemetryStore::new(client, config.store.clone());
-    let mut consumer = queue.consumer(config.consumer.clone()).await?;
-    let mut processor = DeliveryProcessor::new(store, metrics.clone());
+    let shutdown = Shutdown::when(shutdown);
+    let mut registry = Registry::default();
+    let metrics = Arc::new(CollectorMetrics::register(&mut registry));
+    let readiness = Readiness::new(READINESS_TIMEOUT);
+    let store = ingest::StoreSlot::default();
+    let router = ops_router(Arc::new(registry), readiness.clone())
+        .merge(ingest::ingest_router(store.clone(), metrics.clone()));
+    let server = HttpServer::spawn(listener, router);
+
+    let result = async {
+        let Some((client, consumer)) = join(&config, &shutdown).await? else {
+            return Ok(RunSummary::default());
+        };
+        let telemetry = TelemetryStore::new(client.clone(), config.store_config());
+        let _ = store.set(telemetry.clone());
+        readiness.set_client(client);
+        let processor = DeliveryProcessor::new(telemetry, metrics.clone());
+        Ok(consume(consumer, processor, &config, &metrics, &shutdown).await)
+    }
+    .await;
+    if let Err(e) = server.stop().await {
+        tracing::warn!(error = %e, "the HTTP server failed");
+    }
+    result
+}
+
+/// Connects to etcd, opens the queue and joins the consumer group, waiting with backoff while
+/// etcd is unreachable; `None` if `shutdown` came first.
+async fn join(
+    config: &Config,
+    shutdown: &Shutdown,
+) -> Result<Option<(Client, Consumer)>, CollectorError> {
+    let client = tokio::select! {
+        client = config.etcd.connect() => client.map_err(CollectorError::ConnectEtcd)?,
+        _ = shutdown.wait() => return Ok(None),
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let attempt = async {
+            let queue = Queue::open(client.clone(), config.queue_config()).await?;
+            queue.consumer(config.consumer_config()).await
+        };
+        let joined = tokio::select! {
+            joined = attempt => joined,
+            _ = shutdown.wait() => return Ok(None),
+        };
+        match joined {
+            Ok(consumer) => return Ok(Some((client, consumer))),
+            Err(e) if etcd_unavailable(&e) => {
+                tracing::warn!(error = %e, "etcd unavailable; waiting to join the consumer group");
+            }
+            Err(e) => return Err(CollectorError::JoinGroup(e)),
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = shutdown.wait() => return Ok(None),
+        }
+    }
+}
+
+fn etcd_unavailable(error: &QueueError) -> bool {
+    match error {
+        QueueError::Unavailable { .. } => true,
+        QueueError::Etcd { source, .. } => is_transient(source),
+        _ => false,
+    }
+}
+
+/// Consumes until `shutdown` triggers, then leaves the group within the grace period.
+async fn consume(
+    mut consumer: Consumer,
+    mut processor: DeliveryProcessor,
+    config: &Config,
+    metrics: &CollectorMetrics,
+    shutdown: &Shutdown,
+) -> RunSummary {
     let mut summary = RunSummary::default();
     tracing::info!(
         member = consumer.member_id(),
@@ -73,7 +138,7 @@ pub async fn run(
         let delivery = match delivery {
             Ok(Some(d)) => d,
             Ok(None) => {
-                publish_ownership(&consumer, &metrics);
+                publish_ownership(&consumer, metrics);
                 continue;
             }
             Err(e) => {
@@ -93,7 +158,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "delivery not persisted; it will be delivered again")
             }
         }
-        publish_ownership(&consumer, &metrics);
+        publish_ownership(&consumer, metrics);
     }
     tracing::info!(
         grace = ?config.grace_period,
@@ -106,15 +171,16 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "leaving the group failed; partitions free up when the lease expires"),
         Err(_) => tracing::warn!("grace period over before the group was left; partitions free up when the lease expires"),
     }
-    Ok(summary)
+    summary
 }
 
-fn publish_ownership(consumer: &etcd_queue::Consumer, metrics: &CollectorMetrics) {
+fn publish_ownership(consumer: &Consumer, metrics: &CollectorMetrics) {
     let lag = consumer.lag();
     metrics.owned_partitions.set(lag.len() as i64);
+    let changes = consumer.stats().ownership_changes;
     metrics
         .ownership_changes
-        .set(consumer.stats().ownership_changes as i64);
+        .inc_by(changes.saturating_sub(metrics.ownership_changes.get()));
     metrics.lag.clear();
     for (partition, pending) in lag {
         metrics

@@ -186,12 +186,8 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("collector-http");
     let store = store_for(etcd.client().await, &prefix);
-    let mut registry = Registry::default();
-    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
-    let router = collector::ingest_router(store.clone(), metrics);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let collector = InProcess::start(config_for(&etcd.endpoint(), &prefix, "http")).await;
+    collector.wait_ready().await;
 
     let rows = real_rows();
     let mut builder = SampleBatch::builder();
@@ -200,7 +196,7 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
         builder.push(info, metric, TimestampMicros(t0 + i as i64), *value);
     }
     let event = BatchEvent::new("evt-1", "/test/http", builder.build());
-    let url = format!("http://127.0.0.1:{port}/");
+    let url = collector.url("/");
     // Structured mode twice, then binary mode with the same id: one copy stored.
     for _ in 0..2 {
         let response = http_request(
@@ -243,6 +239,76 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
     .unwrap();
     assert_eq!(bad.status, 400);
     assert_eq!(bad.header("content-type"), Some("application/problem+json"));
+    assert_eq!(collector.stop().await, collector::RunSummary::default());
+}
+
+/// A collector started while etcd is down is healthy at once (a liveness probe must not kill it
+/// during an etcd outage), not ready and refusing `POST /` with 503 until etcd is up; then it
+/// joins the group and persists what is published, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_served_before_etcd_is_reachable_and_work_starts_once_it_is() {
+    let mut etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-outage");
+    etcd.kill();
+    let collector = InProcess::start(config_for(&etcd.endpoint(), &prefix, "early")).await;
+    wait_until("/healthz answers", Duration::from_secs(30), || async {
+        http_request("GET", &collector.url("/healthz"), &[], Vec::new())
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let (status, body) = collector.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"status": "not ready", "reason": "not connected to etcd yet"})
+    );
+    let mut builder = SampleBatch::builder();
+    let (info, metric, value) = &real_rows()[0];
+    builder.push(info, metric, TimestampMicros(now_us()), *value);
+    let event = BatchEvent::new("early", "/test/outage", builder.build());
+    let refused = http_request(
+        "POST",
+        &collector.url("/"),
+        &[("content-type", "application/cloudevents+json")],
+        event.to_json(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(collector.get("/healthz").await.0, 200, "still healthy");
+
+    etcd.restart().await;
+    collector.wait_ready().await;
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    publish_passes(&queue, 1, now_us() - 600_000_000).await;
+    wait_until("queue drained", Duration::from_secs(60), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "# TYPE collector_ownership_changes counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "collector_ownership_changes_total 16"),
+        "the only member acquired all 16 partitions once: {metrics}"
+    );
+    let summary = collector.stop().await;
+    assert_eq!((summary.samples, summary.dead_letters), (ROWS as u64, 0));
+    assert_store_exact(&store_for(etcd.client().await, &prefix), 1).await;
+    assert!(queue.status().await.unwrap().members.is_empty());
 }
 
 #[tokio::test]

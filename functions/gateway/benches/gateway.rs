@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{Request, StatusCode};
-use function_runtime::Shutdown;
-use gateway::GatewayArgs;
+use function_runtime::{EtcdConfig, Shutdown};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -196,18 +195,22 @@ async fn bench() {
     fill_real_csv(&store, now).await;
 
     let shutdown = Shutdown::new();
-    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-    let args = GatewayArgs::local(&etcd.endpoint(), &prefix);
+    let config = gateway::Config {
+        etcd: EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: prefix.clone(),
+            ..EtcdConfig::default()
+        },
+        ..gateway::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let server = {
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            gateway::run_until(args, shutdown, move |port| {
-                let _ = port_tx.send(port);
-            })
-            .await
-        })
+        tokio::spawn(gateway::run(config, listener, async move {
+            shutdown.wait().await
+        }))
     };
-    let base = format!("http://127.0.0.1:{}", port_rx.await.expect("bound port"));
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&client, &format!("{base}/readyz")).await.0 != StatusCode::OK {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use telemetry_model::{GpuUuid, TimestampMicros};
-use telemetry_store::{aggregate, GpuRecord, StoreConfig, TelemetryStore};
+use telemetry_store::{aggregate, GpuRecord, TelemetryStore};
 
-use crate::config::GatewayArgs;
+use crate::config::Config;
 use crate::dcgm_fields::dcgm_field;
 use crate::dto::{
     GpuDetail, GpuList, GpuSummary, LatestValues, MetricInfo, MetricList, PartitionInfo, QueueInfo,
@@ -29,23 +29,16 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Readers of the deployment under `args`' prefix; every etcd call is cut off after the
-    /// gateway's etcd timeout.
-    pub fn new(client: Client, args: &GatewayArgs) -> Self {
-        let prefix = &args.common.prefix;
-        let etcd_timeout = args.etcd_read_timeout;
-        let store = TelemetryStore::new(
-            client.clone(),
-            StoreConfig {
-                prefix: prefix.clone(),
-                bucket: args.store_bucket,
-                ..StoreConfig::default()
-            },
-        );
+    /// Readers of the deployment under `config`'s prefix; every etcd call is cut off after the
+    /// gateway's etcd read timeout.
+    pub fn new(client: Client, config: &Config) -> Self {
+        let prefix = &config.etcd.prefix;
+        let etcd_timeout = config.etcd_read_timeout;
+        let store = TelemetryStore::new(client.clone(), config.store.store_config(prefix));
         let queue_config = etcd_queue::QueueConfig {
             // A read that etcd cannot serve must fail within the timeout, not retry past it.
             retry_budget: etcd_timeout,
-            ..args.queue.queue_config(prefix)
+            ..config.queue.queue_config(prefix)
         };
         Backend {
             store,

@@ -1,20 +1,31 @@
-//! The one place where failures become HTTP answers: every error the API can give is an
-//! [`ApiError`], rendered as an RFC 9457 `application/problem+json` document.
+//! The gateway's errors: [`GatewayError`], what stops the gateway, and [`ApiError`], what fails
+//! one request. This is the one place where failures become HTTP answers: every error the API can
+//! give is an [`ApiError`], rendered as an RFC 9457 `application/problem+json` document.
 //!
 //! Store and queue errors are mapped variant by variant (no wildcard), so a new failure mode has
 //! to be given a status here before the code compiles; nothing falls through to a 500.
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use etcd_queue::QueueError;
-use serde::{Deserialize, Serialize};
+use function_runtime::RuntimeError;
 use telemetry_store::StoreError;
-use utoipa::{ToResponse, ToSchema};
+use utoipa::ToResponse;
 
-/// The media type of every error body.
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+pub use function_runtime::{Problem, PROBLEM_CONTENT_TYPE};
+
+/// What stops the gateway. etcd being unreachable does not: the API answers 503 meanwhile.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("serve HTTP: {0}")]
+    Serve(#[source] RuntimeError),
+
+    #[cfg(feature = "lambda")]
+    #[error("run under the Lambda runtime: {0}")]
+    RunLambda(String),
+}
 
 /// Everything that can go wrong while answering a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -77,24 +88,6 @@ pub enum ApiError {
     Other(StatusCode),
 }
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem (stable; match on it rather than on `title`).
-    #[serde(rename = "type")]
-    #[schema(example = "urn:gpu-telemetry:problem:invalid-parameter")]
-    pub problem_type: String,
-    /// Short summary of the kind of problem.
-    #[schema(example = "Invalid parameter")]
-    pub title: String,
-    /// The HTTP status code.
-    #[schema(example = 400, minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong with this request.
-    #[schema(example = "invalid limit: must be between 1 and 10000, got 0")]
-    pub detail: String,
-}
-
 impl ApiError {
     pub fn invalid(parameter: &'static str, reason: impl Into<String>) -> Self {
         ApiError::InvalidParameter {
@@ -143,12 +136,12 @@ impl ApiError {
     /// The problem document of this error.
     pub fn problem(&self) -> Problem {
         let (slug, title) = self.kind();
-        Problem {
-            problem_type: format!("urn:gpu-telemetry:problem:{slug}"),
-            title: title.to_string(),
-            status: self.status().as_u16(),
-            detail: self.to_string(),
-        }
+        Problem::new(
+            self.status(),
+            format!("urn:gpu-telemetry:problem:{slug}"),
+            title,
+            self.to_string(),
+        )
     }
 
     /// The error for a bare error status produced by the framework or a middleware (no body of
@@ -170,13 +163,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
-        let body = serde_json::to_vec(&self.problem()).expect("a problem serializes");
-        let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
-        response
+        self.problem().into_response()
     }
 }
 
@@ -269,6 +256,8 @@ pub struct Unavailable(#[allow(dead_code)] Problem);
 
 #[cfg(test)]
 mod tests {
+    use axum::http::header;
+
     use super::*;
 
     #[test]

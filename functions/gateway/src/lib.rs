@@ -2,8 +2,8 @@
 //! values, metric descriptions) and the queue status, with a generated OpenAPI 3.1 document, an
 //! offline Swagger UI, health, readiness and Prometheus metrics. It reads etcd and writes nothing.
 //!
-//! The server starts answering at once (API calls get 503 until etcd is connected), which keeps
-//! cold starts short when the service scales from zero.
+//! [`run`] starts answering at once on the listener it is given (API calls get 503 until etcd is
+//! connected), which keeps cold starts short when the service scales from zero.
 
 pub mod app;
 pub mod backend;
@@ -18,43 +18,39 @@ pub mod queue_view;
 pub mod routes;
 pub mod seed;
 
-use function_runtime::{serve, Readiness, Shutdown};
+use std::future::Future;
+
+use function_runtime::{serve_http, Readiness};
+use tokio::net::TcpListener;
 
 pub use app::app;
 pub use backend::{ApiState, Backend};
-pub use config::{GatewayArgs, HttpSettings, DEFAULT_PORT};
-pub use error::{ApiError, Problem};
+pub use config::{Config, HttpSettings};
+pub use error::{ApiError, GatewayError, Problem};
 pub use openapi::{openapi, openapi_json};
 
-/// Serves the gateway on `PORT` until `shutdown` triggers.
-pub async fn run(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    run_until(args, shutdown, |_| {}).await
-}
-
-/// [`run`], reporting the bound port through `on_bound` (useful with port 0).
-pub async fn run_until(
-    args: GatewayArgs,
-    shutdown: Shutdown,
-    on_bound: impl FnOnce(u16),
-) -> anyhow::Result<()> {
+/// Serves the gateway on `listener` until `shutdown` resolves, then finishes the requests in
+/// flight.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
     let state = ApiState::connecting();
-    let readiness = Readiness::new(args.etcd_read_timeout);
-    let router = app(state.clone(), readiness.clone(), &args.http_settings());
-    let connect = tokio::spawn(connect_backend(args.clone(), state, readiness));
-    let result = serve(router, args.port(), on_bound, async move {
-        shutdown.wait().await
-    })
-    .await;
+    let readiness = Readiness::new(config.etcd_read_timeout);
+    let router = app(state.clone(), readiness.clone(), &config.http);
+    let connect = tokio::spawn(connect_backend(config, state, readiness));
+    let result = serve_http(listener, router, shutdown).await;
     connect.abort();
-    result
+    result.map_err(GatewayError::Serve)
 }
 
 /// Connects to etcd (retrying until it answers) and hands the readers to the API.
-async fn connect_backend(args: GatewayArgs, state: ApiState, readiness: Readiness) {
-    match args.common.connect_etcd().await {
+async fn connect_backend(config: Config, state: ApiState, readiness: Readiness) {
+    match config.etcd.connect().await {
         Ok(client) => {
             readiness.set_client(client.clone());
-            state.connect(Backend::new(client, &args));
+            state.connect(Backend::new(client, &config));
         }
         Err(e) => tracing::error!(error = %e, "cannot connect to etcd; the API answers 503"),
     }
@@ -62,12 +58,12 @@ async fn connect_backend(args: GatewayArgs, state: ApiState, readiness: Readines
 
 /// Runs the same application under AWS Lambda (API Gateway / ALB / function URL events).
 #[cfg(feature = "lambda")]
-pub async fn run_lambda(args: GatewayArgs) -> anyhow::Result<()> {
+pub async fn run_lambda(config: Config) -> Result<(), GatewayError> {
     let state = ApiState::connecting();
-    let readiness = Readiness::new(args.etcd_read_timeout);
-    let router = app(state.clone(), readiness.clone(), &args.http_settings());
-    connect_backend(args, state, readiness).await;
+    let readiness = Readiness::new(config.etcd_read_timeout);
+    let router = app(state.clone(), readiness.clone(), &config.http);
+    connect_backend(config, state, readiness).await;
     lambda_http::run(router)
         .await
-        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+        .map_err(|e| GatewayError::RunLambda(e.to_string()))
 }

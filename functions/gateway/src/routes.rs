@@ -1,7 +1,7 @@
 //! The API's handlers. Each carries its OpenAPI annotation (the spec is generated from these) and
-//! does three things: take validated input from the request, call the [`Backend`], wrap the DTO.
-//! Validation happens in extractors and before `state.backend()`, so a bad request is answered
-//! 400 without touching etcd.
+//! does three things: take validated input from the request, call the
+//! [`Backend`](crate::Backend), wrap the DTO. Validation happens in extractors and before
+//! `state.backend()`, so a bad request is answered 400 without touching etcd.
 
 use axum::extract::{RawQuery, State};
 use axum::Json;

@@ -2,15 +2,42 @@
 //! collector, so the API can be tried and fuzzed on a fresh etcd. Each pass over the file stamps
 //! every row with the pass's time, the way the streamer stamps rows with their processing time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use function_runtime::{EtcdConfig, RuntimeError};
 use telemetry_model::{CsvError, DcgmCsvReader, RowOutcome, SampleBatch, TimestampMicros};
-use telemetry_store::{group_by_gpu, ChunkTag, StoreError, TelemetryStore};
+use telemetry_store::{group_by_gpu, ChunkTag, StoreConfig, StoreError, TelemetryStore};
+
+/// What `gateway seed` loads, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedConfig {
+    /// etcd and the key prefix.
+    pub etcd: EtcdConfig,
+    /// The CSV to load.
+    pub csv: PathBuf,
+    /// Passes over the file; each pass is one sample per row.
+    pub passes: u32,
+    /// Time between passes (the last pass is stamped now).
+    pub interval: Duration,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        SeedConfig {
+            etcd: EtcdConfig::default(),
+            csv: PathBuf::new(),
+            passes: 3,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
 
 /// Why seeding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
+    #[error("connect to etcd: {0}")]
+    ConnectEtcd(#[source] RuntimeError),
     #[error("read CSV: {0}")]
     ReadCsv(#[from] CsvError),
     #[error("write samples: {0}")]
@@ -24,6 +51,31 @@ pub struct SeedReport {
     pub rows_per_pass: usize,
     pub rows_skipped: u64,
     pub samples: usize,
+}
+
+/// `gateway seed`: connects to etcd and writes `config.passes` passes over the CSV into the store,
+/// the last one stamped now.
+pub async fn run(config: &SeedConfig) -> Result<SeedReport, SeedError> {
+    let client = config
+        .etcd
+        .connect()
+        .await
+        .map_err(SeedError::ConnectEtcd)?;
+    let store = TelemetryStore::new(
+        client,
+        StoreConfig {
+            prefix: config.etcd.prefix.clone(),
+            ..StoreConfig::default()
+        },
+    );
+    seed_from_csv(
+        &store,
+        &config.csv,
+        config.passes,
+        config.interval,
+        TimestampMicros::now(),
+    )
+    .await
 }
 
 /// One batch per pass over `csv`: pass `i` (0-based) is stamped `last_pass_at - (passes - 1 - i)

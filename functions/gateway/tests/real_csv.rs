@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 async fn served(test: &str) -> (Fixture, Served) {
     let fixture = Fixture::filled(test, REAL_CSV).await;
-    let served = Served::start(fixture.args()).await;
+    let served = Served::start(fixture.config()).await;
     (fixture, served)
 }
 

@@ -254,7 +254,7 @@ async fn every_error_status_is_a_problem_document() {
         body_limit: 16,
         ..HttpSettings::default()
     };
-    let limited = router_for(&fixture.etcd, &fixture.args(), &small_limit).await;
+    let limited = router_for(&fixture.etcd, &fixture.config(), &small_limit).await;
     let big = send(
         &limited,
         Request::get("/api/v1/gpus")
@@ -314,16 +314,16 @@ async fn bad_input_is_rejected_before_etcd_is_touched() {
 #[tokio::test]
 async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
     let mut fixture = Fixture::filled("gateway-etcd-down", SLICE_CSV).await;
-    let mut args = fixture.args();
-    args.etcd_read_timeout = Duration::from_millis(500);
-    let router = router_for(&fixture.etcd, &args, &HttpSettings::default()).await;
+    let mut config = fixture.config();
+    config.etcd_read_timeout = Duration::from_millis(500);
+    let router = router_for(&fixture.etcd, &config, &HttpSettings::default()).await;
     let timeout_first = HttpSettings {
         request_timeout: Duration::from_millis(200),
         ..HttpSettings::default()
     };
-    let mut slow_args = fixture.args();
-    slow_args.etcd_read_timeout = Duration::from_secs(30);
-    let request_bound = router_for(&fixture.etcd, &slow_args, &timeout_first).await;
+    let mut slow = fixture.config();
+    slow.etcd_read_timeout = Duration::from_secs(30);
+    let request_bound = router_for(&fixture.etcd, &slow, &timeout_first).await;
     let routes = [
         "/api/v1/gpus".to_string(),
         format!("/api/v1/gpus/{UUID_HOST_0}"),
@@ -388,8 +388,8 @@ async fn unreachable_or_stalled_etcd_gives_503_not_a_hang() {
 async fn queue_status_reports_partitions_owners_and_lag_without_creating_the_topic() {
     let etcd = test_support::EtcdHarness::start().await;
     let prefix = test_support::unique_prefix("gateway-queue");
-    let args = gateway::GatewayArgs::local(&etcd.endpoint(), &prefix);
-    let router = router_for(&etcd, &args, &HttpSettings::default()).await;
+    let config = config_for(&etcd, &prefix);
+    let router = router_for(&etcd, &config, &HttpSettings::default()).await;
 
     let before = get(&router, "/api/v1/queue").await.json();
     assert_eq!(before["exists"], false);
@@ -474,7 +474,7 @@ async fn cors_is_off_by_default_and_large_responses_are_gzipped() {
     let plain = fixture.router().await;
     let with_cors = router_for(
         &fixture.etcd,
-        &fixture.args(),
+        &fixture.config(),
         &HttpSettings {
             cors_origins: vec!["https://dash.example".into()],
             ..HttpSettings::default()
@@ -517,4 +517,51 @@ async fn cors_is_off_by_default_and_large_responses_are_gzipped() {
     let small = send(&plain, request("/healthz", &gzip)).await;
     assert!(small.headers.get(header::CONTENT_ENCODING).is_none());
     assert_eq!(small.json(), json!({"status": "ok"}));
+}
+
+/// The library's `run`, configured with a plain `Config`, on a listener bound like `main` binds
+/// it: it answers at once, reaches etcd in the background, and returns `Ok` once its shutdown
+/// future resolves, having written nothing.
+#[tokio::test]
+async fn run_serves_on_the_listener_it_is_given_until_shutdown() {
+    let etcd = test_support::EtcdHarness::start().await;
+    let prefix = test_support::unique_prefix("gateway-run");
+    let listener = function_runtime::bind_http(0).unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let stop = function_runtime::Shutdown::new();
+    let run = tokio::spawn(gateway::run(config_for(&etcd, &prefix), listener, {
+        let stop = stop.clone();
+        async move { stop.wait().await }
+    }));
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { test_support::http_request("GET", &url, &[], Vec::new()).await }
+    };
+    let health = get("/healthz").await.unwrap();
+    assert_eq!(
+        (health.status, health.json()),
+        (200, json!({"status": "ok"}))
+    );
+    test_support::wait_until("ready", Duration::from_secs(30), || async {
+        get("/readyz").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let gpus = get("/api/v1/gpus").await.unwrap();
+    assert_eq!(
+        (gpus.status, gpus.json()),
+        (200, json!({"gpus": [], "count": 0}))
+    );
+
+    stop.trigger();
+    run.await.unwrap().expect("run returns Ok after shutdown");
+    assert!(get("/healthz").await.is_err(), "nothing listens any more");
+    let mut client = etcd.client().await;
+    let written = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.count(), 0, "the gateway wrote nothing");
 }

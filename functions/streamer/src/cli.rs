@@ -1,22 +1,17 @@
-//! Command-line interface: `streamer run` and `streamer validate`. Every option is also an
-//! environment variable; `main` parses these once and hands plain config to the library.
+//! Command line of the `streamer` binary: `streamer run` and `streamer validate`. Every option is
+//! also an environment variable; `main` parses them once and converts them into the library's
+//! plain configs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use function_runtime::{parse_duration, CommonArgs, QueueArgs};
+use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs};
+use function_runtime::{member_id, ports, DurationArg};
+use streamer::validate::{OutputFormat, ValidateConfig};
+use streamer::Config;
 
-use crate::config::{member_id, StreamerConfig};
-
-/// Streams the DCGM CSV onto the telemetry queue.
+/// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
-#[command(name = "streamer", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[command(version, about)]
 pub enum Command {
     /// Stream the CSV onto the queue in passes until stopped (SIGTERM, --passes or --for).
     Run(Box<RunArgs>),
@@ -33,58 +28,62 @@ pub struct RunArgs {
     pub csv: PathBuf,
 
     /// Pause between passes over this streamer's shards.
-    #[arg(long, env = "STREAMER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub interval: Duration,
+    #[arg(long, env = "STREAMER_INTERVAL", default_value_t = DurationArg(Config::default().interval))]
+    pub interval: DurationArg,
 
     /// Stop once every shard has been streamed this many times (counted by the whole group).
     #[arg(long, env = "STREAMER_PASSES", value_parser = clap::value_parser!(u64).range(1..))]
     pub passes: Option<u64>,
 
     /// Stop after this wall-clock window (the CronJob mode, e.g. 55s).
-    #[arg(long = "for", env = "STREAMER_FOR", value_parser = parse_duration)]
-    pub run_for: Option<Duration>,
+    #[arg(long = "for", env = "STREAMER_FOR")]
+    pub run_for: Option<DurationArg>,
 
     /// Most samples per batch (one queue message, one CloudEvent).
-    #[arg(long, env = "STREAMER_BATCH_SIZE", default_value_t = 500,
+    #[arg(long, env = "STREAMER_BATCH_SIZE", default_value_t = Config::default().batch_size as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_size: u64,
 
     /// Samples per second this streamer publishes at most; 0 = as fast as possible.
-    #[arg(long, env = "STREAMER_RATE", default_value_t = 0)]
+    #[arg(long, env = "STREAMER_RATE", default_value_t = Config::default().rate)]
     pub rate: u64,
 
     /// Publish transactions in flight at once.
-    #[arg(long, env = "STREAMER_IN_FLIGHT", default_value_t = 4,
+    #[arg(long, env = "STREAMER_IN_FLIGHT", default_value_t = Config::default().in_flight as u64,
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub in_flight: u64,
 
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs<{ ports::STREAMER }>,
 
     #[command(flatten)]
     pub queue: QueueArgs,
 }
 
 impl RunArgs {
-    /// The streamer's plain configuration.
-    pub fn streamer_config(&self) -> StreamerConfig {
-        StreamerConfig {
-            csv: self.csv.clone(),
-            interval: self.interval,
+    /// The library's configuration; the member id is made from this host's name.
+    pub fn into_config(self) -> Config {
+        Config {
+            etcd: self.etcd.into(),
+            queue: self.queue.into(),
+            csv: self.csv,
+            interval: self.interval.into(),
             passes: self.passes,
+            run_for: self.run_for.map(Into::into),
             batch_size: self.batch_size as usize,
             rate: self.rate,
             in_flight: self.in_flight as usize,
-            member_id: member_id(),
-            lease_ttl: self.queue.lease_ttl,
-            queue: self.queue.queue_config(&self.common.prefix),
+            member_id: member_id("streamer"),
         }
     }
 }
 
 /// Output format of `streamer validate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
+pub enum FormatArg {
     Text,
     Json,
 }
@@ -97,24 +96,38 @@ pub struct ValidateArgs {
     pub csv: PathBuf,
 
     /// `text` for people, `json` for scripts.
-    #[arg(long, default_value = "text")]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
+}
+
+impl ValidateArgs {
+    pub fn into_config(self) -> ValidateConfig {
+        ValidateConfig {
+            csv: self.csv,
+            format: match self.format {
+                FormatArg::Text => OutputFormat::Text,
+                FormatArg::Json => OutputFormat::Json,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::{CommandFactory, Parser};
 
     use super::*;
 
     #[test]
     fn cli_is_well_formed() {
-        Cli::command().debug_assert();
+        Command::command().debug_assert();
     }
 
     #[test]
     fn run_options_parse_into_config() {
-        let cli = Cli::try_parse_from([
+        let cli = Command::try_parse_from([
             "streamer",
             "run",
             "--csv",
@@ -133,11 +146,12 @@ mod tests {
             "/p",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
+        let Command::Run(args) = cli else {
             panic!("expected run");
         };
-        assert_eq!(args.run_for, Some(Duration::from_secs(55)));
-        let config = args.streamer_config();
+        let config = args.into_config();
+        assert_eq!(config.run_for, Some(Duration::from_secs(55)));
+        let config = config.streamer_config();
         assert_eq!(config.csv, PathBuf::from("data.csv"));
         assert_eq!(config.passes, Some(3));
         assert_eq!(config.interval, Duration::from_millis(250));
@@ -159,14 +173,14 @@ mod tests {
         ] {
             let mut argv = vec!["streamer", "run", "--csv", "x.csv"];
             argv.extend_from_slice(bad);
-            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?} accepted");
+            assert!(Command::try_parse_from(&argv).is_err(), "{bad:?} accepted");
         }
         let cli =
-            Cli::try_parse_from(["streamer", "validate", "--csv", "x.csv", "--format", "json"])
+            Command::try_parse_from(["streamer", "validate", "--csv", "x.csv", "--format", "json"])
                 .unwrap();
-        let Command::Validate(args) = cli.command else {
+        let Command::Validate(args) = cli else {
             panic!("expected validate");
         };
-        assert_eq!(args.format, OutputFormat::Json);
+        assert_eq!(args.into_config().format, OutputFormat::Json);
     }
 }

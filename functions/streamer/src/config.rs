@@ -1,18 +1,77 @@
-//! The streamer's settings as plain data, built by `main` from flags and environment variables
-//! (see [`crate::cli`]) or directly by tests.
+//! The streamer's settings as plain data: [`Config`], what `streamer run` is configured with
+//! (built by `main` from flags and environment variables, or directly by tests), and
+//! [`StreamerConfig`], what the streaming engine needs of it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_queue::QueueConfig;
-
-/// Default port of the health and metrics server.
-pub const DEFAULT_PORT: u16 = 8082;
+use function_runtime::{member_id_for, EtcdConfig, QueueSettings};
 
 /// Name of the streamers' work group under the key prefix.
 pub const WORK_GROUP: &str = "streamers";
 
-/// How one streamer behaves.
+/// Everything `streamer run` needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// etcd and the key prefix.
+    pub etcd: EtcdConfig,
+    /// The telemetry topic's settings; `lease_ttl` is how long a crashed streamer holds its shards.
+    pub queue: QueueSettings,
+    /// The DCGM CSV to stream.
+    pub csv: PathBuf,
+    /// Pause between this streamer's passes over its shards.
+    pub interval: Duration,
+    /// Stop once every shard has completed this many passes (counted in etcd by the whole group).
+    pub passes: Option<u64>,
+    /// Stop after this wall-clock window (the CronJob mode).
+    pub run_for: Option<Duration>,
+    /// Most samples in one batch (one queue message, one CloudEvent).
+    pub batch_size: usize,
+    /// Samples per second this streamer publishes at most; 0 = as fast as possible.
+    pub rate: u64,
+    /// Publish transactions in flight at once (each on its own shard).
+    pub in_flight: usize,
+    /// This streamer's id in the work group (unique per process).
+    pub member_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let engine = StreamerConfig::new(PathBuf::new(), QueueConfig::default());
+        Config {
+            etcd: EtcdConfig::default(),
+            queue: QueueSettings::default(),
+            csv: engine.csv,
+            interval: engine.interval,
+            passes: engine.passes,
+            run_for: None,
+            batch_size: engine.batch_size,
+            rate: engine.rate,
+            in_flight: engine.in_flight,
+            member_id: engine.member_id,
+        }
+    }
+}
+
+impl Config {
+    /// The streaming engine's settings.
+    pub fn streamer_config(&self) -> StreamerConfig {
+        StreamerConfig {
+            csv: self.csv.clone(),
+            interval: self.interval,
+            passes: self.passes,
+            batch_size: self.batch_size,
+            rate: self.rate,
+            in_flight: self.in_flight,
+            member_id: self.member_id.clone(),
+            lease_ttl: self.queue.lease_ttl,
+            queue: self.queue.queue_config(&self.etcd.prefix),
+        }
+    }
+}
+
+/// How one streamer streams, once connected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamerConfig {
     /// The DCGM CSV to stream.
@@ -36,7 +95,8 @@ pub struct StreamerConfig {
 }
 
 impl StreamerConfig {
-    /// Defaults for streaming `csv` to the queue described by `queue`.
+    /// Defaults for streaming `csv` to the queue described by `queue`, as a member with a fresh
+    /// random id.
     pub fn new(csv: impl Into<PathBuf>, queue: QueueConfig) -> Self {
         StreamerConfig {
             csv: csv.into(),
@@ -45,35 +105,11 @@ impl StreamerConfig {
             batch_size: 500,
             rate: 0,
             in_flight: 4,
-            member_id: member_id(),
-            lease_ttl: Duration::from_secs(10),
+            member_id: member_id_for("", "streamer"),
+            lease_ttl: QueueSettings::default().lease_ttl,
             queue,
         }
     }
-}
-
-/// `<hostname>-<8 random hex digits>` (the host name is the pod name in Kubernetes), or
-/// `streamer-<hex>` when there is no usable host name.
-pub fn member_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .unwrap_or_default();
-    member_id_for(&host)
-}
-
-/// The member id for `host` with a fresh random suffix.
-pub fn member_id_for(host: &str) -> String {
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .take(100)
-        .collect();
-    let host = host.trim_matches('.');
-    let host = if host.is_empty() { "streamer" } else { host };
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}", &suffix[..8])
 }
 
 #[cfg(test)]
@@ -81,18 +117,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn member_ids_are_valid_and_unique() {
-        let a = member_id_for("gpu-telemetry-streamer-29000001-abcde");
-        let b = member_id_for("gpu-telemetry-streamer-29000001-abcde");
-        assert_ne!(a, b);
-        assert!(a.starts_with("gpu-telemetry-streamer-29000001-abcde-"));
-        assert_eq!(a.len(), "gpu-telemetry-streamer-29000001-abcde-".len() + 8);
-        for host in ["", "  ", "..", "héllo/wörld\n", &"h".repeat(300)] {
-            let id = member_id_for(host);
-            etcd_queue::keys::validate_member_id(&id).unwrap();
-        }
-        assert!(member_id_for("").starts_with("streamer-"));
-        assert!(member_id_for("..").starts_with("streamer-"));
-        assert!(member_id_for("host.example\n").starts_with("host.example-"));
+    fn the_engine_gets_the_prefix_and_queue_settings_of_the_config() {
+        let config = Config {
+            etcd: EtcdConfig {
+                prefix: "/p".into(),
+                ..EtcdConfig::default()
+            },
+            queue: QueueSettings {
+                partitions: 8,
+                lease_ttl: Duration::from_secs(2),
+                ..QueueSettings::default()
+            },
+            csv: "data.csv".into(),
+            member_id: "s-1".into(),
+            ..Config::default()
+        };
+        let engine = config.streamer_config();
+        assert_eq!(
+            engine,
+            StreamerConfig {
+                member_id: "s-1".into(),
+                lease_ttl: Duration::from_secs(2),
+                ..StreamerConfig::new(
+                    "data.csv",
+                    QueueConfig {
+                        prefix: "/p".into(),
+                        partitions: 8,
+                        ..QueueConfig::default()
+                    }
+                )
+            }
+        );
+        assert!(Config::default().member_id.starts_with("streamer-"));
     }
 }

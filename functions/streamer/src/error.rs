@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use etcd_queue::QueueError;
+use function_runtime::RuntimeError;
 use telemetry_model::CsvError;
 
 /// What stopped the streamer. Transient etcd failures never surface here: they are retried.
@@ -32,10 +33,7 @@ pub enum StreamerError {
     CorruptShardState { key: String, reason: String },
 
     #[error("connecting to etcd failed: {0}")]
-    ConnectEtcd(String),
-
-    #[error("serving health and metrics failed: {0}")]
-    ServeOps(String),
+    ConnectEtcd(#[source] RuntimeError),
 
     #[error("the CSV reader stopped unexpectedly: {0}")]
     ReaderTask(String),

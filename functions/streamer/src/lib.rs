@@ -2,7 +2,8 @@
 //! each row with the time it is processed, as one of 0..10 elastic instances that share the CSV's
 //! shards through etcd leases.
 //!
-//! * [`run`] is `streamer run`: health and metrics server, etcd connection, then [`Streamer`].
+//! * [`run`] is `streamer run`: the health and metrics server on the listener it is given, the
+//!   etcd connection, then [`Streamer`], until the shutdown future resolves.
 //! * [`validate::run_validate`] is `streamer validate`: a summary of the file, without etcd.
 //!
 //! Exactly once per pass: a shard's rows are published by fenced transactions that also advance
@@ -10,7 +11,6 @@
 //! across crashes, shard moves and etcd restarts.
 
 pub mod buffer;
-pub mod cli;
 pub mod clock;
 pub mod config;
 mod encode;
@@ -25,83 +25,69 @@ pub mod shard;
 pub mod streamer;
 pub mod validate;
 
+use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use function_runtime::{ops_router, serve, Readiness, Shutdown};
+use function_runtime::{ops_router, HttpServer, Readiness, Shutdown};
 use prometheus_client::registry::Registry;
 use telemetry_model::DcgmCsvReader;
+use tokio::net::TcpListener;
 
-pub use cli::{Cli, Command, OutputFormat, RunArgs, ValidateArgs};
-pub use config::{StreamerConfig, DEFAULT_PORT, WORK_GROUP};
+pub use config::{Config, StreamerConfig, WORK_GROUP};
 pub use error::StreamerError;
 pub use metrics::StreamerMetrics;
 pub use shard::{shard_for, ShardState, SHARDS};
 pub use streamer::{RunReport, Streamer, SHUTDOWN_GRACE};
 
-/// `streamer run`: checks the CSV, serves `/healthz` `/readyz` `/metrics` on `PORT` (default
-/// 8082), connects to etcd (retrying until it answers) and streams until SIGTERM, the end of
-/// `--for`, or `--passes` reached.
-pub async fn run(args: RunArgs) -> Result<RunReport, StreamerError> {
-    let config = args.streamer_config();
-    check_csv(&config)?;
-    let signal = Shutdown::on_signal();
-    let stop = stop_after(&signal, args.run_for);
+/// How long `/readyz` waits for etcd to answer.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `streamer run`: checks the CSV, serves `/healthz` `/readyz` `/metrics` on `listener`, connects
+/// to etcd (retrying until it answers) and streams until `shutdown` resolves, the end of
+/// `config.run_for`, or `config.passes` reached; then releases its shards.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunReport, StreamerError> {
+    let engine = config.streamer_config();
+    check_csv(&engine.csv)?;
+    let shutdown = Shutdown::when(shutdown);
+    let stop = stop_after(&shutdown, config.run_for);
 
     let mut registry = Registry::default();
     let metrics = StreamerMetrics::register(&mut registry);
-    let readiness = Readiness::new(Duration::from_secs(2));
-    let router = ops_router(Arc::new(registry), readiness.clone());
-    let port = args.common.port.unwrap_or(DEFAULT_PORT);
-    let server_stop = Shutdown::new();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn({
-        let server_stop = server_stop.clone();
-        serve(
-            router,
-            port,
-            move |bound| {
-                let _ = bound_tx.send(bound);
-            },
-            async move { server_stop.wait().await },
-        )
-    });
-    if bound_rx.await.is_err() {
-        let reason = match server.await {
-            Ok(Err(e)) => format!("{e:#}"),
-            Ok(Ok(())) => "the server stopped at once".to_string(),
-            Err(e) => e.to_string(),
-        };
-        return Err(StreamerError::ServeOps(reason));
-    }
+    let readiness = Readiness::new(READINESS_TIMEOUT);
+    let server = HttpServer::spawn(listener, ops_router(Arc::new(registry), readiness.clone()));
 
     let result = async {
         let client = tokio::select! {
-            client = args.common.connect_etcd() => {
-                client.map_err(|e| StreamerError::ConnectEtcd(format!("{e:#}")))?
-            }
+            client = config.etcd.connect() => client.map_err(StreamerError::ConnectEtcd)?,
             _ = stop.wait() => return Ok(RunReport::default()),
         };
         readiness.set_client(client.clone());
         tracing::info!(
-            member = %config.member_id,
-            csv = %config.csv.display(),
-            passes = ?config.passes,
-            window = ?args.run_for,
+            member = %engine.member_id,
+            csv = %engine.csv.display(),
+            passes = ?engine.passes,
+            window = ?config.run_for,
             "streaming"
         );
-        Streamer::new(client, config, metrics)
+        Streamer::new(client, engine, metrics)
             .run(stop.clone())
             .await
     }
     .await;
-    if signal.is_triggered() {
-        tracing::info!("stopped on signal");
+    if shutdown.is_triggered() {
+        tracing::info!("stopped on shutdown");
     } else if stop.is_triggered() {
         tracing::info!("streaming window ended");
     }
-    server_stop.trigger();
-    let _ = server.await;
+    if let Err(e) = server.stop().await {
+        tracing::warn!(error = %e, "the health and metrics server failed");
+    }
     if let Ok(report) = &result {
         tracing::info!(
             samples = report.samples_published,
@@ -113,12 +99,10 @@ pub async fn run(args: RunArgs) -> Result<RunReport, StreamerError> {
     result
 }
 
-/// A stop signal that triggers on `signal` or, with a window, once the window has passed.
-pub fn stop_after(signal: &Shutdown, window: Option<Duration>) -> Shutdown {
-    let stop = Shutdown::new();
-    let trigger = stop.clone();
-    let signal = signal.clone();
-    tokio::spawn(async move {
+/// A stop signal that triggers on `shutdown` or, with a window, once the window has passed.
+fn stop_after(shutdown: &Shutdown, window: Option<Duration>) -> Shutdown {
+    let shutdown = shutdown.clone();
+    Shutdown::when(async move {
         let window_end = async {
             match window {
                 Some(window) => tokio::time::sleep(window).await,
@@ -126,20 +110,18 @@ pub fn stop_after(signal: &Shutdown, window: Option<Duration>) -> Shutdown {
             }
         };
         tokio::select! {
-            _ = signal.wait() => {}
+            _ = shutdown.wait() => {}
             _ = window_end => {}
         }
-        trigger.trigger();
-    });
-    stop
+    })
 }
 
 /// Fails early, with a clear message, on a CSV that cannot be opened or has no usable header.
-fn check_csv(config: &StreamerConfig) -> Result<(), StreamerError> {
-    DcgmCsvReader::open(&config.csv)
+fn check_csv(csv: &Path) -> Result<(), StreamerError> {
+    DcgmCsvReader::open(csv)
         .map(drop)
         .map_err(|source| StreamerError::OpenCsv {
-            path: config.csv.clone(),
+            path: csv.to_owned(),
             source,
         })
 }

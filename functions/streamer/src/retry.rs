@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use etcd_queue::{is_transient, Backoff, QueueError};
+use etcd_queue::{is_lease_not_found, is_transient, Backoff, QueueError};
 use function_runtime::Shutdown;
 
 use crate::error::StreamerError;
@@ -21,9 +21,7 @@ pub fn is_retryable(error: &QueueError) -> bool {
         | QueueError::QueueFull { .. }
         | QueueError::WatchBroken(_)
         | QueueError::LeaseExpired => true,
-        QueueError::Etcd { source, .. } => {
-            is_transient(source) || source.to_string().contains("lease not found")
-        }
+        QueueError::Etcd { source, .. } => is_transient(source) || is_lease_not_found(source),
         _ => false,
     }
 }

@@ -2,12 +2,28 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use telemetry_model::{summarize, CsvSummary, DcgmCsvReader};
 
-use crate::cli::{OutputFormat, ValidateArgs};
 use crate::error::StreamerError;
+
+/// What `streamer validate` reads and how it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidateConfig {
+    /// The DCGM CSV file to check.
+    pub csv: PathBuf,
+    pub format: OutputFormat,
+}
+
+/// Output format of `streamer validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
 
 /// Exit code when the file is readable (even with bad rows).
 pub const EXIT_OK: u8 = 0;
@@ -69,16 +85,17 @@ pub fn render_summary(path: &Path, summary: &CsvSummary, format: OutputFormat) -
 }
 
 /// Runs `streamer validate`: the summary on `stdout`, problems on `stderr`; returns the exit code.
-pub fn run_validate(args: &ValidateArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8 {
-    match validate_csv(&args.csv) {
+pub fn run_validate(config: &ValidateConfig, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8 {
+    match validate_csv(&config.csv) {
         Ok(summary) => {
-            let _ = stdout.write_all(render_summary(&args.csv, &summary, args.format).as_bytes());
+            let _ =
+                stdout.write_all(render_summary(&config.csv, &summary, config.format).as_bytes());
             match &summary.read_error {
                 Some(error) => {
                     let _ = writeln!(
                         stderr,
                         "error: reading {} stopped early: {error}",
-                        args.csv.display()
+                        config.csv.display()
                     );
                     EXIT_READ_FAILED
                 }
@@ -99,12 +116,12 @@ mod tests {
     use super::*;
 
     fn validate(name: &str, format: OutputFormat) -> (u8, String, String) {
-        let args = ValidateArgs {
+        let config = ValidateConfig {
             csv: testdata(name),
             format,
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_validate(&args, &mut out, &mut err);
+        let code = run_validate(&config, &mut out, &mut err);
         (
             code,
             String::from_utf8(out).unwrap(),

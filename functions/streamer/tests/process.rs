@@ -9,32 +9,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcd_queue::Queue;
 use test_support::{free_port, unique_prefix, EtcdHarness};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_streamer");
-
-/// `GET path` on localhost; `None` while nothing listens.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((status, body))
-}
-
-/// The value of an un-labelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
-}
 
 /// Starts `streamer run` against `etcd` under `prefix`, logging to `log`.
 fn spawn_run(etcd: &EtcdHarness, prefix: &str, port: u16, log: &Path, extra: &[&str]) -> Child {
@@ -64,48 +42,6 @@ async fn wait_exit(child: &mut Child) -> ExitStatus {
         .await
         .expect("streamer did not exit on its own")
         .unwrap()
-}
-
-/// Waits until the streamer serves health and metrics and has published samples.
-async fn wait_streaming(port: u16) -> String {
-    wait_until(
-        "streamer serves and publishes",
-        Duration::from_secs(30),
-        || async {
-            let (Some((200, _)), Some((200, _)), Some((200, text))) = (
-                http_get(port, "/healthz").await,
-                http_get(port, "/readyz").await,
-                http_get(port, "/metrics").await,
-            ) else {
-                return false;
-            };
-            metric(&text, "streamer_samples_published_total").unwrap_or(0.0) > 0.0
-        },
-    )
-    .await;
-    http_get(port, "/metrics").await.unwrap().1
-}
-
-/// The queue holds exactly what the shard states account for, and nothing is owned any more.
-async fn assert_exact_and_released(etcd: &EtcdHarness, prefix: &str) {
-    let client = etcd.client().await;
-    assert_eq!(
-        group_keys(&client, prefix, "owner").await,
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        group_keys(&client, prefix, "member").await,
-        Vec::<String>::new()
-    );
-    let states = shard_states(&client, prefix).await;
-    assert!(!states.is_empty());
-    let queue = Queue::open(client, queue_config(prefix)).await.unwrap();
-    let samples = queued_samples(&queue).await;
-    assert_eq!(
-        samples.len() as u64,
-        samples_per_states(&states, &rows_per_shard(REAL_CSV))
-    );
-    assert_timestamps_increase_per_gpu(&samples);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,148 +1,82 @@
-//! Configuration every function shares. Each option is a flag and an environment variable; the
-//! README's configuration table lists them.
+//! The settings several functions share, as plain data: the etcd connection, the queue and store
+//! settings, the log format, each function's default port, and how a member id is made. Functions
+//! embed these in their own `Config`; [`crate::args`] holds the flags that fill them.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use etcd_queue::{Backoff, QueueConfig};
+use etcd_queue::{ConsumerConfig, QueueConfig};
+use telemetry_store::StoreConfig;
 
-/// Options common to every function.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CommonArgs {
-    /// etcd client URLs, comma separated.
-    #[arg(
-        long,
-        env = "ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    pub etcd_endpoints: Vec<String>,
+/// The port each function serves HTTP on when `PORT` is not set.
+pub mod ports {
+    /// The gateway: API, OpenAPI document, Swagger UI, health, metrics.
+    pub const GATEWAY: u16 = 8080;
+    /// The collector: `POST /` (CloudEvents), health, metrics.
+    pub const COLLECTOR: u16 = 8081;
+    /// The streamer: health, metrics.
+    pub const STREAMER: u16 = 8082;
+    /// The autoscaler: health, metrics.
+    pub const AUTOSCALER: u16 = 8083;
+}
 
-    /// Root of every key this deployment writes; several deployments can share one etcd.
-    #[arg(long, env = "TELEMETRY_PREFIX", default_value = "/gpu-telemetry")]
+/// Where etcd is and how to reach it, and the key prefix of the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Root of every key this deployment reads or writes; several deployments can share one etcd.
     pub prefix: String,
-
-    /// Port of the HTTP server (health, readiness, metrics; the API for the gateway).
-    #[arg(long, env = "PORT")]
-    pub port: Option<u16>,
-
-    /// Log format: `text` or `json` (filter with RUST_LOG).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
-
     /// Timeout of one etcd request.
-    #[arg(long, env = "ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub etcd_timeout: Duration,
-
-    /// etcd user name (password from ETCD_PASSWORD).
-    #[arg(long, env = "ETCD_USERNAME")]
-    pub etcd_username: Option<String>,
-
-    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
-
+    pub timeout: Duration,
+    /// User name for etcd authentication (used together with `password`).
+    pub username: Option<String>,
+    pub password: Option<String>,
     /// CA certificate (PEM) to verify etcd's TLS certificate.
-    #[arg(long, env = "ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-
-    /// Client certificate (PEM) for mutual TLS, with ETCD_KEY_FILE.
-    #[arg(long, env = "ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-
-    #[arg(long, env = "ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, used together with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl CommonArgs {
-    /// Defaults for tests and embedding: one local etcd, default prefix.
-    pub fn local(endpoint: &str, prefix: &str) -> Self {
-        CommonArgs {
-            etcd_endpoints: vec![endpoint.to_string()],
-            prefix: prefix.to_string(),
-            port: Some(0),
-            log_format: LogFormat::Text,
-            etcd_timeout: Duration::from_secs(5),
-            etcd_username: None,
-            etcd_password: None,
-            etcd_ca_file: None,
-            etcd_cert_file: None,
-            etcd_key_file: None,
-        }
-    }
-
-    fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
-        let mut options = ConnectOptions::new()
-            .with_timeout(self.etcd_timeout)
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        if let (Some(user), Some(password)) = (&self.etcd_username, &self.etcd_password) {
-            options = options.with_user(user, password);
-        }
-        if self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &self.etcd_ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| anyhow::anyhow!("read ETCD_CA_FILE {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&self.etcd_cert_file, &self.etcd_key_file) {
-                let cert = std::fs::read(cert)
-                    .map_err(|e| anyhow::anyhow!("read ETCD_CERT_FILE {}: {e}", cert.display()))?;
-                let key = std::fs::read(key)
-                    .map_err(|e| anyhow::anyhow!("read ETCD_KEY_FILE {}: {e}", key.display()))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            options = options.with_tls(tls);
-        }
-        Ok(options)
-    }
-
-    /// Connects to etcd, retrying with backoff until it answers (logging each failure), so that a
-    /// function started before etcd waits instead of crashing.
-    pub async fn connect_etcd(&self) -> anyhow::Result<Client> {
-        let options = self.connect_options()?;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match Client::connect(&self.etcd_endpoints, Some(options.clone())).await {
-                Ok(client) => {
-                    tracing::info!(endpoints = ?self.etcd_endpoints, "connected to etcd");
-                    return Ok(client);
-                }
-                Err(e) => {
-                    tracing::warn!(endpoints = ?self.etcd_endpoints, error = %e, "etcd unreachable; retrying");
-                    backoff.wait().await;
-                }
-            }
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: QueueConfig::default().prefix,
+            timeout: Duration::from_secs(5),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
 
-/// Queue settings shared by the functions that publish or consume.
-#[derive(Debug, Clone, clap::Args)]
-pub struct QueueArgs {
+/// Queue settings shared by the functions that publish, consume or watch the telemetry topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
     /// Partitions of the telemetry topic (fixed when the topic is created).
-    #[arg(long, env = "QUEUE_PARTITIONS", default_value_t = 16)]
     pub partitions: u32,
-
     /// Backlog (messages) at which producers wait, then fail.
-    #[arg(long, env = "QUEUE_MAX_DEPTH", default_value_t = 100_000)]
     pub max_depth: u64,
-
     /// Lease TTL of group members: how long a crashed member holds its work.
-    #[arg(long, env = "QUEUE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
 }
 
-impl QueueArgs {
+impl Default for QueueSettings {
+    fn default() -> Self {
+        let queue = QueueConfig::default();
+        QueueSettings {
+            partitions: queue.partitions,
+            max_depth: queue.max_depth,
+            lease_ttl: ConsumerConfig::new("").lease_ttl,
+        }
+    }
+}
+
+impl QueueSettings {
     /// The queue configuration for the telemetry topic under `prefix`.
     pub fn queue_config(&self, prefix: &str) -> QueueConfig {
         QueueConfig {
@@ -154,20 +88,80 @@ impl QueueArgs {
     }
 }
 
-impl Default for QueueArgs {
+/// Telemetry store settings shared by the functions that write or read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// How long samples are kept.
+    pub retention: Duration,
+    /// Retention bucket: data expires bucket by bucket; readers must use the writers' bucket.
+    pub bucket: Duration,
+}
+
+impl Default for StoreSettings {
     fn default() -> Self {
-        QueueArgs {
-            partitions: 16,
-            max_depth: 100_000,
-            lease_ttl: Duration::from_secs(10),
+        let store = StoreConfig::default();
+        StoreSettings {
+            retention: store.retention,
+            bucket: store.bucket,
         }
     }
 }
 
-/// Parses durations like `55s`, `1m`, `500ms`, `24h`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 500ms, 55s, 1m, 24h)"))
+impl StoreSettings {
+    /// The store configuration under `prefix`.
+    pub fn store_config(&self, prefix: &str) -> StoreConfig {
+        StoreConfig {
+            prefix: prefix.to_string(),
+            retention: self.retention,
+            bucket: self.bucket,
+            ..StoreConfig::default()
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name `LOG_FORMAT` takes for this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// A member id for a work group: `<host name>-<8 random hex digits>` (the host name is the pod
+/// name in Kubernetes), or `<fallback>-<hex>` when there is no usable host name.
+pub fn member_id(fallback: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    member_id_for(&host, fallback)
+}
+
+/// The member id for `host` with a fresh random suffix: only the characters a member id may hold
+/// are kept, and `fallback` stands in for a host name with none of them.
+pub fn member_id_for(host: &str, fallback: &str) -> String {
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(100)
+        .collect();
+    let host = host.trim_matches('.');
+    let host = if host.is_empty() { fallback } else { host };
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }
 
 #[cfg(test)]
@@ -175,12 +169,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("55s"), Ok(Duration::from_secs(55)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("soon").unwrap_err().contains("examples"));
-        assert!(parse_duration("10").is_err(), "a unit is required");
+    fn member_ids_are_valid_and_unique() {
+        let a = member_id_for("gpu-telemetry-streamer-29000001-abcde", "streamer");
+        let b = member_id_for("gpu-telemetry-streamer-29000001-abcde", "streamer");
+        assert_ne!(a, b);
+        assert!(a.starts_with("gpu-telemetry-streamer-29000001-abcde-"));
+        assert_eq!(a.len(), "gpu-telemetry-streamer-29000001-abcde-".len() + 8);
+        for host in ["", "  ", "..", "héllo/wörld\n", &"h".repeat(300)] {
+            let id = member_id_for(host, "streamer");
+            etcd_queue::keys::validate_member_id(&id).unwrap();
+        }
+        assert!(member_id_for("", "streamer").starts_with("streamer-"));
+        assert!(member_id_for("..", "streamer").starts_with("streamer-"));
+        assert!(member_id_for("host.example\n", "streamer").starts_with("host.example-"));
+        assert!(member_id_for("", "collector").starts_with("collector-"));
+    }
+
+    #[test]
+    fn shared_settings_become_the_libraries_configs() {
+        let queue = QueueSettings {
+            partitions: 32,
+            ..QueueSettings::default()
+        }
+        .queue_config("/p");
+        assert_eq!((queue.prefix.as_str(), queue.partitions), ("/p", 32));
+        assert_eq!(queue.max_depth, QueueConfig::default().max_depth);
+        let store = StoreSettings {
+            bucket: Duration::from_secs(60),
+            ..StoreSettings::default()
+        }
+        .store_config("/p");
+        assert_eq!(store.prefix, "/p");
+        assert_eq!(store.bucket, Duration::from_secs(60));
+        assert_eq!(store.retention, StoreConfig::default().retention);
     }
 }

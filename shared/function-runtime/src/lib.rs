@@ -1,16 +1,31 @@
-//! What every function binary shares: the common configuration (etcd endpoints and credentials,
-//! key prefix, queue settings, port, log format), tracing setup, connecting to etcd with retry,
-//! the `/healthz` `/readyz` `/metrics` server, and the shutdown signal.
+//! What every function shares: the settings several of them take (etcd connection and key
+//! prefix, queue and store settings, log format, default ports, member ids) as plain configs
+//! ([`EtcdConfig`], [`QueueSettings`], [`StoreSettings`]) with the flags that fill them
+//! ([`args`]); connecting to etcd with retry; tracing setup; the HTTP listener ([`bind_http`],
+//! IPv6 and IPv4) and server; the `/healthz` `/readyz` `/metrics` endpoints; problem documents;
+//! and the shutdown signal.
 //!
-//! A function's `main` parses its clap config (which flattens [`CommonArgs`]), calls
-//! [`init_tracing`], and hands plain config values to its library `run`.
+//! A function's `main` parses its `cli.rs` (which flattens the [`args`] structs), calls
+//! [`init_tracing`], binds its port with [`bind_http`], and hands its library's plain `Config`,
+//! the listener and [`shutdown_signal`] to the library's `run`.
 
+pub mod args;
 mod config;
+mod error;
+mod etcd;
+mod http;
 mod ops;
+mod problem;
 mod shutdown;
 
-pub use config::{parse_duration, CommonArgs, LogFormat, QueueArgs};
-pub use ops::{ops_router, serve, Readiness};
+pub use args::{parse_duration, DurationArg};
+pub use config::{
+    member_id, member_id_for, ports, EtcdConfig, LogFormat, QueueSettings, StoreSettings,
+};
+pub use error::RuntimeError;
+pub use http::{bind_http, serve_http, HttpServer};
+pub use ops::{ops_router, Readiness};
+pub use problem::{Problem, PROBLEM_CONTENT_TYPE};
 pub use shutdown::{shutdown_signal, Shutdown};
 
 /// Sets up `tracing` from `RUST_LOG` (default `info`), as JSON lines or human-readable text.

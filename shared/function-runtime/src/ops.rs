@@ -1,7 +1,6 @@
 //! The operations endpoints every function serves on `$PORT`: `/healthz` (the process is up),
 //! `/readyz` (etcd answers within a bounded time) and `/metrics` (Prometheus text format).
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -9,9 +8,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use etcd_client::Client;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 /// Whether the function can do its work: it has an etcd client and etcd answers in time.
 #[derive(Clone, Debug)]
@@ -73,25 +73,40 @@ pub fn ops_router(registry: Arc<Registry>, readiness: Readiness) -> Router {
         })
 }
 
-async fn healthz() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
-    )
+async fn healthz() -> Response {
+    Json(Status {
+        status: "ok",
+        reason: None,
+    })
+    .into_response()
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    match state.readiness.check().await {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"ready"}"#.to_string(),
-        )
-            .into_response(),
+    readiness_response(state.readiness.check().await)
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// `/readyz`'s answer: 200 `{"status":"ready"}`, or 503 `{"status":"not ready","reason":...}`.
+fn readiness_response(readiness: Result<(), String>) -> Response {
+    match readiness {
+        Ok(()) => Json(Status {
+            status: "ready",
+            reason: None,
+        })
+        .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "application/json")],
-            format!(r#"{{"status":"not ready","reason":{:?}}}"#, reason),
+            Json(Status {
+                status: "not ready",
+                reason: Some(reason),
+            }),
         )
             .into_response(),
     }
@@ -112,22 +127,63 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     }
 }
 
-/// Serves `router` on `0.0.0.0:port` until `shutdown` resolves. Returns the bound port through
-/// `on_bound` (useful with port 0).
-pub async fn serve(
-    router: Router,
-    port: u16,
-    on_bound: impl FnOnce(u16),
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-        .await
-        .map_err(|e| anyhow::anyhow!("bind port {port}: {e}"))?;
-    let bound = listener.local_addr()?.port();
-    tracing::info!(port = bound, "serving HTTP");
-    on_bound(bound);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn json_of(response: Response) -> (StatusCode, String, serde_json::Value) {
+        let status = response.status();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, content_type, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_answers_and_readiness_waits_for_a_client() {
+        let router = ops_router(
+            Arc::new(Registry::default()),
+            Readiness::new(Duration::from_secs(1)),
+        );
+        let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+        let health = router.clone().oneshot(get("/healthz")).await.unwrap();
+        assert_eq!(
+            json_of(health).await,
+            (
+                StatusCode::OK,
+                "application/json".into(),
+                serde_json::json!({"status": "ok"})
+            )
+        );
+        let ready = router.oneshot(get("/readyz")).await.unwrap();
+        assert_eq!(
+            json_of(ready).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json".into(),
+                serde_json::json!({"status": "not ready", "reason": "not connected to etcd yet"})
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_reasons_are_json_strings_whatever_they_hold() {
+        let reason = "etcd error: \"quoted\" \u{e9}\n\u{1}";
+        let (status, _, body) = json_of(readiness_response(Err(reason.into()))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["reason"], reason);
+        let (status, _, body) = json_of(readiness_response(Ok(()))).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, serde_json::json!({"status": "ready"}))
+        );
+    }
 }

@@ -1,8 +1,11 @@
-//! Graceful shutdown: SIGTERM (what Kubernetes and the autoscaler send) or Ctrl-C.
+//! Graceful shutdown: the signal future a function's `main` hands to its library (SIGTERM, what
+//! Kubernetes and the autoscaler send, or Ctrl-C), and the flag the library's tasks wait on.
+
+use std::future::Future;
 
 use tokio::sync::watch;
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. Only a `main` listens for signals; libraries take a future.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -24,7 +27,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A shutdown flag that many tasks can wait on; triggered by a signal or by the program itself.
+/// A shutdown flag that many tasks can wait on; triggered by a future ([`Shutdown::when`]) or by
+/// the program itself.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     tx: watch::Sender<bool>,
@@ -43,12 +47,12 @@ impl Shutdown {
         Shutdown { tx, rx }
     }
 
-    /// A shutdown that triggers on SIGTERM/SIGINT.
-    pub fn on_signal() -> Self {
+    /// A shutdown that triggers once `future` resolves (the shutdown future a library was given).
+    pub fn when(future: impl Future<Output = ()> + Send + 'static) -> Self {
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            future.await;
             trigger.trigger();
         });
         shutdown

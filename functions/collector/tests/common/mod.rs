@@ -8,12 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use etcd_queue::{OutgoingMessage, Queue, QueueConfig};
+use function_runtime::{EtcdConfig, QueueSettings, Shutdown};
 use telemetry_model::{
     BatchEvent, DcgmCsvReader, GpuInfo, MetricName, RowOutcome, SampleBatch, TimestampMicros,
 };
 use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
 pub use test_support::wait_until;
-use test_support::{testdata, REAL_CSV};
+use test_support::{http_request, testdata, REAL_CSV};
+use tokio::task::JoinHandle;
 
 pub const ROWS: usize = 2_470;
 
@@ -93,6 +95,76 @@ pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn the collector binary")
+}
+
+/// The configuration of a collector of the etcd at `endpoint`, under `prefix`, with a short lease.
+pub fn config_for(endpoint: &str, prefix: &str, id: &str) -> collector::Config {
+    collector::Config {
+        etcd: EtcdConfig {
+            endpoints: vec![endpoint.to_string()],
+            prefix: prefix.to_string(),
+            ..EtcdConfig::default()
+        },
+        queue: QueueSettings {
+            lease_ttl: Duration::from_secs(2),
+            ..QueueSettings::default()
+        },
+        member_id: id.to_string(),
+        grace_period: Duration::from_secs(10),
+        ..collector::Config::default()
+    }
+}
+
+/// A collector run in this process by the library's `run`, serving on a free port.
+pub struct InProcess {
+    pub port: u16,
+    stop: Shutdown,
+    task: JoinHandle<Result<collector::RunSummary, collector::CollectorError>>,
+}
+
+impl InProcess {
+    pub async fn start(config: collector::Config) -> InProcess {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Shutdown::new();
+        let until = stop.clone();
+        let task = tokio::spawn(collector::run(config, listener, async move {
+            until.wait().await
+        }));
+        InProcess { port, stop, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `GET path`: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = http_request("GET", &self.url(path), &[], Vec::new())
+            .await
+            .unwrap();
+        (response.status, response.text())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_until(
+            "the collector is ready",
+            Duration::from_secs(60),
+            || async { self.get("/readyz").await.0 == 200 },
+        )
+        .await;
+    }
+
+    /// Resolves the shutdown future and returns what `run` returned.
+    pub async fn stop(self) -> collector::RunSummary {
+        self.stop.trigger();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("run returns after shutdown")
+            .unwrap()
+            .expect("run ends without error")
+    }
 }
 
 /// Sends SIGTERM and waits for exit; returns whether it exited with status 0.

@@ -19,8 +19,8 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use collector::{CollectorMetrics, DeliveryProcessor};
 use etcd_queue::{ConsumerConfig, Queue, QueueConfig};
-use function_runtime::{Readiness, Shutdown};
-use gateway::{app, ApiState, Backend, GatewayArgs, HttpSettings};
+use function_runtime::{EtcdConfig, Readiness, Shutdown};
+use gateway::{app, ApiState, Backend, Config, HttpSettings};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -142,17 +142,29 @@ impl Fixture {
         }
     }
 
-    pub fn args(&self) -> GatewayArgs {
-        GatewayArgs::local(&self.etcd.endpoint(), &self.prefix)
+    pub fn config(&self) -> Config {
+        config_for(&self.etcd, &self.prefix)
     }
 
     /// The application, connected, with default HTTP settings.
     pub async fn router(&self) -> Router {
-        router_for(&self.etcd, &self.args(), &HttpSettings::default()).await
+        router_for(&self.etcd, &self.config(), &HttpSettings::default()).await
     }
 
     pub fn gpu(&self, uuid: &str) -> &ExpectedGpu {
         &self.gpus[uuid]
+    }
+}
+
+/// The gateway's configuration for `etcd` under `prefix`, with every other setting at its default.
+pub fn config_for(etcd: &EtcdHarness, prefix: &str) -> Config {
+    Config {
+        etcd: EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: prefix.to_string(),
+            ..EtcdConfig::default()
+        },
+        ..Config::default()
     }
 }
 
@@ -315,12 +327,12 @@ async fn read_back(
     (gpus, passes)
 }
 
-/// The application connected to `etcd` with `args`' prefix and timeouts.
-pub async fn router_for(etcd: &EtcdHarness, args: &GatewayArgs, settings: &HttpSettings) -> Router {
+/// The application connected to `etcd` with `config`'s prefix and timeouts.
+pub async fn router_for(etcd: &EtcdHarness, config: &Config, settings: &HttpSettings) -> Router {
     let client = etcd.client().await;
-    let readiness = Readiness::new(args.etcd_read_timeout);
+    let readiness = Readiness::new(config.etcd_read_timeout);
     readiness.set_client(client.clone());
-    let state = ApiState::connected(Backend::new(client, args));
+    let state = ApiState::connected(Backend::new(client, config));
     app(state, readiness, settings)
 }
 
@@ -410,18 +422,17 @@ pub struct Served {
 }
 
 impl Served {
-    pub async fn start(args: GatewayArgs) -> Served {
+    /// Runs the gateway library's `run` on a free port.
+    pub async fn start(config: Config) -> Served {
         let shutdown = Shutdown::new();
-        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            gateway::run_until(args, stop, move |port| {
-                let _ = port_tx.send(port);
-            })
-            .await
-            .expect("gateway serves");
+            gateway::run(config, listener, async move { stop.wait().await })
+                .await
+                .expect("gateway serves");
         });
-        let port = port_rx.await.expect("gateway bound a port");
         let served = Served {
             base: format!("http://127.0.0.1:{port}"),
             shutdown,

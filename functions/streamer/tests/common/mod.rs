@@ -1,5 +1,6 @@
 //! Shared pieces of the streamer's integration tests: configs on a fresh prefix, reading every
-//! sample back from the queue, the CSV's rows per shard, and bounded waits on conditions.
+//! sample back from the queue, the CSV's rows per shard, the exact-and-released check, the health
+//! and metrics endpoints over HTTP, and bounded waits on conditions.
 
 #![allow(dead_code, unused_imports)]
 
@@ -12,6 +13,7 @@ use etcd_queue::{Queue, QueueConfig, WorkGroupKeys};
 use streamer::{shard_for, ShardState, StreamerConfig, SHARDS, WORK_GROUP};
 use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome};
 pub use test_support::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use test_support::REAL_CSV;
 pub const REAL_ROWS: u64 = 2_470;
@@ -181,4 +183,68 @@ pub async fn group_keys(client: &Client, prefix: &str, kind: &str) -> Vec<String
 
 pub fn all_shards() -> Vec<u32> {
     (0..SHARDS).collect()
+}
+
+/// The queue holds exactly what the shard states account for, and nothing is owned any more;
+/// returns how many samples the queue holds.
+pub async fn assert_exact_and_released(etcd: &test_support::EtcdHarness, prefix: &str) -> u64 {
+    let client = etcd.client().await;
+    assert_eq!(
+        group_keys(&client, prefix, "owner").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        group_keys(&client, prefix, "member").await,
+        Vec::<String>::new()
+    );
+    let states = shard_states(&client, prefix).await;
+    assert!(!states.is_empty());
+    let queue = Queue::open(client, queue_config(prefix)).await.unwrap();
+    let samples = queued_samples(&queue).await;
+    assert_eq!(
+        samples.len() as u64,
+        samples_per_states(&states, &rows_per_shard(REAL_CSV))
+    );
+    assert_timestamps_increase_per_gpu(&samples);
+    samples.len() as u64
+}
+
+/// `GET path` on localhost; `None` while nothing listens.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+/// The value of an un-labelled metric in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+/// Waits until the streamer serves health and metrics and has published samples.
+pub async fn wait_streaming(port: u16) -> String {
+    wait_until(
+        "streamer serves and publishes",
+        Duration::from_secs(30),
+        || async {
+            let (Some((200, _)), Some((200, _)), Some((200, text))) = (
+                http_get(port, "/healthz").await,
+                http_get(port, "/readyz").await,
+                http_get(port, "/metrics").await,
+            ) else {
+                return false;
+            };
+            metric(&text, "streamer_samples_published_total").unwrap_or(0.0) > 0.0
+        },
+    )
+    .await;
+    http_get(port, "/metrics").await.unwrap().1
 }

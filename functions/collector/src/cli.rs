@@ -1,0 +1,96 @@
+//! Command line of the `collector` binary: `collector run`. Every option is also an environment
+//! variable; `main` parses them once and converts them into the library's plain [`Config`].
+
+use collector::Config;
+use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs, StoreArgs};
+use function_runtime::{member_id, ports, DurationArg};
+
+/// The subcommands (`--help` shows the crate's description).
+#[derive(Debug, clap::Parser)]
+#[command(version, about)]
+pub enum Command {
+    /// Join the consumer group and persist telemetry until SIGTERM.
+    Run(Box<RunArgs>),
+}
+
+/// Options of `collector run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs<{ ports::COLLECTOR }>,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Time to finish the delivery in flight and leave the group after SIGTERM.
+    #[arg(long, env = "COLLECTOR_GRACE_PERIOD", default_value_t = DurationArg(Config::default().grace_period))]
+    pub grace_period: DurationArg,
+
+    /// Most queue messages persisted per commit.
+    #[arg(long, env = "COLLECTOR_MAX_MESSAGES", default_value_t = Config::default().max_messages)]
+    pub max_messages: usize,
+
+    /// Member id in the consumer group (default: host name plus a random suffix).
+    #[arg(long, env = "COLLECTOR_ID")]
+    pub id: Option<String>,
+}
+
+impl RunArgs {
+    /// The library's configuration; without `--id` the member id is made from this host's name.
+    pub fn into_config(self) -> Config {
+        Config {
+            etcd: self.etcd.into(),
+            queue: self.queue.into(),
+            store: self.store.into(),
+            member_id: self.id.unwrap_or_else(|| member_id("collector")),
+            max_messages: self.max_messages,
+            grace_period: self.grace_period.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn options_parse_into_the_config() {
+        Command::command().debug_assert();
+        let cli = Command::try_parse_from([
+            "collector",
+            "run",
+            "--id",
+            "c1",
+            "--grace-period",
+            "5s",
+            "--store-bucket",
+            "30s",
+            "--lease-ttl",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli;
+        let config = args.into_config();
+        assert_eq!(config.member_id, "c1");
+        assert_eq!(config.grace_period, Duration::from_secs(5));
+        assert_eq!(config.store.bucket, Duration::from_secs(30));
+        assert_eq!(config.consumer_config().lease_ttl, Duration::from_secs(2));
+        assert_eq!(config.consumer_config().max_messages, 64);
+        let Command::Run(defaults) = Command::try_parse_from(["collector", "run"]).unwrap();
+        let defaults = defaults.into_config();
+        assert_eq!(
+            (defaults.grace_period, defaults.store),
+            (Duration::from_secs(20), Default::default())
+        );
+    }
+}

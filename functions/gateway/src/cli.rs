@@ -1,0 +1,247 @@
+//! Command line of the `gateway` binary: `gateway run`, `gateway openapi`, the hidden development
+//! command `gateway seed`, and `gateway lambda` with the `lambda` feature. Every option of `run`
+//! is also an environment variable; `main` parses them once and converts them into the library's
+//! plain configs.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use function_runtime::args::{EtcdArgs, LogArgs, QueueArgs, ServeArgs, StoreArgs};
+use function_runtime::{ports, DurationArg};
+use gateway::seed::SeedConfig;
+use gateway::{Config, HttpSettings};
+
+/// The subcommands (`--help` shows the crate's description).
+#[derive(Debug, clap::Parser)]
+#[command(version, about)]
+pub enum Command {
+    /// Serve the API on PORT (default 8080) until SIGTERM.
+    Run(Box<RunArgs>),
+    /// Print the OpenAPI document (JSON) on stdout.
+    Openapi,
+    /// Fill the store from a DCGM CSV, for trying the API without streamer and collector.
+    #[command(hide = true)]
+    Seed(Box<SeedArgs>),
+    /// Serve the API under the AWS Lambda runtime.
+    #[cfg(feature = "lambda")]
+    Lambda(Box<RunArgs>),
+}
+
+/// Options of `gateway run` (and `gateway lambda`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub serve: ServeArgs<{ ports::GATEWAY }>,
+
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Longest time one API request may take before it is answered with 503.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value_t = DurationArg(HttpSettings::default().request_timeout))]
+    pub request_timeout: DurationArg,
+
+    /// Longest time one etcd read may take before the request is answered with 503.
+    #[arg(long = "gateway-etcd-timeout", env = "GATEWAY_ETCD_TIMEOUT", default_value_t = DurationArg(Config::default().etcd_read_timeout))]
+    pub etcd_read_timeout: DurationArg,
+
+    /// Origins allowed by CORS, comma separated (`*` for any); none turns CORS off.
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Largest request body accepted, in bytes (suffixes KiB and MiB allowed).
+    #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = ByteSize(HttpSettings::default().body_limit))]
+    pub body_limit: ByteSize,
+}
+
+impl RunArgs {
+    /// The library's configuration.
+    pub fn into_config(self) -> Config {
+        Config {
+            http: HttpSettings {
+                request_timeout: self.request_timeout.into(),
+                body_limit: self.body_limit.0,
+                cors_origins: self
+                    .cors_origins
+                    .iter()
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            },
+            etcd: self.etcd.into(),
+            etcd_read_timeout: self.etcd_read_timeout.into(),
+            queue: self.queue.into(),
+            store: self.store.into(),
+        }
+    }
+}
+
+/// Options of `gateway seed`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// The CSV to load.
+    #[arg(long)]
+    pub csv: PathBuf,
+
+    /// Passes over the file; each pass is one sample per row.
+    #[arg(long, default_value_t = SeedConfig::default().passes)]
+    pub passes: u32,
+
+    /// Time between passes (the last pass is stamped now).
+    #[arg(long, default_value_t = DurationArg(SeedConfig::default().interval))]
+    pub interval: DurationArg,
+}
+
+impl SeedArgs {
+    pub fn into_config(self) -> SeedConfig {
+        SeedConfig {
+            etcd: self.etcd.into(),
+            csv: self.csv,
+            passes: self.passes,
+            interval: self.interval.into(),
+        }
+    }
+}
+
+/// A size in bytes on the command line: `65536`, `64KiB`, `1MiB`; shown in the largest binary unit
+/// that divides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_byte_size(text).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            n if n % (1024 * 1024) == 0 => write!(f, "{}MiB", n / (1024 * 1024)),
+            n if n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`/`K`/`M`, all powers of 1024).
+fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 65536, 64KiB, 1MiB)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use KiB or MiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        let cli = Command::try_parse_from(["gateway", "run"].iter().chain(flags)).unwrap();
+        let Command::Run(args) = cli else {
+            panic!("expected run");
+        };
+        *args
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        assert_eq!(parse_byte_size("65536"), Ok(65536));
+        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
+        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_byte_size(" 2 k "), Ok(2048));
+        assert!(parse_byte_size("").is_err());
+        assert!(parse_byte_size("KiB").is_err());
+        assert!(parse_byte_size("1GiB")
+            .unwrap_err()
+            .contains("unknown size unit"));
+        assert!(parse_byte_size("99999999999999999999M").is_err());
+        assert_eq!(ByteSize(65536).to_string(), "64KiB");
+        assert_eq!(ByteSize(3 * 1024 * 1024).to_string(), "3MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Command::command().debug_assert();
+        let cli = Command::try_parse_from(["gateway", "seed", "--csv", "x.csv", "--passes", "2"])
+            .unwrap();
+        let Command::Seed(seed) = cli else {
+            panic!("expected seed");
+        };
+        let seed = seed.into_config();
+        assert_eq!((seed.passes, seed.interval), (2, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_flags_are_consistent_and_parse() {
+        let config = run_args(&[
+            "--request-timeout",
+            "3s",
+            "--gateway-etcd-timeout",
+            "250ms",
+            "--cors-origins",
+            "https://a.example,https://b.example",
+            "--body-limit",
+            "1MiB",
+        ])
+        .into_config();
+        assert_eq!(config.http.request_timeout, Duration::from_secs(3));
+        assert_eq!(config.etcd_read_timeout, Duration::from_millis(250));
+        assert_eq!(config.http.body_limit, 1024 * 1024);
+        assert_eq!(
+            config.http.cors_origins,
+            vec![
+                "https://a.example".to_string(),
+                "https://b.example".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn cors_origins_drop_blanks_and_the_port_defaults_to_8080() {
+        let args = run_args(&["--cors-origins", ", https://a.example "]);
+        assert_eq!(args.serve.port, 8080);
+        assert_eq!(
+            args.into_config().http.cors_origins,
+            vec!["https://a.example".to_string()]
+        );
+        assert_eq!(run_args(&[]).into_config(), Config::default());
+    }
+}
