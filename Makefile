@@ -25,10 +25,12 @@ test: ## Run all tests (unit, integration against a real etcd the tests start); 
 	@$(INSTALL_DEPS) test
 	$(CARGO) test --workspace
 
-lint: ## Format check, clippy with warnings denied, shellcheck on the scripts
+lint: ## Format check, clippy and rustdoc with warnings denied, the lambda build, shellcheck on the scripts
 	@$(INSTALL_DEPS) lint
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) check -p gateway --features lambda --locked
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --locked
 	shellcheck $$(git ls-files '.ci/*' '*.sh')
 
 fmt: ## Format the code
