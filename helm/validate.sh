@@ -198,6 +198,11 @@ manifests mutate "$WORK/default.yaml" StatefulSet -etcd \
   spec.template.spec.containers.0.securityContext.readOnlyRootFilesystem false >"$WORK/bad-security.yaml"
 expect_rejected "security context: writable root filesystem" "readOnlyRootFilesystem must be true" \
   manifests validate "$WORK/bad-security.yaml"
+# The Knative pod has no fsGroup: a root-owned 0440 Secret is unreadable for user 65532.
+manifests mutate "$WORK/external-etcd-tls.yaml" Service -gateway \
+  spec.template.spec.volumes.0.secret.defaultMode 288 >"$WORK/bad-tls-mode.yaml"
+expect_rejected "etcd TLS Secret at 0440 on the Knative gateway without fsGroup" "user 65532 cannot read" \
+  manifests validate "$WORK/bad-tls-mode.yaml"
 manifests mutate "$WORK/default.yaml" ScaledObject -collector apiVersion '"keda.sh/v1alpha2"' >"$WORK/bad-kind.yaml"
 expect_rejected "unknown apiVersion is an error, not skipped" "Couldn't find schema for kind ScaledObject" \
   manifests validate "$WORK/bad-kind.yaml"

@@ -4,7 +4,8 @@ Commands:
   validate FILE...                 every object: core kinds against the Kubernetes JSON schemas in
                                    strict mode (kubernetes-validate), KEDA and Knative kinds against
                                    their CRD schemas (validate_crds.mjs), then the pipeline's own
-                                   rules (security context, probes, scaling bounds, references).
+                                   rules (security context, mounted secrets readable by the
+                                   container's user, probes, scaling bounds, references).
   expect-default RENDERED KNATIVE_DIR
                                    the default rendering holds what a default install promises, and
                                    knative/ agrees with it on the queue depth key.
@@ -46,6 +47,8 @@ ETCD_TRIGGER_KEYS = {
 }
 ETCD_TRIGGER_REQUIRED = {"endpoints", "watchKey", "value"}
 ETCD_AUTH_PARAMETERS = {"tls", "ca", "cert", "key", "keyPassword", "username", "password"}
+# The mode Kubernetes gives the files of a secret or configMap volume when none is set.
+DEFAULT_VOLUME_MODE = 0o644
 MAX_ELASTIC_REPLICAS = 10
 FUNCTION_COMPONENTS = {"streamer", "collector", "gateway"}
 DEFAULT_DEPTH_KEY = "/gpu-telemetry/queue/telemetry/depth"
@@ -169,6 +172,53 @@ def security_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
             errors.append(f"{where}: securityContext.capabilities.drop must contain ALL")
         if context.get("privileged"):
             errors.append(f"{where}: privileged containers are not allowed")
+    return errors
+
+
+def volume_access_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
+    """Every container can read the secret and configMap files it mounts, as the user it runs as.
+
+    The kubelet writes those files owned by root:root with the volume's mode; when the pod has an
+    fsGroup, it makes them group fsGroup and adds group read. So a non-root user reads them through
+    the fsGroup, through group 0, or through the "other" bits. (Without the fsGroup, a 0440 Secret is
+    unreadable for user 65532: what a Knative pod without a pod securityContext gets.)
+    """
+    errors = []
+    pod = spec.get("securityContext") or {}
+    volumes = {v.get("name"): v for v in spec.get("volumes", []) or []}
+    for container in containers(spec):
+        context = container.get("securityContext") or {}
+        uid = context.get("runAsUser", pod.get("runAsUser"))
+        gid = context.get("runAsGroup", pod.get("runAsGroup"))
+        fs_group = pod.get("fsGroup")
+        groups = {g for g in [gid, fs_group, *(pod.get("supplementalGroups") or [])] if g is not None}
+        for mount in container.get("volumeMounts", []) or []:
+            volume = volumes.get(mount.get("name"), {})
+            kind = next((k for k in ("secret", "configMap") if k in volume), None)
+            if kind is None:
+                continue
+            where = f"{manifest.label()}: container {container.get('name')}, {kind} volume {volume.get('name')!r}"
+            if uid is None:
+                errors.append(f"{where}: no runAsUser, so whether it can read the files cannot be checked")
+                continue
+            source = volume[kind] or {}
+            default = source.get("defaultMode", DEFAULT_VOLUME_MODE)
+            files = [(item.get("path"), item.get("mode", default)) for item in source.get("items") or []]
+            for path, mode in files or [("its files", default)]:
+                file_group = 0 if fs_group is None else fs_group
+                if fs_group is not None:
+                    mode |= 0o440
+                if uid == 0:
+                    can_read = bool(mode & 0o400)
+                elif file_group in groups:
+                    can_read = bool(mode & 0o040)
+                else:
+                    can_read = bool(mode & 0o004)
+                if not can_read:
+                    errors.append(
+                        f"{where}: user {uid} cannot read {path} (mode {mode:04o}, owner root, group "
+                        f"{file_group}): give the pod an fsGroup, or a mode that user can read"
+                    )
     return errors
 
 
@@ -316,6 +366,7 @@ def validate(paths: list[str]) -> int:
         spec = pod_spec(manifest)
         if spec is not None:
             errors.extend(security_errors(manifest, spec))
+            errors.extend(volume_access_errors(manifest, spec))
             errors.extend(function_errors(manifest, spec))
         if manifest.kind == "ScaledObject":
             errors.extend(etcd_trigger_errors(manifest))
