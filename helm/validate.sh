@@ -157,10 +157,17 @@ else
   sed 's/^/     /' "$WORK/validate-knative.out"
 fi
 if manifests expect-default "$WORK/default.yaml" "$ROOT/knative" >"$WORK/expect.out" 2>&1; then
-  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota"
+  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota; knative/ in one namespace"
 else
   fail "default install"
   sed 's/^/     /' "$WORK/expect.out"
+fi
+KN_DOCS=("$ROOT/README.md" "$ROOT/helm/README.md")
+if manifests check-kn "$ROOT/knative" "${KN_DOCS[@]}" >"$WORK/kn.out" 2>&1; then
+  pass "kn service create in README.md and helm/README.md: namespace, ServiceAccount, ConfigMap and NetworkPolicy labels of knative/ ($(tail -1 "$WORK/kn.out"))"
+else
+  fail "kn service create examples"
+  sed 's/^/     /' "$WORK/kn.out"
 fi
 
 echo "== the checks reject broken input"
@@ -203,6 +210,9 @@ manifests mutate "$WORK/external-etcd-tls.yaml" Service -gateway \
   spec.template.spec.volumes.0.secret.defaultMode 288 >"$WORK/bad-tls-mode.yaml"
 expect_rejected "etcd TLS Secret at 0440 on the Knative gateway without fsGroup" "user 65532 cannot read" \
   manifests validate "$WORK/bad-tls-mode.yaml"
+printf 'kn service create gpu-telemetry-gateway --image x --arg run --port http1:8080 -n telemetry \\\n  --service-account gpu-telemetry --label-revision app.kubernetes.io/component=gateway\n' >"$WORK/bad-kn.md"
+expect_rejected "kn example whose revision labels the etcd NetworkPolicy does not admit" "NetworkPolicy admits no pod" \
+  manifests check-kn "$ROOT/knative" "$WORK/bad-kn.md"
 manifests mutate "$WORK/default.yaml" ScaledObject -collector apiVersion '"keda.sh/v1alpha2"' >"$WORK/bad-kind.yaml"
 expect_rejected "unknown apiVersion is an error, not skipped" "Couldn't find schema for kind ScaledObject" \
   manifests validate "$WORK/bad-kind.yaml"
