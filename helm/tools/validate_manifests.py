@@ -4,10 +4,14 @@ Commands:
   validate FILE...                 every object: core kinds against the Kubernetes JSON schemas in
                                    strict mode (kubernetes-validate), KEDA and Knative kinds against
                                    their CRD schemas (validate_crds.mjs), then the pipeline's own
-                                   rules (security context, probes, scaling bounds, references).
+                                   rules (security context, mounted secrets readable by the
+                                   container's user, probes, scaling bounds, references).
   expect-default RENDERED KNATIVE_DIR
                                    the default rendering holds what a default install promises, and
                                    knative/ agrees with it on the queue depth key.
+  check-kn KNATIVE_DIR DOC...      every `kn service create` command in the documents works next to
+                                   knative/: same namespace, its ServiceAccount and ConfigMap, and
+                                   revision labels that the etcd NetworkPolicy admits.
   mutate FILE KIND NAME_SUFFIX PATH JSON_VALUE
                                    print FILE with one field of one object set to JSON_VALUE (for
                                    the negative self-tests).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,6 +51,8 @@ ETCD_TRIGGER_KEYS = {
 }
 ETCD_TRIGGER_REQUIRED = {"endpoints", "watchKey", "value"}
 ETCD_AUTH_PARAMETERS = {"tls", "ca", "cert", "key", "keyPassword", "username", "password"}
+# The mode Kubernetes gives the files of a secret or configMap volume when none is set.
+DEFAULT_VOLUME_MODE = 0o644
 MAX_ELASTIC_REPLICAS = 10
 FUNCTION_COMPONENTS = {"streamer", "collector", "gateway"}
 DEFAULT_DEPTH_KEY = "/gpu-telemetry/queue/telemetry/depth"
@@ -169,6 +176,53 @@ def security_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
             errors.append(f"{where}: securityContext.capabilities.drop must contain ALL")
         if context.get("privileged"):
             errors.append(f"{where}: privileged containers are not allowed")
+    return errors
+
+
+def volume_access_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
+    """Every container can read the secret and configMap files it mounts, as the user it runs as.
+
+    The kubelet writes those files owned by root:root with the volume's mode; when the pod has an
+    fsGroup, it makes them group fsGroup and adds group read. So a non-root user reads them through
+    the fsGroup, through group 0, or through the "other" bits. (Without the fsGroup, a 0440 Secret is
+    unreadable for user 65532: what a Knative pod without a pod securityContext gets.)
+    """
+    errors = []
+    pod = spec.get("securityContext") or {}
+    volumes = {v.get("name"): v for v in spec.get("volumes", []) or []}
+    for container in containers(spec):
+        context = container.get("securityContext") or {}
+        uid = context.get("runAsUser", pod.get("runAsUser"))
+        gid = context.get("runAsGroup", pod.get("runAsGroup"))
+        fs_group = pod.get("fsGroup")
+        groups = {g for g in [gid, fs_group, *(pod.get("supplementalGroups") or [])] if g is not None}
+        for mount in container.get("volumeMounts", []) or []:
+            volume = volumes.get(mount.get("name"), {})
+            kind = next((k for k in ("secret", "configMap") if k in volume), None)
+            if kind is None:
+                continue
+            where = f"{manifest.label()}: container {container.get('name')}, {kind} volume {volume.get('name')!r}"
+            if uid is None:
+                errors.append(f"{where}: no runAsUser, so whether it can read the files cannot be checked")
+                continue
+            source = volume[kind] or {}
+            default = source.get("defaultMode", DEFAULT_VOLUME_MODE)
+            files = [(item.get("path"), item.get("mode", default)) for item in source.get("items") or []]
+            for path, mode in files or [("its files", default)]:
+                file_group = 0 if fs_group is None else fs_group
+                if fs_group is not None:
+                    mode |= 0o440
+                if uid == 0:
+                    can_read = bool(mode & 0o400)
+                elif file_group in groups:
+                    can_read = bool(mode & 0o040)
+                else:
+                    can_read = bool(mode & 0o004)
+                if not can_read:
+                    errors.append(
+                        f"{where}: user {uid} cannot read {path} (mode {mode:04o}, owner root, group "
+                        f"{file_group}): give the pod an fsGroup, or a mode that user can read"
+                    )
     return errors
 
 
@@ -316,6 +370,7 @@ def validate(paths: list[str]) -> int:
         spec = pod_spec(manifest)
         if spec is not None:
             errors.extend(security_errors(manifest, spec))
+            errors.extend(volume_access_errors(manifest, spec))
             errors.extend(function_errors(manifest, spec))
         if manifest.kind == "ScaledObject":
             errors.extend(etcd_trigger_errors(manifest))
@@ -414,6 +469,7 @@ def expect_default(rendered: str, knative_dir: str) -> int:
     ]
     if keys != chart_keys:
         errors.append(f"knative/ watches {keys}, the chart {chart_keys}")
+    errors.extend(namespace_errors(plain))
     plain_kinds = sorted(f"{m.kind}" for m in plain)
     for kind in ("ConfigMap", "CronJob", "Deployment", "ScaledObject", "Service", "StatefulSet"):
         if kind not in plain_kinds:
@@ -422,6 +478,103 @@ def expect_default(rendered: str, knative_dir: str) -> int:
     for error in errors:
         print(f"FAIL {error}")
     print(f"{'unexpected' if errors else 'as expected'}: default rendering and knative/")
+    return 1 if errors else 0
+
+
+def knative_namespace(plain: list[Manifest]) -> str | None:
+    namespaces = {m.doc.get("metadata", {}).get("namespace") for m in plain if m.kind != "Namespace"}
+    return next(iter(namespaces)) if len(namespaces) == 1 else None
+
+
+def namespace_errors(plain: list[Manifest]) -> list[str]:
+    """knative/ keeps one namespace throughout, declares it, and KEDA reaches etcd inside it."""
+    namespace = knative_namespace(plain)
+    if namespace is None:
+        found = sorted({str(m.doc.get("metadata", {}).get("namespace")) for m in plain if m.kind != "Namespace"})
+        return [f"knative/ objects are not all in one namespace: {found}"]
+    errors = []
+    declared = [m.name for m in plain if m.kind == "Namespace"]
+    if declared != [namespace]:
+        errors.append(f"knative/ declares the namespaces {declared}; its objects are in {namespace!r}")
+    services = {m.name for m in plain if (m.api_version, m.kind) == ("v1", "Service")}
+    for manifest in plain:
+        if manifest.kind != "ScaledObject":
+            continue
+        for trigger in manifest.doc["spec"].get("triggers", []):
+            for endpoint in str(trigger.get("metadata", {}).get("endpoints", "")).split(","):
+                host = re.sub(r"^https?://", "", endpoint).split(":")[0].split(".")
+                if len(host) < 3 or host[0] not in services or host[1:3] != [namespace, "svc"]:
+                    errors.append(
+                        f"{manifest.label()}: endpoint {endpoint!r} is not a Service of knative/ in namespace {namespace!r}"
+                    )
+    return errors
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []) or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def kn_commands(path: str) -> list[list[str]]:
+    """The `kn service create` commands of a document, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", Path(path).read_text(encoding="utf-8"))
+    return [shlex.split(line.strip()) for line in text.splitlines() if re.match(r"\s*kn service create ", line)]
+
+
+def check_kn(knative_dir: str, docs: list[str]) -> int:
+    """The documented kn commands create a gateway that works beside the manifests of knative/."""
+    plain = load(sorted(str(p) for p in Path(knative_dir).glob("*.yaml")))
+    namespace = knative_namespace(plain)
+    names = lambda kind: {m.name for m in plain if (m.api_version, m.kind) == ("v1", kind)}  # noqa: E731
+    policies = [m for m in plain if m.kind == "NetworkPolicy"]
+    errors = []
+    count = 0
+    for doc in docs:
+        for command in kn_commands(doc):
+            count += 1
+            where = f"{doc}: kn service create {command[3] if len(command) > 3 else ''}"
+            flags: dict[str, list[str]] = {}
+            for flag, value in zip(command[4:], command[5:]):
+                if flag.startswith("-"):
+                    flags.setdefault({"-n": "--namespace", "-l": "--label"}.get(flag, flag), []).append(value)
+            if flags.get("--namespace") != [namespace]:
+                errors.append(f"{where}: namespace {flags.get('--namespace')}, knative/ uses {namespace!r}")
+            for account in flags.get("--service-account", [None]):
+                if account not in names("ServiceAccount"):
+                    errors.append(f"{where}: ServiceAccount {account!r} is not in knative/")
+            for source in flags.get("--env-from", []):
+                if source.startswith("cm:") and source[3:] not in names("ConfigMap"):
+                    errors.append(f"{where}: ConfigMap {source[3:]!r} is not in knative/")
+            labels = dict(v.split("=", 1) for v in flags.get("--label", []) + flags.get("--label-revision", []))
+            admitted = any(
+                "namespaceSelector" not in peer and selector_matches(peer.get("podSelector", {}), labels)
+                for policy in policies
+                for rule in policy.doc["spec"].get("ingress", [])
+                if any(p.get("port") == 2379 for p in rule.get("ports", []))
+                for peer in rule.get("from", [])
+            )
+            if not admitted:
+                errors.append(f"{where}: the etcd NetworkPolicy admits no pod with the labels {labels}")
+            if flags.get("--arg", [None])[0] != "run":
+                errors.append(f"{where}: the gateway must be started as `gateway run` (--arg run)")
+            if flags.get("--port") != ["http1:8080"]:
+                errors.append(f"{where}: --port must be http1:8080, the port every manifest uses")
+    if count == 0:
+        errors.append(f"no `kn service create` command in {docs}")
+    for error in errors:
+        print(f"FAIL {error}")
+    print(f"{'broken' if errors else 'consistent'}: {count} kn command(s) against knative/")
     return 1 if errors else 0
 
 
@@ -448,6 +601,8 @@ def main(argv: list[str]) -> int:
         return validate(argv[1:])
     if len(argv) == 3 and argv[0] == "expect-default":
         return expect_default(argv[1], argv[2])
+    if len(argv) >= 3 and argv[0] == "check-kn":
+        return check_kn(argv[1], argv[2:])
     if len(argv) == 6 and argv[0] == "mutate":
         return mutate(*argv[1:])
     print(__doc__, file=sys.stderr)

@@ -66,7 +66,7 @@ stop_all() { # stop everything started, newest first, then anything left in thei
 
 start_etcd() { # start_etcd <name> <data-dir> <client-port> <peer-port> <compaction-retention> <quota-bytes>
   local name=$1 data=$2 client="http://127.0.0.1:$3" peer="http://127.0.0.1:$4"
-  start etcd etcd --name "$name" --data-dir "$data" \
+  start etcd "${ETCD_BIN:-etcd}" --name "$name" --data-dir "$data" \
     --listen-client-urls "$client" --advertise-client-urls "$client" \
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
     --initial-cluster "$name=$peer" \

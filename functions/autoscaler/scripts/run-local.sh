@@ -17,22 +17,8 @@ autoscaler_port=${AUTOSCALER_PORT:-8083}
 prefix=${TELEMETRY_PREFIX:-/gpu-telemetry}
 csv=${STREAMER_CSV:-$root/testdata/dcgm_metrics_20250718_134233.csv}
 
-# 1. Tools: install what is missing when we can, otherwise say exactly what to install.
-missing=()
-command -v etcd >/dev/null || missing+=(etcd-server etcd-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "missing tools; install them with:  sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-  fi
-fi
-command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+# 1. Tools: installed when missing (as root), otherwise the exact apt-get line is printed.
+bash .ci/install-deps run
 
 # 2. Build.
 build_functions "$profile"

@@ -57,17 +57,17 @@ die() { echo "soak: $*" >&2; exit 2; }
 
 ((duration >= 3 * sample_every)) || die "SOAK_DURATION must cover at least three samples"
 case $defrag_when in end | mid | none) ;; *) die "SOAK_DEFRAG must be end, mid or none" ;; esac
-for tool in etcd etcdctl curl jq python3; do
-  command -v "$tool" >/dev/null ||
-    die "$tool not found; install it (apt-get install -y etcd-server etcd-client curl jq python3)"
-done
+# Tools: installed when missing (as root), otherwise the exact apt-get line is printed. Binaries
+# from BIN_DIR need no Rust toolchain.
+needs=(soak)
+[ -n "${BIN_DIR:-}" ] || needs+=(build)
+bash "$root/.ci/install-deps" "${needs[@]}"
 [ -f "$csv_in" ] || die "CSV not found: $csv_in"
 
 # 1. Binaries.
 if [ -n "${BIN_DIR:-}" ]; then
   bin=$BIN_DIR
 else
-  command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
   build_functions "$profile"
 fi
 for b in streamer collector gateway autoscaler; do

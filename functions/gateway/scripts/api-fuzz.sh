@@ -6,7 +6,7 @@
 # (status, content type, headers, body schema), and on schema-invalid input that is not rejected.
 # Every process it starts is stopped on exit.
 #
-# Needs: etcd on PATH (apt-get install -y etcd-server), python3 with venv, cargo.
+# Needs etcd (on PATH, or ETCD_BIN), python3 with venv and cargo: .ci/install-deps checks them.
 # Tunables: API_FUZZ_EXAMPLES (examples per operation, default 300), API_FUZZ_SEED.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -16,7 +16,7 @@ EXAMPLES="${API_FUZZ_EXAMPLES:-300}"
 SEED="${API_FUZZ_SEED:-20250718}"
 CSV="$ROOT/testdata/dcgm_metrics_20250718_134233.csv"
 
-command -v etcd >/dev/null || { echo "api-fuzz needs etcd on PATH (apt-get install -y etcd-server)" >&2; exit 2; }
+bash "$ROOT/.ci/install-deps" api-fuzz
 ensure_api_tools
 
 cd "$ROOT"
@@ -66,7 +66,7 @@ EOF
 
 CLIENT_PORT="$(free_port)"
 PEER_PORT="$(free_port)"
-etcd --name api-fuzz --data-dir "$WORK/etcd" \
+"${ETCD_BIN:-etcd}" --name api-fuzz --data-dir "$WORK/etcd" \
   --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
   --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
   --initial-cluster "api-fuzz=http://127.0.0.1:$PEER_PORT" --log-level warn >"$WORK/etcd.log" 2>&1 &

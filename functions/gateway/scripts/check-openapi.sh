@@ -5,6 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 source "$ROOT/functions/gateway/scripts/python-tools.sh"
+bash "$ROOT/.ci/install-deps" openapi
 ensure_api_tools
 
 WORK="$(mktemp -d)"

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by check-openapi.sh and api-fuzz.sh: a Python venv with the pinned API tools from PyPI,
 # created on first use in a git-ignored cache (.cache/api-tools, or $API_TOOLS_CACHE) and reused
-# afterwards without network. Needs python3 with the venv module (Debian: python3-venv).
+# afterwards without network. Needs python3 with the venv module: the sourcing script runs
+# .ci/install-deps first.
 
 API_TOOLS_VENV="${API_TOOLS_CACHE:-$ROOT/.cache/api-tools}"
 API_TOOLS=("schemathesis==4.32.5" "openapi-spec-validator==0.9.0")
@@ -12,7 +13,6 @@ ensure_api_tools() {
   if [[ -f "$stamp" ]]; then
     return
   fi
-  command -v python3 >/dev/null || { echo "python3 is required (apt-get install -y python3-venv)" >&2; exit 2; }
   echo "installing ${API_TOOLS[*]} into $API_TOOLS_VENV"
   python3 -m venv "$API_TOOLS_VENV"
   "$API_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check "${API_TOOLS[@]}"

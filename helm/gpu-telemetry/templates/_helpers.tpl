@@ -173,6 +173,13 @@ KEDA's operator resolves them from its own namespace.
 {{- end }}
 {{- end }}
 
+{{/*
+Volumes of a function pod: (dict "ctx" $ "tmp" true "podSecurityContext" <the pod's securityContext>).
+The etcd TLS Secret's files are owned by root. With an fsGroup the kubelet hands them to that group,
+so 0440 lets the pod's user, and no other, read them. Without one (the Knative Service, unless
+Knative's kubernetes.podspec-securitycontext flag is on) a non-root user can read them only when
+they are world-readable: 0444. The container runs nothing but the function, as that one user.
+*/}}
 {{- define "gpu-telemetry.functionVolumes" -}}
 {{- if .tmp }}
 - name: tmp
@@ -183,7 +190,7 @@ KEDA's operator resolves them from its own namespace.
 - name: etcd-tls
   secret:
     secretName: {{ .ctx.Values.externalEtcd.tls.existingSecret }}
-    defaultMode: 0440
+    defaultMode: {{ if (.podSecurityContext | default dict).fsGroup }}0440{{ else }}0444{{ end }}
 {{- end }}
 {{- end }}
 
