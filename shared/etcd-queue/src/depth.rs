@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, Txn, TxnOp};
 
 use crate::error::QueueError;
 use crate::keys::{trailing_number, GroupKeys, QueueKeys};
 use crate::kv::decimal_value;
+use crate::range::{read_ranges, RangeRead};
 use crate::retry::with_retry;
 
 /// Heads and committed offsets of every partition, read at one revision.
@@ -25,28 +26,21 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn read_ops(keys: &QueueKeys, group: &GroupKeys) -> [TxnOp; 2] {
+    /// The two ranges a progress is read from: heads, then committed offsets (decimal values,
+    /// one key per partition).
+    pub(crate) fn ranges(keys: &QueueKeys, group: &GroupKeys) -> [RangeRead; 2] {
         [
-            TxnOp::get(keys.heads_prefix(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(
-                group.offsets_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+            RangeRead::prefix(keys.heads_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(group.offsets_prefix(), DECIMAL_VALUE_BYTES),
         ]
     }
 
-    pub(crate) fn from_responses(revision: i64, responses: &[TxnOpResponse]) -> Self {
-        let mut progress = Progress {
+    pub(crate) fn from_kvs(revision: i64, heads: &[KeyValue], offsets: &[KeyValue]) -> Self {
+        Progress {
             revision,
-            ..Progress::default()
-        };
-        if let Some(TxnOpResponse::Get(heads)) = responses.first() {
-            progress.heads = numbers_by_partition(heads.kvs());
+            heads: numbers_by_partition(heads),
+            offsets: numbers_by_partition(offsets),
         }
-        if let Some(TxnOpResponse::Get(offsets)) = responses.get(1) {
-            progress.offsets = numbers_by_partition(offsets.kvs());
-        }
-        progress
     }
 
     pub async fn read(
@@ -55,15 +49,14 @@ impl Progress {
         group: &GroupKeys,
         budget: Duration,
     ) -> Result<Self, QueueError> {
-        let ops = Self::read_ops(keys, group);
-        let response = with_retry("read queue progress", budget, || {
-            let mut client = client.clone();
-            let txn = Txn::new().and_then(ops.clone());
-            async move { client.txn(txn).await }
-        })
+        let (revision, kvs) = read_ranges(
+            client,
+            "read queue progress",
+            &Self::ranges(keys, group),
+            budget,
+        )
         .await?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(Self::from_responses(revision, &response.op_responses()))
+        Ok(Self::from_kvs(revision, &kvs[0], &kvs[1]))
     }
 
     /// Pending messages in `partition`.
@@ -78,6 +71,9 @@ impl Progress {
         self.heads.keys().map(|p| self.lag(*p)).sum()
     }
 }
+
+/// Largest value of a key holding a decimal u64 (heads, offsets).
+pub(crate) const DECIMAL_VALUE_BYTES: usize = 20;
 
 pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u32, u64> {
     kvs.iter()

@@ -12,13 +12,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::config::QueueConfig;
-use crate::depth::{numbers_by_partition, DepthReporter, Progress};
+use crate::depth::{numbers_by_partition, DepthReporter, Progress, DECIMAL_VALUE_BYTES};
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv, read_decimal};
+use crate::range::{RangePages, RangeRead};
 use crate::retry::{is_transient, Backoff};
 use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
@@ -244,7 +245,8 @@ impl Producer {
                     offset: *seq,
                 });
                 ops.push(TxnOp::put(
-                    self.keys.message(message.partition, *seq),
+                    self.keys
+                        .message_entry(message.partition, *seq, message.payload.len()),
                     message.payload.clone(),
                     None,
                 ));
@@ -440,18 +442,15 @@ impl Producer {
 
     async fn heads(&mut self) -> Result<&BTreeMap<u32, u64>, QueueError> {
         if self.heads.is_none() {
-            let prefix = self.keys.heads_prefix();
-            let response = crate::retry::with_retry("read heads", self.config.retry_budget, || {
-                let mut client = self.client.clone();
-                let prefix = prefix.clone();
-                async move {
-                    client
-                        .get(prefix, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
+            let heads = RangePages::new(
+                self.client.clone(),
+                "read heads",
+                RangeRead::prefix(self.keys.heads_prefix(), DECIMAL_VALUE_BYTES),
+                self.config.retry_budget,
+            )
+            .collect()
             .await?;
-            self.heads = Some(numbers_by_partition(response.kvs()));
+            self.heads = Some(numbers_by_partition(&heads));
         }
         Ok(self.heads.get_or_insert_with(BTreeMap::new))
     }

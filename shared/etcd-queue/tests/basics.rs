@@ -423,3 +423,90 @@ async fn a_watch_from_a_compacted_revision_reports_broken_so_consumers_re_list()
     assert_eq!(seen, 5);
     assert_eq!(queue.depth().await.unwrap(), 0);
 }
+
+/// Ten messages near the largest payload (900 KiB each) are pending at once: together 9 MB, over
+/// the client's 4 MiB message limit had they been read in one range. Each delivery is cut from
+/// the sizes the message keys carry before a payload is read: one message per delivery (two
+/// would exceed the 1 MiB `max_bytes`), and every message arrives whole, in order.
+#[tokio::test]
+async fn large_messages_are_delivered_within_the_byte_bound() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("large-fetch");
+    let queue = Queue::open(etcd.client().await, config(&prefix))
+        .await
+        .unwrap();
+    let payload = |i: u8| vec![i; 900 * 1024];
+    let mut producer = queue.producer();
+    for i in 0..10u8 {
+        producer
+            .publish_batch(vec![OutgoingMessage {
+                partition: 0,
+                payload: payload(i),
+            }])
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+    // A peek reads the same range in pages.
+    let peeked = queue.peek(0, 0, 100).await.unwrap();
+    assert_eq!(
+        peeked.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    assert!(peeked
+        .iter()
+        .zip(0u8..)
+        .all(|(m, i)| m.payload == payload(i)));
+
+    let mut consumer = queue.consumer(consumer_config("large")).await.unwrap();
+    for i in 0..10u8 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a pending message");
+        assert_eq!(delivery.messages.len(), 1, "delivery {i}");
+        assert_eq!(delivery.messages[0].offset, u64::from(i) + 1);
+        assert_eq!(delivery.messages[0].payload, payload(i));
+        consumer
+            .commit(&delivery, Fence::default(), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    consumer.leave().await.unwrap();
+}
+
+/// 4,096 partitions (the most a topic may have) with a member and an owner key each are read in
+/// pages at one revision: the status lists every partition.
+#[tokio::test]
+async fn the_status_of_the_largest_topic_is_read_in_pages() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("status-pages");
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 4096,
+            ..config(&prefix)
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    let messages: Vec<OutgoingMessage> = (0..100u32)
+        .map(|p| OutgoingMessage {
+            partition: p * 40,
+            payload: vec![1; 10],
+        })
+        .collect();
+    producer.publish_batch(messages).await.unwrap();
+    producer.close().await.unwrap();
+    let status = queue.status().await.unwrap();
+    assert_eq!(status.partitions.len(), 4096);
+    assert_eq!(status.depth, 100);
+    assert_eq!(
+        status.partitions.iter().filter(|p| p.head == 1).count(),
+        100
+    );
+    assert_eq!(queue.progress().await.unwrap().offsets.len(), 4096);
+}
