@@ -58,6 +58,14 @@ pub struct RunArgs {
     /// Largest request body accepted, in bytes (suffixes KiB and MiB allowed).
     #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = ByteSize(HttpSettings::default().body_limit))]
     pub body_limit: ByteSize,
+
+    /// Most API requests answered at once; more get 503 with Retry-After.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENCY", default_value_t = HttpSettings::default().max_concurrency, value_parser = at_least::<1>)]
+    pub max_concurrency: usize,
+
+    /// Most buckets per metric one aggregated query may compute (more: 400).
+    #[arg(long, env = "GATEWAY_MAX_POINTS_PER_SERIES", default_value_t = Config::default().max_points_per_series, value_parser = at_least::<3>)]
+    pub max_points_per_series: usize,
 }
 
 impl RunArgs {
@@ -73,11 +81,13 @@ impl RunArgs {
                     .map(|o| o.trim().to_string())
                     .filter(|o| !o.is_empty())
                     .collect(),
+                max_concurrency: self.max_concurrency,
             },
             etcd: self.etcd.into(),
             etcd_read_timeout: self.etcd_read_timeout.into(),
             queue: self.queue.into(),
             store: self.store.into(),
+            max_points_per_series: self.max_points_per_series,
         }
     }
 }
@@ -112,6 +122,16 @@ impl SeedArgs {
             passes: self.passes,
             interval: self.interval.into(),
         }
+    }
+}
+
+/// A count of at least `MIN`.
+fn at_least<const MIN: usize>(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of at least {MIN}, got {text:?}"
+        )),
     }
 }
 
@@ -220,8 +240,14 @@ mod tests {
             "https://a.example,https://b.example",
             "--body-limit",
             "1MiB",
+            "--max-concurrency",
+            "3",
+            "--max-points-per-series",
+            "500",
         ])
         .into_config();
+        assert_eq!(config.http.max_concurrency, 3);
+        assert_eq!(config.max_points_per_series, 500);
         assert_eq!(config.http.request_timeout, Duration::from_secs(3));
         assert_eq!(config.etcd_read_timeout, Duration::from_millis(250));
         assert_eq!(config.http.body_limit, 1024 * 1024);

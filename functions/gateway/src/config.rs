@@ -20,6 +20,9 @@ pub struct Config {
     pub queue: QueueSettings,
     /// The store's settings; the bucket must be the collectors' (reads look one bucket back).
     pub store: StoreSettings,
+    /// Most buckets one aggregated query may compute per metric (Prometheus allows 11,000
+    /// points per series); a query over more is answered 400 with the step that would fit.
+    pub max_points_per_series: usize,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             etcd_read_timeout: Duration::from_secs(2),
             queue: QueueSettings::default(),
             store: StoreSettings::default(),
+            max_points_per_series: 11_000,
         }
     }
 }
@@ -44,6 +48,9 @@ pub struct HttpSettings {
     /// Origins allowed by CORS (`*` for any). Empty: no CORS headers at all (browsers then refuse
     /// cross-origin reads).
     pub cors_origins: Vec<String>,
+    /// Most API requests answered at once (a streamed body counts until it is sent); more are
+    /// answered 503 with `Retry-After` at once instead of queueing.
+    pub max_concurrency: usize,
 }
 
 impl Default for HttpSettings {
@@ -52,6 +59,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(10),
             body_limit: 64 * 1024,
             cors_origins: Vec::new(),
+            max_concurrency: 16,
         }
     }
 }

@@ -140,7 +140,12 @@ fn every_parameter_and_error_response_is_documented() {
     let query = |name: &str| (name.to_string(), "query".to_string(), false);
     assert_eq!(
         params_of("/api/v1/gpus"),
-        vec![query("hostname"), query("model_name")]
+        vec![
+            query("hostname"),
+            query("model_name"),
+            query("limit"),
+            query("cursor")
+        ]
     );
     assert_eq!(params_of("/api/v1/gpus/{id}"), vec![id.clone()]);
     assert_eq!(params_of("/api/v1/gpus/{id}/latest"), vec![id.clone()]);
@@ -186,10 +191,8 @@ fn every_parameter_and_error_response_is_documented() {
             .map(String::as_str)
             .collect();
         statuses.sort();
-        let mut expected = vec!["200", "502", "503"];
-        if !params_of(path).is_empty() {
-            expected.push("400");
-        }
+        // Every API route rejects an unknown query parameter with 400.
+        let mut expected = vec!["200", "400", "502", "503"];
         if path.contains("{id}") {
             expected.push("404");
         }
