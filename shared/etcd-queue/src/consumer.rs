@@ -568,6 +568,64 @@ impl Consumer {
         }
     }
 
+    /// Writes `fence` for `delivery` without committing it, in one transaction that holds only if
+    /// this member still owns the partition and its offset is still where the delivery started
+    /// (the conditions of [`Consumer::commit`]): a member that lost the partition writes nothing.
+    /// For a delivery whose writes need several transactions, all but the last written this way;
+    /// the caller makes these writes idempotent, since a delivery that is never committed is
+    /// delivered again. Returns the revision of the write. Like a commit's, a failure other than
+    /// [`QueueError::FenceFailed`] ends the delivery (the partition is re-read before the next).
+    pub async fn write_fenced(
+        &mut self,
+        delivery: &Delivery,
+        fence: Fence,
+    ) -> Result<i64, QueueError> {
+        let partition = delivery.partition;
+        let outcome = match self.group.owner_fence(partition) {
+            None => Err(QueueError::LostOwnership { partition }),
+            Some(owner_fence) => {
+                let offset_key = self.group_keys.offset(partition);
+                let owner_key = self.group_keys.work_group().owner(partition);
+                let mut compares = vec![
+                    owner_fence,
+                    Compare::value(
+                        offset_key.clone(),
+                        CompareOp::Equal,
+                        delivery.after.to_string(),
+                    ),
+                ];
+                compares.extend(fence.compares);
+                let txn = Txn::new()
+                    .when(compares)
+                    .and_then(fence.ops)
+                    .or_else([TxnOp::get(owner_key, None), TxnOp::get(offset_key, None)]);
+                match self.client.clone().txn(txn).await {
+                    Ok(response) if response.succeeded() => {
+                        Ok(response.header().map(|h| h.revision()).unwrap_or_default())
+                    }
+                    Ok(response) => Err(self.why_commit_failed(
+                        partition,
+                        delivery.after,
+                        &response.op_responses(),
+                    )),
+                    Err(source) => Err(QueueError::Etcd {
+                        operation: "write for a delivery",
+                        source,
+                    }),
+                }
+            }
+        };
+        if let Err(e) = &outcome {
+            if !matches!(e, QueueError::FenceFailed) {
+                self.in_flight = None;
+                self.group.forget(partition);
+                self.need_snapshot = true;
+                self.last_snapshot = None;
+            }
+        }
+        outcome
+    }
+
     fn why_commit_failed(
         &self,
         partition: u32,

@@ -12,6 +12,7 @@ use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros
 use crate::chunk::Chunk;
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
+use crate::open_chunk::{self, Applied};
 use crate::retention::RetentionLeases;
 use crate::TelemetryStore;
 
@@ -116,25 +117,34 @@ impl TelemetryStore {
             chunk.max_timestamp().unwrap_or_default(),
             tag,
         );
-        self.chunk_put(key, chunk).await
+        self.chunk_put(key, chunk, chunk.encode()).await
     }
 
-    /// The put that rewrites `uuid`'s open chunk.
+    /// The put that rewrites `uuid`'s open chunk, marked with the last message it holds all the
+    /// GPU's samples of.
     pub(crate) async fn put_open(
         &self,
         uuid: &GpuUuid,
         chunk: &Chunk,
+        applied: Option<Applied>,
     ) -> Result<LeasedPut, StoreError> {
-        self.chunk_put(self.keys().open_chunk(uuid), chunk).await
+        let value = open_chunk::encode(chunk, applied);
+        self.chunk_put(self.keys().open_chunk(uuid), chunk, value)
+            .await
     }
 
-    /// `chunk` encoded under `key`, on the lease of the bucket of its first sample: the bucket of
-    /// all of them, as a chunk never spans two.
-    async fn chunk_put(&self, key: String, chunk: &Chunk) -> Result<LeasedPut, StoreError> {
+    /// `value` (`chunk`, encoded) under `key`, on the lease of the bucket of the chunk's first
+    /// sample: the bucket of all of them, as a chunk never spans two.
+    async fn chunk_put(
+        &self,
+        key: String,
+        chunk: &Chunk,
+        value: Vec<u8>,
+    ) -> Result<LeasedPut, StoreError> {
         let lease = self
             .leases()
             .lease_for(chunk.min_timestamp().unwrap_or_default())
             .await?;
-        Ok(LeasedPut::new(key, chunk.encode(), lease))
+        Ok(LeasedPut::new(key, value, lease))
     }
 }

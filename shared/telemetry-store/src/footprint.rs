@@ -5,6 +5,7 @@ use etcd_queue::RangeRead;
 
 use crate::chunk::read_chunk_header;
 use crate::error::StoreError;
+use crate::open_chunk;
 use crate::reader::CHUNK_VALUE_BYTES;
 use crate::registry::REGISTRY_VALUE_BYTES;
 use crate::TelemetryStore;
@@ -32,8 +33,9 @@ impl TelemetryStore {
                 footprint.chunks += 1;
                 footprint.chunk_value_bytes += kv.value().len() as u64;
                 footprint.chunk_key_bytes += kv.key().len() as u64;
-                let header =
-                    read_chunk_header(kv.value()).map_err(|source| StoreError::CorruptChunk {
+                let header = open_chunk::split(kv.value())
+                    .and_then(|(_, chunk)| read_chunk_header(chunk))
+                    .map_err(|source| StoreError::CorruptChunk {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         source,
                     })?;

@@ -22,6 +22,7 @@ mod error;
 mod footprint;
 mod idempotent;
 pub mod keys;
+mod open_chunk;
 mod reader;
 mod record;
 mod registry;
@@ -40,11 +41,12 @@ pub use error::StoreError;
 pub use footprint::StoreFootprint;
 pub use idempotent::WriteStats;
 pub use keys::{ChunkTag, GpuKey, StoreKeys};
+pub use open_chunk::Applied;
 pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample, WindowStats};
 pub use record::{GpuRecord, LatestValue};
 pub use registry::GpuPages;
 pub use retention::RetentionLeases;
-pub use writer::{PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
+pub use writer::{FenceBudget, PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
 
 /// How the store keeps data.
 #[derive(Debug, Clone, PartialEq, Eq)]

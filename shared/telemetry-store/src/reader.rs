@@ -11,9 +11,10 @@ use etcd_queue::kv::first_kv;
 use etcd_queue::{RangeRead, MAX_RESPONSE_BYTES, MAX_TXN_OPS};
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
-use crate::chunk::{Chunk, ChunkError};
+use crate::chunk::ChunkError;
 use crate::error::StoreError;
 use crate::keys::parse_sealed;
+use crate::open_chunk;
 
 use crate::TelemetryStore;
 
@@ -434,7 +435,8 @@ impl<'a> Selection<'a> {
         bytes: &[u8],
         visit: &mut impl FnMut(StoredSample),
     ) -> Result<usize, StoreError> {
-        let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
+        let chunk = open_chunk::decode(bytes).map(|(chunk, _)| chunk);
+        let chunk = chunk.map_err(|source| StoreError::CorruptChunk {
             key: key.clone(),
             source,
         })?;
