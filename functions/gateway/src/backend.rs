@@ -86,7 +86,13 @@ impl Backend {
     /// later ends the body early (the client sees a broken response, never a short list).
     pub async fn list_gpus(&self, request: &GpuListRequest) -> Result<GpuListing, ApiError> {
         let mut listing = GpuListing {
-            pages: self.store.gpu_pages(request.after.as_ref()),
+            // Once the answer has started it cannot become an error answer any more, so pages
+            // after the first retry etcd's transient failures (each bounded by the client's
+            // request timeout) until the request's own deadline.
+            pages: self
+                .store
+                .gpu_pages(request.after.as_ref())
+                .retrying_for(self.request_timeout),
             request: request.clone(),
             etcd_timeout: self.etcd_timeout,
             request_timeout: self.request_timeout,
@@ -95,6 +101,7 @@ impl Backend {
             written: 0,
             last: None,
             state: ListingState::Opening,
+            started: false,
         };
         listing.fill().await?;
         Ok(listing)
@@ -330,6 +337,8 @@ pub struct GpuListing {
     written: usize,
     last: Option<GpuUuid>,
     state: ListingState,
+    /// Whether a page has been read: the first is bounded by the etcd timeout.
+    started: bool,
 }
 
 impl GpuListing {
@@ -339,15 +348,19 @@ impl GpuListing {
             if Instant::now() >= self.deadline {
                 return Err(ApiError::RequestTimeout(self.request_timeout));
             }
-            let next = tokio::time::timeout(self.etcd_timeout, self.pages.next_page()).await;
-            let page = match next {
-                Ok(page) => page?,
-                Err(_) => {
-                    return Err(ApiError::EtcdTimeout {
+            let page = if self.started {
+                tokio::time::timeout_at(self.deadline.into(), self.pages.next_page())
+                    .await
+                    .map_err(|_| ApiError::RequestTimeout(self.request_timeout))??
+            } else {
+                // Dropping the read here drops the whole listing, so it is safe to cut short.
+                self.started = true;
+                tokio::time::timeout(self.etcd_timeout, self.pages.next_page())
+                    .await
+                    .map_err(|_| ApiError::EtcdTimeout {
                         operation: "list GPUs",
                         waited: self.etcd_timeout,
-                    })
-                }
+                    })??
             };
             let Some(records) = page else {
                 return Ok(());
@@ -423,10 +436,17 @@ impl GpuListing {
         self.state = ListingState::Done;
     }
 
-    /// The body as a stream of pieces.
+    /// The body as a stream of pieces. A failure ends the body early, and is logged: the client
+    /// only sees a broken response.
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, ApiError>> + Send {
         futures::stream::try_unfold(self, |mut listing| async move {
-            Ok(listing.next_piece().await?.map(|piece| (piece, listing)))
+            match listing.next_piece().await {
+                Ok(piece) => Ok(piece.map(|piece| (piece, listing))),
+                Err(e) => {
+                    tracing::warn!(error = %e, written = listing.written, "the GPU list stopped part-way");
+                    Err(e)
+                }
+            }
         })
     }
 }

@@ -237,6 +237,12 @@ impl RangePages {
         }
     }
 
+    /// Retries a page's transient failures for `budget` instead.
+    pub fn retrying_for(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
     /// Reads every page at `revision` (0: the first page's).
     pub fn at_revision(mut self, revision: i64) -> Self {
         self.revision = revision;

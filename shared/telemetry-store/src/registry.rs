@@ -4,6 +4,7 @@
 //! own on the idempotent path.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use etcd_queue::kv::first_kv;
@@ -149,7 +150,9 @@ pub(crate) const REGISTRY_VALUE_BYTES: usize = 4096;
 /// A GPU's two keys are usually adjacent, but a UUID that extends another (`GPU-1-2` after
 /// `GPU-1`) sorts between that one's identity and its seen key. An identity whose seen key does
 /// not follow it is completed by reading the seen key alone, at the pages' revision; the seen key
-/// is then skipped when the range reaches it.
+/// is then skipped when the range reaches it. A call to [`GpuPages::next_page`] must not be
+/// dropped before it completes (it may be part-way through a page): bound it with retries, not
+/// with a timeout around it, except to give up on the whole read.
 pub struct GpuPages {
     store: TelemetryStore,
     pages: RangePages,
@@ -160,6 +163,13 @@ pub struct GpuPages {
 }
 
 impl GpuPages {
+    /// Retries a page's transient etcd failures for `budget` (by default a failure surfaces at
+    /// once): for a reader that cannot start over, such as an answer already being sent.
+    pub fn retrying_for(mut self, budget: Duration) -> Self {
+        self.pages = self.pages.retrying_for(budget);
+        self
+    }
+
     /// The records of the next page, in UUID order; `None` at the end of the registry. A page may
     /// be empty (its keys complete a record of the next one).
     pub async fn next_page(&mut self) -> Result<Option<Vec<GpuRecord>>, StoreError> {
