@@ -11,6 +11,7 @@ pub mod config;
 pub mod dcgm_fields;
 pub mod dto;
 pub mod error;
+pub mod fleet_latest;
 pub mod http_metrics;
 pub mod openapi;
 pub mod params;

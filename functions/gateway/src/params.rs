@@ -18,7 +18,7 @@ pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest page size of a telemetry query.
 pub const MAX_LIMIT: usize = 10_000;
 /// Longest accepted value of a free-text filter.
-const MAX_FILTER_LEN: usize = 256;
+pub(crate) const MAX_FILTER_LEN: usize = 256;
 /// Longest accepted cursor.
 const MAX_CURSOR_LEN: usize = 200;
 /// Longest accepted aggregation step: one year.
@@ -52,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GpuId {
 }
 
 /// The raw `name=value` pairs of a query string, percent-decoded.
-fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| {
         form_urlencoded::parse(q.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -62,7 +62,7 @@ fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
 }
 
 /// Stores `value` into a single-valued parameter, rejecting a second occurrence.
-fn set_once(
+pub(crate) fn set_once(
     slot: &mut Option<String>,
     parameter: &'static str,
     value: String,
@@ -312,7 +312,7 @@ impl TelemetryParams {
 
 /// Metric names from repeated and comma-separated values, validated, sorted and deduplicated;
 /// `None` when no name is given (all metrics).
-fn parse_metric_names(values: &[String]) -> Result<Option<Vec<MetricName>>, ApiError> {
+pub(crate) fn parse_metric_names(values: &[String]) -> Result<Option<Vec<MetricName>>, ApiError> {
     let mut names = Vec::new();
     for value in values {
         for part in value.split(',') {

@@ -327,6 +327,15 @@ async fn read_back(
     (gpus, passes)
 }
 
+/// The application with no etcd behind it: every API call answers 503.
+pub fn unconnected_router() -> Router {
+    app(
+        ApiState::connecting(),
+        Readiness::new(Duration::from_secs(1)),
+        &HttpSettings::default(),
+    )
+}
+
 /// The application connected to `etcd` with `config`'s prefix and timeouts.
 pub async fn router_for(etcd: &EtcdHarness, config: &Config, settings: &HttpSettings) -> Router {
     let client = etcd.client().await;
