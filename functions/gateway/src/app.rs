@@ -1,6 +1,7 @@
-//! The whole HTTP application: API routes, `/openapi.json`, the Swagger UI (assets compiled into
-//! the binary), `/healthz` `/readyz` `/metrics`, and the layers every request goes through
-//! (tracing, metrics, CORS, gzip, problem documents for bare errors, request timeout, body limit).
+//! The whole HTTP application: API routes, `/openapi.json`, the Swagger UI and the dashboard
+//! (assets compiled into the binary), `/healthz` `/readyz` `/metrics`, and the layers every
+//! request goes through (tracing, metrics, CORS, gzip, problem documents for bare errors, request
+//! timeout, body limit).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ pub fn app(state: ApiState, readiness: Readiness, settings: &HttpSettings) -> Ro
     );
     api.with_state(state)
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", spec))
+        .merge(crate::ui::router())
         .merge(ops_router(Arc::new(registry), readiness))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,6 +1,7 @@
 //! The gateway: a stateless REST API over the telemetry store (GPUs, telemetry windows, latest
 //! values, metric descriptions) and the queue status, with a generated OpenAPI 3.1 document, an
-//! offline Swagger UI, health, readiness and Prometheus metrics. It reads etcd and writes nothing.
+//! offline Swagger UI, a dashboard, health, readiness and Prometheus metrics. It reads etcd and
+//! writes nothing.
 //!
 //! [`run`] starts answering at once on the listener it is given (API calls get 503 until etcd is
 //! connected), which keeps cold starts short when the service scales from zero.
@@ -18,6 +19,7 @@ pub mod params;
 pub mod queue_view;
 pub mod routes;
 pub mod seed;
+pub mod ui;
 
 use std::future::Future;
 

@@ -32,12 +32,13 @@ const API_ROUTES: [&str; 7] = [
     "/api/v1/queue",
     "/api/v1/latest",
 ];
-const OPS_ROUTES: [&str; 5] = [
+const OPS_ROUTES: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/openapi.json",
     "/swagger-ui/",
+    "/ui/",
 ];
 
 /// Follows a local `$ref` (`#/components/...`), panicking if it does not resolve.
