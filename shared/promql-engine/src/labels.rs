@@ -177,6 +177,9 @@ impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(name) = self.metric_name() {
             write!(f, "{name}")?;
+            if self.len() == 1 {
+                return Ok(());
+            }
         }
         write!(f, "{{")?;
         let mut first = true;
@@ -270,6 +273,8 @@ mod tests {
         assert_eq!(labels.to_json(), r#"{"__name__":"up","job":"a\"b"}"#);
         assert_eq!(labels.to_string(), r#"up{job="a\"b"}"#);
         assert_eq!(Labels::default().to_json(), "{}");
+        assert_eq!(Labels::default().to_string(), "{}");
+        assert_eq!(Labels::new([(METRIC_NAME, "up")]).to_string(), "up");
     }
 
     #[test]
