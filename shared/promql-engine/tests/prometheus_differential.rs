@@ -452,15 +452,6 @@ fn from_prometheus(body: &serde_json::Value) -> Outcome {
         return Outcome::Error(body["errorType"].as_str().unwrap_or("?").to_string());
     }
     let result = &body["data"]["result"];
-    let labels = |metric: &serde_json::Value| {
-        Labels::new(
-            metric
-                .as_object()
-                .expect("metric is an object")
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_str().unwrap().to_string())),
-        )
-    };
     let point = |p: &serde_json::Value| {
         let t = (p[0].as_f64().unwrap() * 1000.0).round() as i64;
         (t, parse_value(p[1].as_str().unwrap()))
@@ -477,7 +468,7 @@ fn from_prometheus(body: &serde_json::Value) -> Outcome {
                 .iter()
                 .map(|s| {
                     let (t, v) = point(&s["value"]);
-                    (labels(&s["metric"]), t, v)
+                    (json_labels(&s["metric"]), t, v)
                 })
                 .collect(),
         ),
@@ -488,12 +479,23 @@ fn from_prometheus(body: &serde_json::Value) -> Outcome {
                 .iter()
                 .map(|s| {
                     let points = s["values"].as_array().unwrap().iter().map(point).collect();
-                    (labels(&s["metric"]), points)
+                    (json_labels(&s["metric"]), points)
                 })
                 .collect(),
         ),
         other => Outcome::Other(other.to_string()),
     }
+}
+
+/// A label set written as a JSON object, as Prometheus writes `metric` and series.
+fn json_labels(metric: &serde_json::Value) -> Labels {
+    Labels::new(
+        metric
+            .as_object()
+            .expect("labels are an object")
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_str().expect("a string").to_string())),
+    )
 }
 
 fn parse_value(text: &str) -> f64 {
@@ -591,6 +593,35 @@ fn summary(outcome: &Outcome) -> String {
     }
 }
 
+/// Compares one engine result with Prometheus' response, noting any difference in `failures`.
+fn compare(
+    what: &str,
+    got: Result<Value, promql_engine::QueryError>,
+    response: &test_support::HttpResponse,
+    check: Check,
+    failures: &mut Vec<String>,
+) {
+    if check == Check::ExactJson {
+        if let Ok(value) = &got {
+            let (ours, theirs) = (value.to_json(), response.text());
+            if ours != data_text(&theirs) {
+                failures.push(format!(
+                    "{what}: JSON differs:\n  engine:     {ours:.300}\n  prometheus: {:.300}",
+                    data_text(&theirs)
+                ));
+            }
+        }
+    }
+    let ordered = check == Check::Ordered;
+    if let Some(why) = difference(
+        &from_engine(got),
+        &from_prometheus(&response.json()),
+        ordered,
+    ) {
+        failures.push(format!("{what}: {why}"));
+    }
+}
+
 /// The `data` object of a Prometheus response body, as text.
 fn data_text(body: &str) -> &str {
     body.strip_prefix(r#"{"status":"success","data":"#)
@@ -630,7 +661,6 @@ async fn engine_answers_as_prometheus_does() {
     let mut compared = 0;
     let mut failures = Vec::new();
     for case in &cases {
-        let ordered = case.check == Check::Ordered;
         for &t in &instants {
             let time = format!("{}", t as f64 / 1000.0);
             // Prometheus answers while the engine evaluates.
@@ -639,26 +669,8 @@ async fn engine_answers_as_prometheus_does() {
                 prometheus.get("/api/v1/query", &params),
                 engine.instant_query(&source, &case.query, t, &options)
             );
-            if case.check == Check::ExactJson {
-                if let Ok(value) = &got {
-                    let want = response.text();
-                    if value.to_json() != data_text(&want) {
-                        failures.push(format!(
-                            "{} @ {t}: JSON differs:\n  engine:     {:.300}\n  prometheus: {:.300}",
-                            case.query,
-                            value.to_json(),
-                            data_text(&want)
-                        ));
-                    }
-                }
-            }
-            if let Some(why) = difference(
-                &from_engine(got),
-                &from_prometheus(&response.json()),
-                ordered,
-            ) {
-                failures.push(format!("{} @ {t}: {why}", case.query));
-            }
+            let at = format!("{} @ {t}", case.query);
+            compare(&at, got, &response, case.check, &mut failures);
             compared += 1;
         }
         for &(from, to, step) in &ranges {
@@ -672,24 +684,8 @@ async fn engine_answers_as_prometheus_does() {
                 prometheus.get("/api/v1/query_range", &params),
                 engine.range_query(&source, &case.query, from, to, step, &options)
             );
-            if case.check == Check::ExactJson {
-                if let Ok(value) = &got {
-                    let want = response.text();
-                    if value.to_json() != data_text(&want) {
-                        failures.push(format!(
-                            "{} over {from}..{to}/{step}: JSON differs:\n  engine:     {:.300}\n  prometheus: {:.300}",
-                            case.query,
-                            value.to_json(),
-                            data_text(&want)
-                        ));
-                    }
-                }
-            }
-            if let Some(why) =
-                difference(&from_engine(got), &from_prometheus(&response.json()), false)
-            {
-                failures.push(format!("{} over {from}..{to}/{step}: {why}", case.query));
-            }
+            let over = format!("{} over {from}..{to}/{step}", case.query);
+            compare(&over, got, &response, case.check, &mut failures);
             compared += 1;
         }
     }
@@ -759,14 +755,7 @@ async fn engine_answers_as_prometheus_does() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| {
-                Labels::new(
-                    m.as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.as_str().unwrap().to_string())),
-                )
-            })
+            .map(json_labels)
             .collect();
         want.sort();
         assert!(!want.is_empty());

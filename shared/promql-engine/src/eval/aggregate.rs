@@ -1,7 +1,6 @@
 //! Aggregation operators (`sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`, `stdvar`,
 //! `topk`, `bottomk`, `quantile`, `count_values`) with `by` and `without`.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -56,8 +55,9 @@ pub(super) fn eval(
             AggOp::Topk | AggOp::Bottomk => {
                 let k = k_of(param.number())?;
                 let mut chosen: Vec<&Sample> = members.iter().map(|&i| &input[i]).collect();
+                // Largest first for topk, smallest first for bottomk.
                 let top = op == AggOp::Topk;
-                chosen.sort_by(|a, b| rank(a.value, b.value, top));
+                chosen.sort_by(|a, b| stats::by_value_nan_last(a.value, b.value, top));
                 out.extend(chosen.into_iter().take(k).cloned());
                 continue;
             }
@@ -125,21 +125,4 @@ fn k_of(param: f64) -> Result<usize, QueryError> {
         )));
     }
     Ok(param.trunc().max(0.0) as usize)
-}
-
-/// Largest first for `topk`, smallest first for `bottomk`; NaN last in both.
-fn rank(a: f64, b: f64, top: bool) -> Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        (false, false) => {
-            let order = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
-            if top {
-                order.reverse()
-            } else {
-                order
-            }
-        }
-    }
 }

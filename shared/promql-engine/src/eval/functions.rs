@@ -2,7 +2,6 @@
 //! and the range-vector functions (`rate` and its kin with Prometheus' extrapolation, and the
 //! `*_over_time` family).
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use super::stats::{self, go_max, go_min};
@@ -70,7 +69,7 @@ pub(super) fn eval(
         Func::Sort | Func::SortDesc => {
             let mut v = ev.eval_vector(&args[0], t)?;
             let descending = matches!(func, Func::SortDesc);
-            v.sort_by(|a, b| by_value_nan_last(a.value, b.value, descending));
+            v.sort_by(|a, b| stats::by_value_nan_last(a.value, b.value, descending));
             return Ok(StepValue::Vector(v));
         }
         Func::LabelReplace {
@@ -121,23 +120,6 @@ fn clamp(v: Vec<Sample>, min: f64, max: f64) -> Vec<Sample> {
         return Vec::new();
     }
     map_values(v, |x| go_max(min, go_min(max, x)))
-}
-
-/// Ascending (or descending) by value, NaN last either way.
-fn by_value_nan_last(a: f64, b: f64, descending: bool) -> Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        (false, false) => {
-            let order = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
-            if descending {
-                order.reverse()
-            } else {
-                order
-            }
-        }
-    }
 }
 
 /// A range-vector function over a range selector's window at `t`, one result per series with

@@ -120,18 +120,7 @@ impl Evaluator<'_> {
                     })
                     .collect(),
             ),
-            StepValue::Matrix(mut series) => {
-                series.sort_by(|a, b| a.0.cmp(&b.0));
-                Value::Matrix(
-                    series
-                        .into_iter()
-                        .map(|(labels, points)| RangeSeries {
-                            labels: Arc::unwrap_or_clone(labels),
-                            points,
-                        })
-                        .collect(),
-                )
-            }
+            StepValue::Matrix(series) => matrix(series),
         })
     }
 
@@ -161,16 +150,7 @@ impl Evaluator<'_> {
             }
             t += step;
         }
-        series.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Value::Matrix(
-            series
-                .into_iter()
-                .map(|(labels, points)| RangeSeries {
-                    labels: Arc::unwrap_or_clone(labels),
-                    points,
-                })
-                .collect(),
-        ))
+        Ok(matrix(series))
     }
 
     pub(crate) fn eval(&self, node: &Node, t: i64) -> Result<StepValue, QueryError> {
@@ -269,6 +249,20 @@ impl Evaluator<'_> {
         let to = selector.reference_time(t);
         (to - selector.range_ms.unwrap_or(self.lookback_ms), to)
     }
+}
+
+/// A matrix result, sorted by labels as Prometheus sorts one.
+fn matrix(mut series: Vec<(Arc<Labels>, Vec<Point>)>) -> Value {
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Matrix(
+        series
+            .into_iter()
+            .map(|(labels, points)| RangeSeries {
+                labels: Arc::unwrap_or_clone(labels),
+                points,
+            })
+            .collect(),
+    )
 }
 
 fn unexpected(wanted: &str, got: &StepValue) -> QueryError {

@@ -117,6 +117,25 @@ pub(crate) fn nan_first(a: f64, b: f64) -> std::cmp::Ordering {
     }
 }
 
+/// Ascending (or descending) by value, NaN last either way (`sort`, `sort_desc`, `topk`,
+/// `bottomk`).
+pub(crate) fn by_value_nan_last(a: f64, b: f64, descending: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        (false, false) => {
+            let order = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
+            if descending {
+                order.reverse()
+            } else {
+                order
+            }
+        }
+    }
+}
+
 /// Go's `math.Pow` where it differs from C's `pow`: `Pow(x, 0) = 1` and `Pow(x, 1) = x` for any
 /// x, else NaN in either argument gives NaN (C gives `pow(1, NaN) = 1`).
 pub(crate) fn go_pow(x: f64, y: f64) -> f64 {
