@@ -1,13 +1,15 @@
 //! Test and benchmark support: a real etcd member started on free loopback ports, unique key
 //! prefixes per test, waiting on conditions, an ownership log for exclusivity checks, a small HTTP
 //! client, building other workspace binaries, paths of the repository's test data, deterministic
-//! pseudo-random numbers, and the JSON report writer used by every benchmark.
+//! pseudo-random numbers, the JSON report writer used by every benchmark, and a real Prometheus
+//! serving backfilled data (`PrometheusHarness`).
 
 mod bench_report;
 mod cargo_build;
 mod etcd;
 mod http;
 mod ownership;
+mod prometheus;
 mod split_mix;
 mod testdata;
 mod wait;
@@ -17,6 +19,7 @@ pub use cargo_build::build_workspace_binaries;
 pub use etcd::{unique_prefix, EtcdHarness};
 pub use http::{http_request, HttpResponse};
 pub use ownership::{OwnershipLog, OwnershipSummary};
+pub use prometheus::PrometheusHarness;
 pub use split_mix::SplitMix;
 pub use testdata::{repo_path, testdata, REAL_CSV};
 pub use wait::{free_port, wait_until};
