@@ -2,6 +2,9 @@
 //! processes from zero on queue depth) and a streamer doing 3 passes of the real CSV. The gateway
 //! must then report exactly 3 x 10 samples for every one of the 247 GPUs over HTTP, the depth key
 //! must return to 0, and the autoscaler must scale the collectors back to zero.
+//!
+//! etcd has authentication on, and every function logs in as a user whose role may read and write
+//! the test's prefix and nothing else (the password in a file): least privilege is enough.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,12 +103,16 @@ fn processes_with(needle: &str) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     let bin = build_workspace_binaries();
-    let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("system");
+    let (etcd, user) = EtcdHarness::start_with_auth(&prefix, &[]).await;
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password.path(), format!("{}\n", user.password)).unwrap();
     let csv = testdata(REAL_CSV);
     let env = |command: &mut Command, port: u16| {
         command
             .env("ETCD_ENDPOINTS", etcd.endpoint())
+            .env("ETCD_USERNAME", &user.name)
+            .env("ETCD_PASSWORD_FILE", password.path())
             .env("TELEMETRY_PREFIX", &prefix)
             .env("PORT", port.to_string())
             .env("QUEUE_LEASE_TTL", "3s")
@@ -153,6 +160,20 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
         scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
     })
     .await;
+    // Readiness probes stay inside the prefix too, so the restricted user passes them.
+    for port in [gateway_port, autoscaler_port] {
+        wait_until(
+            "the gateway and the autoscaler ready",
+            WAIT,
+            || async move {
+                let url = format!("http://127.0.0.1:{port}/readyz");
+                get_json(&url)
+                    .await
+                    .is_some_and(|body| body["status"] == "ready")
+            },
+        )
+        .await;
+    }
 
     let mut streamer = Command::new(bin.join("streamer"));
     streamer.args([

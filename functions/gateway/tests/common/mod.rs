@@ -330,7 +330,7 @@ async fn read_back(
 /// The application connected to `etcd` with `config`'s prefix and timeouts.
 pub async fn router_for(etcd: &EtcdHarness, config: &Config, settings: &HttpSettings) -> Router {
     let client = etcd.client().await;
-    let readiness = Readiness::new(config.etcd_read_timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd_read_timeout);
     readiness.set_client(client.clone());
     let state = ApiState::connected(Backend::new(client, config));
     app(state, readiness, settings)
