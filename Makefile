@@ -45,6 +45,11 @@ bench: ## Run the benchmarks; results also land in target/bench/*.json
 	@$(INSTALL_DEPS) test
 	$(CARGO) bench --workspace
 
+.PHONY: chaos
+chaos: ## Fault suite: the pipeline as real processes through collector kills, etcd kills and stalls, leader loss, NOSPACE, auth restarts, a clock step, scaling 0-10-0; exact counts
+	@$(INSTALL_DEPS) test
+	$(CARGO) test -p autoscaler --test chaos -- --ignored --test-threads=1 --nocapture
+
 .PHONY: soak
 soak: ## Soak the local pipeline (own etcd, 2m retention) for SOAK_DURATION (10m); checks the etcd DB size levels off, CSV in target/soak/
 	bash functions/autoscaler/scripts/soak.sh

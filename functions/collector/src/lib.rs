@@ -51,7 +51,7 @@ pub async fn run(
     let shutdown = Shutdown::when(shutdown);
     let mut registry = Registry::default();
     let metrics = Arc::new(CollectorMetrics::register(&mut registry));
-    let readiness = Readiness::new(READINESS_TIMEOUT);
+    let readiness = Readiness::new(&config.etcd.prefix, READINESS_TIMEOUT);
     let store = ingest::StoreSlot::default();
     let router = ops_router(Arc::new(registry), readiness.clone())
         .merge(ingest::ingest_router(store.clone(), metrics.clone()));

@@ -78,12 +78,18 @@ pub struct EtcdArgs {
     #[arg(long, env = "ETCD_TIMEOUT", default_value_t = DurationArg(EtcdConfig::default().timeout))]
     pub etcd_timeout: DurationArg,
 
-    /// etcd user name (password from ETCD_PASSWORD).
+    /// etcd user name (password from ETCD_PASSWORD or ETCD_PASSWORD_FILE).
     #[arg(long, env = "ETCD_USERNAME")]
     pub etcd_username: Option<String>,
 
+    /// The etcd user's password; prefer ETCD_PASSWORD_FILE, which no process listing shows.
     #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
+
+    /// A file holding the etcd user's password (a trailing newline is ignored); exclusive with
+    /// ETCD_PASSWORD.
+    #[arg(long, env = "ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 
     /// CA certificate (PEM) to verify etcd's TLS certificate.
     #[arg(long, env = "ETCD_CA_FILE")]
@@ -105,6 +111,7 @@ impl From<EtcdArgs> for EtcdConfig {
             timeout: args.etcd_timeout.into(),
             username: args.etcd_username,
             password: args.etcd_password,
+            password_file: args.etcd_password_file,
             ca_file: args.etcd_ca_file,
             cert_file: args.etcd_cert_file,
             key_file: args.etcd_key_file,
@@ -126,6 +133,10 @@ pub struct QueueArgs {
     /// Lease TTL of group members: how long a crashed member holds its work.
     #[arg(long, env = "QUEUE_LEASE_TTL", default_value_t = DurationArg(QueueSettings::default().lease_ttl))]
     pub lease_ttl: DurationArg,
+
+    /// How long transient etcd failures of one queue operation are retried before it fails.
+    #[arg(long, env = "QUEUE_RETRY_BUDGET", default_value_t = DurationArg(QueueSettings::default().retry_budget))]
+    pub retry_budget: DurationArg,
 }
 
 impl From<QueueArgs> for QueueSettings {
@@ -134,6 +145,7 @@ impl From<QueueArgs> for QueueSettings {
             partitions: args.partitions,
             max_depth: args.max_depth,
             lease_ttl: args.lease_ttl.into(),
+            retry_budget: args.retry_budget.into(),
         }
     }
 }
@@ -194,11 +206,16 @@ pub fn worker_env(
         ("QUEUE_PARTITIONS", queue.partitions.to_string()),
         ("QUEUE_MAX_DEPTH", queue.max_depth.to_string()),
         ("QUEUE_LEASE_TTL", DurationArg(queue.lease_ttl).to_string()),
+        (
+            "QUEUE_RETRY_BUDGET",
+            DurationArg(queue.retry_budget).to_string(),
+        ),
     ];
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let optional = [
         ("ETCD_USERNAME", etcd.username.clone()),
         ("ETCD_PASSWORD", etcd.password.clone()),
+        ("ETCD_PASSWORD_FILE", path(&etcd.password_file)),
         ("ETCD_CA_FILE", path(&etcd.ca_file)),
         ("ETCD_CERT_FILE", path(&etcd.cert_file)),
         ("ETCD_KEY_FILE", path(&etcd.key_file)),
@@ -284,6 +301,10 @@ mod tests {
             "32",
             "--lease-ttl",
             "2s",
+            "--retry-budget",
+            "5s",
+            "--etcd-password-file",
+            "/run/secrets/etcd-password",
             "--store-bucket",
             "30s",
             "--store-retention",
@@ -302,6 +323,7 @@ mod tests {
                 prefix: "/p".into(),
                 timeout: Duration::from_millis(250),
                 username: Some("u".into()),
+                password_file: Some("/run/secrets/etcd-password".into()),
                 ca_file: Some("/ca.pem".into()),
                 ..EtcdConfig::default()
             }
@@ -312,6 +334,7 @@ mod tests {
             QueueSettings {
                 partitions: 32,
                 lease_ttl: Duration::from_secs(2),
+                retry_budget: Duration::from_secs(5),
                 ..QueueSettings::default()
             }
         );
@@ -336,7 +359,9 @@ mod tests {
                 ("QUEUE_PARTITIONS", "32"),
                 ("QUEUE_MAX_DEPTH", "100000"),
                 ("QUEUE_LEASE_TTL", "2s"),
+                ("QUEUE_RETRY_BUDGET", "5s"),
                 ("ETCD_USERNAME", "u"),
+                ("ETCD_PASSWORD_FILE", "/run/secrets/etcd-password"),
                 ("ETCD_CA_FILE", "/ca.pem"),
             ]
             .map(|(k, v)| (k, v.to_string()))

@@ -29,13 +29,18 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Timeout of one etcd request.
     pub timeout: Duration,
-    /// User name for etcd authentication (used together with `password`).
+    /// User name for etcd authentication, with `password` or `password_file`.
     pub username: Option<String>,
+    /// The user's password.
     pub password: Option<String>,
+    /// A file holding the user's password (one trailing newline is ignored), so that it appears
+    /// in no process listing or environment; exclusive with `password`.
+    pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify etcd's TLS certificate.
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS, used together with `key_file`.
+    /// Client certificate (PEM) for mutual TLS; `key_file` must be set with it.
     pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); `cert_file` must be set with it.
     pub key_file: Option<PathBuf>,
 }
 
@@ -47,6 +52,7 @@ impl Default for EtcdConfig {
             timeout: Duration::from_secs(5),
             username: None,
             password: None,
+            password_file: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -63,6 +69,8 @@ pub struct QueueSettings {
     pub max_depth: u64,
     /// Lease TTL of group members: how long a crashed member holds its work.
     pub lease_ttl: Duration,
+    /// How long transient etcd failures of one queue operation are retried before it fails.
+    pub retry_budget: Duration,
 }
 
 impl Default for QueueSettings {
@@ -72,6 +80,7 @@ impl Default for QueueSettings {
             partitions: queue.partitions,
             max_depth: queue.max_depth,
             lease_ttl: ConsumerConfig::new("").lease_ttl,
+            retry_budget: queue.retry_budget,
         }
     }
 }
@@ -83,6 +92,7 @@ impl QueueSettings {
             prefix: prefix.to_string(),
             partitions: self.partitions,
             max_depth: self.max_depth,
+            retry_budget: self.retry_budget,
             ..QueueConfig::default()
         }
     }

@@ -1,5 +1,8 @@
 //! The operations endpoints every function serves on `$PORT`: `/healthz` (the process is up),
 //! `/readyz` (etcd answers within a bounded time) and `/metrics` (Prometheus text format).
+//!
+//! The readiness probe reads a key under the deployment's prefix (`{prefix}/readyz-probe`, never
+//! written), so that a role allowed only that prefix suffices for it as for everything else.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,6 +20,7 @@ use serde::Serialize;
 #[derive(Clone, Debug)]
 pub struct Readiness {
     client: Arc<OnceLock<ClientCell>>,
+    probe_key: String,
     timeout: Duration,
 }
 
@@ -29,9 +33,12 @@ impl std::fmt::Debug for ClientCell {
 }
 
 impl Readiness {
-    pub fn new(timeout: Duration) -> Self {
+    /// Readiness of a function whose keys live under `prefix` (`TELEMETRY_PREFIX`), probing etcd
+    /// with reads bounded by `timeout`.
+    pub fn new(prefix: &str, timeout: Duration) -> Self {
         Readiness {
             client: Arc::new(OnceLock::new()),
+            probe_key: probe_key(prefix),
             timeout,
         }
     }
@@ -47,12 +54,19 @@ impl Readiness {
             return Err("not connected to etcd yet".into());
         };
         let mut client = client.clone();
-        match tokio::time::timeout(self.timeout, client.get("/readyz-probe", None)).await {
+        let probe = client.get(self.probe_key.as_str(), None);
+        match tokio::time::timeout(self.timeout, probe).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("etcd error: {e}")),
             Err(_) => Err(format!("etcd did not answer within {:?}", self.timeout)),
         }
     }
+}
+
+/// The key the readiness probe reads: inside the prefix, so that a role granted only the prefix
+/// may read it. Nothing writes it; reading a missing key is as good a probe as any.
+fn probe_key(prefix: &str) -> String {
+    format!("{}/readyz-probe", prefix.trim_end_matches('/'))
 }
 
 #[derive(Clone)]
@@ -151,7 +165,7 @@ mod tests {
     async fn health_answers_and_readiness_waits_for_a_client() {
         let router = ops_router(
             Arc::new(Registry::default()),
-            Readiness::new(Duration::from_secs(1)),
+            Readiness::new("/p", Duration::from_secs(1)),
         );
         let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
         let health = router.clone().oneshot(get("/healthz")).await.unwrap();
@@ -172,6 +186,20 @@ mod tests {
                 serde_json::json!({"status": "not ready", "reason": "not connected to etcd yet"})
             )
         );
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_only_the_prefix() {
+        let prefix = test_support::unique_prefix("readiness");
+        let (etcd, user) = test_support::EtcdHarness::start_with_auth(&prefix, &[]).await;
+        let readiness = Readiness::new(&prefix, Duration::from_secs(5));
+        readiness.set_client(etcd.client_as(&user).await);
+        assert_eq!(readiness.check().await, Ok(()));
+        // The same user probing outside its prefix is refused: the probe key is what makes it.
+        let outside = Readiness::new(&format!("{prefix}-other"), Duration::from_secs(5));
+        outside.set_client(etcd.client_as(&user).await);
+        let refused = outside.check().await.unwrap_err();
+        assert!(refused.contains("permission denied"), "{refused}");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Test and benchmark support: a real etcd member started on free loopback ports, unique key
-//! prefixes per test, waiting on conditions, an ownership log for exclusivity checks, a small HTTP
+//! Test and benchmark support: a real etcd member started on free loopback ports (optionally with
+//! authentication or a small quota), a real etcd cluster for leader loss, unique key prefixes per
+//! test, waiting on conditions, an ownership log for exclusivity checks, a small HTTP
 //! client, building other workspace binaries, paths of the repository's test data, deterministic
 //! pseudo-random numbers, the JSON report writer used by every benchmark, and a real Prometheus
 //! serving backfilled data (`PrometheusHarness`).
@@ -7,6 +8,7 @@
 mod bench_report;
 mod cargo_build;
 mod etcd;
+mod etcd_cluster;
 mod http;
 mod ownership;
 mod prometheus;
@@ -16,7 +18,8 @@ mod wait;
 
 pub use bench_report::{median, millis, percentile, target_dir, BenchReport};
 pub use cargo_build::build_workspace_binaries;
-pub use etcd::{unique_prefix, EtcdHarness};
+pub use etcd::{unique_prefix, EtcdHarness, EtcdUser};
+pub use etcd_cluster::EtcdCluster;
 pub use http::{http_request, HttpResponse};
 pub use ownership::{OwnershipLog, OwnershipSummary};
 pub use prometheus::PrometheusHarness;

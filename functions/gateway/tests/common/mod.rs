@@ -331,7 +331,7 @@ async fn read_back(
 pub fn unconnected_router() -> Router {
     app(
         ApiState::connecting(),
-        Readiness::new(Duration::from_secs(1)),
+        Readiness::new("/gpu-telemetry", Duration::from_secs(1)),
         &HttpSettings::default(),
     )
 }
@@ -339,7 +339,7 @@ pub fn unconnected_router() -> Router {
 /// The application connected to `etcd` with `config`'s prefix and timeouts.
 pub async fn router_for(etcd: &EtcdHarness, config: &Config, settings: &HttpSettings) -> Router {
     let client = etcd.client().await;
-    let readiness = Readiness::new(config.etcd_read_timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd_read_timeout);
     readiness.set_client(client.clone());
     let state = ApiState::connected(Backend::new(client, config));
     app(state, readiness, settings)
