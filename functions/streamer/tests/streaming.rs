@@ -1,6 +1,6 @@
 //! The streamer against a real etcd: exact sample counts read back through the queue, per-GPU
 //! timestamp order, several streamers sharing the shards, rebalancing on join and leave, bad rows,
-//! and an etcd restart mid-run.
+//! an etcd restart mid-run, and the producers' marker leases expiring mid-run.
 
 mod common;
 
@@ -318,6 +318,60 @@ async fn an_etcd_restart_mid_run_loses_and_duplicates_nothing() {
     let samples = queued_samples(&queue).await;
     let expected = csv_rows_times(REAL_CSV, 4);
     assert_eq!(row_counts(&samples), expected, "every row exactly 4 times");
+    assert_timestamps_increase_per_gpu(&samples);
+}
+
+/// The leases of the producers' marker keys end mid-run (as they expire when a streamer sits
+/// paused past their TTL): the publishes etcd refuses for it are published again, once, and no
+/// shard is left owned but never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_refused_for_an_expired_marker_lease_are_published_once() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("marker-lease");
+    let metrics = StreamerMetrics::default();
+    let task = spawn_streamer(
+        etcd.client().await,
+        StreamerConfig {
+            passes: Some(3),
+            batch_size: 10,
+            rate: 2_000,
+            ..config(&prefix, REAL_CSV, "lapsed")
+        },
+        metrics.clone(),
+        Shutdown::new(),
+    );
+    wait_until(
+        "the first pass published",
+        Duration::from_secs(20),
+        || async { metrics.shard_passes.get() >= u64::from(SHARDS) },
+    )
+    .await;
+    let mut client = etcd.client().await;
+    let markers = client
+        .get(
+            format!("{prefix}/queue/telemetry/producer/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let leases: std::collections::BTreeSet<i64> =
+        markers.kvs().iter().map(|kv| kv.lease()).collect();
+    assert!(!leases.is_empty());
+    assert!(!task.is_finished(), "revoking mid-run");
+    for lease in leases {
+        client.lease_revoke(lease).await.unwrap();
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the streamer finishes its passes")
+        .unwrap();
+    assert!(report.passes_reached);
+    let samples = queued_samples(&open_queue(&etcd, &prefix).await).await;
+    assert_eq!(
+        row_counts(&samples),
+        csv_rows_times(REAL_CSV, 3),
+        "every row exactly 3 times"
+    );
     assert_timestamps_increase_per_gpu(&samples);
 }
 

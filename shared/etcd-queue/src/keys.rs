@@ -115,7 +115,8 @@ impl GroupKeys {
         (wg.members_prefix(), wg.owners_prefix())
     }
 
-    pub(crate) fn work_group(&self) -> WorkGroupKeys {
+    /// The group's members and partition owners, laid out as a work group's.
+    pub fn work_group(&self) -> WorkGroupKeys {
         WorkGroupKeys {
             root: self.root.clone(),
         }

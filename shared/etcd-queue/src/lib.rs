@@ -38,7 +38,7 @@ pub use lease::is_lease_not_found;
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
 pub use retry::{is_transient, with_retry, Backoff};
 pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
-pub use work_group::{GroupSnapshot, Rebalance, WorkGroup};
+pub use work_group::{GroupSnapshot, ItemOwner, Rebalance, WorkGroup};
 
 use crate::keys::{trailing_number, trailing_segment};
 use crate::retry::with_retry as retry;

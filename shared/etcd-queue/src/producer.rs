@@ -19,6 +19,7 @@ use crate::depth::{numbers_by_partition, DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv, read_decimal};
+use crate::lease::is_lease_not_found;
 use crate::retry::{is_transient, Backoff};
 use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
@@ -52,6 +53,9 @@ const MARKER_LEASE_TTL: Duration = Duration::from_secs(3600);
 const MESSAGE_OVERHEAD: usize = 96;
 /// Operations every publish transaction spends besides one put per message.
 const FIXED_OPS: usize = 1;
+/// Times one publish grants a new marker lease after etcd said the last one was gone, before it
+/// reports the error.
+const MAX_LAPSED_LEASES: u32 = 3;
 
 /// Publishes to one topic. Not shared between tasks: each task that publishes owns one.
 pub struct Producer {
@@ -219,15 +223,16 @@ impl Producer {
         fence: Fence,
     ) -> Result<Vec<Position>, QueueError> {
         self.wait_for_room(messages.len() as u64).await?;
-        let marker_lease = self.marker_lease().await?;
         let marker_key = self.keys.producer(&self.id);
         let started = Instant::now();
         let mut backoff = Backoff::for_etcd();
         let mut conflicts = 0u32;
+        let mut lapsed_leases = 0u32;
         // Every attempt of this call publishes the same messages; if any of them turns out to have
         // landed, its positions are the result.
         let mut attempts: Vec<(u64, Vec<Position>, BTreeMap<u32, u64>)> = Vec::new();
         loop {
+            let marker_lease = self.marker_lease().await?;
             let heads = self.heads().await?.clone();
             self.attempt += 1;
             let attempt = self.attempt;
@@ -323,6 +328,14 @@ impl Producer {
                         }
                         Err(_) => self.heads = None,
                     }
+                }
+                // The marker's lease expired (this producer was idle or paused for longer than
+                // its TTL): the refused attempt wrote nothing, and the marker went with the lease,
+                // which the next attempt's else-branch shows. A new lease, then try again.
+                Err(e) if is_lease_not_found(&e) && lapsed_leases < MAX_LAPSED_LEASES => {
+                    tracing::info!("the producer marker's lease expired; granting a new one");
+                    lapsed_leases += 1;
+                    self.marker_lease = None;
                 }
                 Err(e) => {
                     return Err(QueueError::Etcd {
