@@ -152,6 +152,7 @@ impl EtcdHarness {
             .arg("zap")
             .arg("--log-level")
             .arg("warn")
+            .arg("--experimental-enable-lease-checkpoint")
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
