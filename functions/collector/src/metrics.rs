@@ -27,6 +27,8 @@ pub struct CollectorMetrics {
     pub commit_latency: Histogram,
     pub http_events: Counter,
     pub http_samples: Counter,
+    pub nospace_waits: Counter,
+    pub nospace_waiting: Gauge,
 }
 
 impl CollectorMetrics {
@@ -45,6 +47,8 @@ impl CollectorMetrics {
             commit_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             http_events: Counter::default(),
             http_samples: Counter::default(),
+            nospace_waits: Counter::default(),
+            nospace_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("collector");
         r.register(
@@ -102,6 +106,16 @@ impl CollectorMetrics {
             "http_samples",
             "Samples stored from CloudEvents received over HTTP",
             metrics.http_samples.clone(),
+        );
+        r.register(
+            "nospace_waits",
+            "Writes etcd refused for lack of space (NOSPACE alarm), each retried",
+            metrics.nospace_waits.clone(),
+        );
+        r.register(
+            "nospace_waiting",
+            "1 while etcd refuses this collector's writes for lack of space",
+            metrics.nospace_waiting.clone(),
         );
         metrics
     }

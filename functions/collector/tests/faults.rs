@@ -1,5 +1,7 @@
 //! The collector under the faults a production etcd produces, each on its own so that a failure
-//! names its cause: a retention lease that expired under it.
+//! names its cause: a retention lease that expired under it, and etcd out of space (NOSPACE)
+//! mid-stream, recovered by compaction, defragmentation and disarming the alarm while the
+//! streamer and the collector keep running.
 
 mod common;
 
@@ -7,11 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::GetOptions;
+use etcd_client::{
+    AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions, GetOptions,
+};
 use etcd_queue::{ConsumerConfig, Queue};
+use function_runtime::{EtcdConfig, QueueSettings, Shutdown, NO_SPACE_REASON};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
 use telemetry_model::TimestampMicros;
-use test_support::{unique_prefix, EtcdHarness};
+use test_support::{free_port, testdata, unique_prefix, EtcdHarness, REAL_CSV};
 
 fn now_us() -> i64 {
     TimestampMicros::now().0
@@ -88,4 +95,231 @@ async fn a_retention_lease_gone_between_prepare_and_commit_is_granted_again() {
     assert_store_exact(&store, 1).await;
     assert_eq!(queue.refresh_depth().await.unwrap(), 0);
     consumer.leave().await.unwrap();
+}
+
+/// etcd's quota in the NOSPACE test: small enough to fill in a moment, with room for the
+/// pipeline's own keys once the filler is gone.
+const SMALL_QUOTA: &str = "16777216";
+
+/// Writes filler values under `prefix` until etcd refuses one for lack of space; returns how
+/// many it took.
+async fn fill_until_no_space(client: &etcd_client::Client, prefix: &str) -> usize {
+    let mut client = client.clone();
+    let value = vec![b'f'; 512 * 1024];
+    for n in 0.. {
+        match client
+            .put(format!("{prefix}/{n:06}"), value.clone(), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(etcd_queue::is_no_space(&e), "expected NOSPACE, got {e:?}");
+                return n;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// What an operator does about NOSPACE, through the client API: delete what filled the
+/// database, compact the history, defragment, disarm the alarm.
+async fn free_space(client: &etcd_client::Client, filler: &str) {
+    let mut client = client.clone();
+    client
+        .delete(filler, Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let revision = client.status().await.unwrap().header().unwrap().revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    client.defragment().await.unwrap();
+    let alarms = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert!(
+        alarms
+            .alarms()
+            .iter()
+            .any(|a| a.alarm() == AlarmType::Nospace),
+        "the NOSPACE alarm was raised"
+    );
+    for alarm in alarms.alarms() {
+        let mut member = AlarmOptions::new();
+        member.with_member(alarm.member_id());
+        client
+            .alarm(AlarmAction::Deactivate, alarm.alarm(), Some(member))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until `/readyz` on `port` answers 503 saying etcd is out of space.
+async fn wait_not_ready_for_space(what: &str, port: u16) {
+    wait_until(what, Duration::from_secs(30), || async {
+        readiness(port).await
+            == Some((
+                503,
+                serde_json::json!({"status": "not ready", "reason": NO_SPACE_REASON}),
+            ))
+    })
+    .await;
+}
+
+/// etcd runs out of space mid-stream. The streamer waits (it does not exit), the collector keeps
+/// its partitions and waits, both say so on `/readyz` and `/metrics`; once an operator has freed
+/// space both resume by themselves, and every sample streamed is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_is_waited_in_and_recovered_from_while_everything_runs() {
+    let etcd = EtcdHarness::start_with_args(&["--quota-backend-bytes", SMALL_QUOTA]).await;
+    let prefix = unique_prefix("collector-nospace");
+    let client = etcd.client().await;
+    let queue = Queue::open(client.clone(), queue_config(&prefix))
+        .await
+        .unwrap();
+    let collector_port = free_port();
+    let port = collector_port.to_string();
+    let mut collector = spawn_collector_with(
+        &etcd.endpoint(),
+        &prefix,
+        "roomy",
+        &[("PORT", &port), ("QUEUE_LEASE_TTL", "30s")],
+    );
+    wait_until(
+        "the collector is ready",
+        Duration::from_secs(60),
+        || async {
+            readiness(collector_port)
+                .await
+                .is_some_and(|(status, _)| status == 200)
+        },
+    )
+    .await;
+
+    // Four rate-capped passes: the stream is still going when etcd fills up.
+    let passes = 4;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let streamer_port = listener.local_addr().unwrap().port();
+    let stop = Shutdown::new();
+    let until = stop.clone();
+    let streamer = tokio::spawn(streamer::run(
+        streamer::Config {
+            etcd: EtcdConfig {
+                endpoints: vec![etcd.endpoint()],
+                prefix: prefix.clone(),
+                ..EtcdConfig::default()
+            },
+            queue: QueueSettings {
+                lease_ttl: Duration::from_secs(30),
+                ..QueueSettings::default()
+            },
+            csv: testdata(REAL_CSV),
+            interval: Duration::ZERO,
+            passes: Some(passes),
+            rate: 1_000,
+            member_id: "filler".into(),
+            ..streamer::Config::default()
+        },
+        listener,
+        async move { until.wait().await },
+    ));
+    wait_until(
+        "some samples committed",
+        Duration::from_secs(60),
+        || async {
+            queue
+                .progress()
+                .await
+                .unwrap()
+                .offsets
+                .values()
+                .sum::<u64>()
+                > 0
+        },
+    )
+    .await;
+
+    // The collector pauses, so a backlog waits for it; then etcd fills up.
+    let collector_pid = Pid::from_raw(collector.id() as i32);
+    kill(collector_pid, Signal::SIGSTOP).unwrap();
+    wait_until("a backlog", Duration::from_secs(30), || async {
+        queue.depth().await.unwrap() > 0
+    })
+    .await;
+    let filler = format!("{prefix}-filler");
+    assert!(fill_until_no_space(&client, &filler).await > 0);
+    wait_until(
+        "the streamer waits on NOSPACE",
+        Duration::from_secs(30),
+        || async {
+            scrape(streamer_port, "streamer_nospace_waits_total")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
+    wait_not_ready_for_space("the streamer reports NOSPACE", streamer_port).await;
+    assert_eq!(
+        scrape(streamer_port, "streamer_nospace_waiting").await,
+        Some(1.0)
+    );
+    kill(collector_pid, Signal::SIGCONT).unwrap();
+    wait_not_ready_for_space("the collector reports NOSPACE", collector_port).await;
+    assert!(scrape(collector_port, "collector_nospace_waits_total").await >= Some(1.0));
+    assert_eq!(
+        scrape(collector_port, "collector_nospace_waiting").await,
+        Some(1.0)
+    );
+    let status = queue.status().await.unwrap();
+    assert!(
+        status
+            .partitions
+            .iter()
+            .all(|p| p.owner.as_deref() == Some("roomy")),
+        "the collector keeps its partitions: {:?}",
+        status.partitions
+    );
+    assert!(
+        !streamer.is_finished(),
+        "the streamer waits, it does not exit"
+    );
+
+    free_space(&client, &filler).await;
+    let report = tokio::time::timeout(Duration::from_secs(120), streamer)
+        .await
+        .expect("the streamer finishes its passes once space returns")
+        .unwrap()
+        .expect("the streamer ends without error");
+    assert!(report.passes_reached);
+    wait_until("the backlog drained", Duration::from_secs(60), || async {
+        queue.depth().await.unwrap() == 0
+    })
+    .await;
+    wait_until(
+        "the collector is ready again",
+        Duration::from_secs(30),
+        || async {
+            readiness(collector_port)
+                .await
+                .is_some_and(|(status, _)| status == 200)
+        },
+    )
+    .await;
+    assert_eq!(
+        scrape(collector_port, "collector_nospace_waiting").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        collector.try_wait().unwrap(),
+        None,
+        "the collector still runs"
+    );
+    assert!(
+        terminate(&mut collector),
+        "the collector exits 0 on SIGTERM"
+    );
+    assert_store_exact(&store_for(client.clone(), &prefix), passes as usize).await;
+    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
 }

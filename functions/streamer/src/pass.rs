@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use etcd_queue::Queue;
-use function_runtime::Shutdown;
+use function_runtime::{NoSpaceWait, Shutdown};
 use tokio::sync::mpsc;
 
 use crate::buffer::{BufferLimits, ShardBuffer};
@@ -55,19 +55,21 @@ pub struct Passes {
 }
 
 impl Passes {
-    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once.
+    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once;
+    /// publishes etcd refuses for lack of space wait through `nospace`.
     pub fn new(
         config: &StreamerConfig,
         queue: Queue,
         stop: Shutdown,
         metrics: StreamerMetrics,
+        nospace: NoSpaceWait,
     ) -> Self {
         let source = encode::source(&config.member_id);
         let producers = (0..config.in_flight).map(|_| queue.producer()).collect();
         Passes {
             csv: config.csv.clone(),
             limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
-            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone()),
+            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone(), nospace),
             stop,
             metrics,
             queue,

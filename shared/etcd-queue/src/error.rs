@@ -69,6 +69,12 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// Whether etcd refused the operation because it is out of space
+    /// ([`crate::retry::is_no_space`]).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, QueueError::Etcd { source, .. } if crate::retry::is_no_space(source))
+    }
+
     pub(crate) fn etcd(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> QueueError {
         move |source| QueueError::Etcd { operation, source }
     }

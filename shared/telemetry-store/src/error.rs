@@ -31,6 +31,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether etcd refused the operation because it is out of space
+    /// ([`etcd_queue::is_no_space`]).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Etcd { source, .. } => etcd_queue::is_no_space(source),
+            StoreError::Queue(queue) => queue.is_no_space(),
+            _ => false,
+        }
+    }
+
     /// Wraps an etcd error of `operation` (for `map_err`).
     pub(crate) fn etcd(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
         move |source| StoreError::Etcd { operation, source }

@@ -82,6 +82,11 @@ pub async fn stream_passes(client: etcd_client::Client, prefix: &str, passes: u6
 
 /// A collector process of the real binary.
 pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
+    spawn_collector_with(endpoint, prefix, id, &[])
+}
+
+/// A collector process of the real binary, with `env` added to (or replacing) the defaults.
+pub fn spawn_collector_with(endpoint: &str, prefix: &str, id: &str, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_collector"))
         .arg("run")
         .env("ETCD_ENDPOINTS", endpoint)
@@ -91,10 +96,28 @@ pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
         .env("QUEUE_LEASE_TTL", "2s")
         .env("COLLECTOR_GRACE_PERIOD", "10s")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn the collector binary")
+}
+
+/// The value of the un-labelled metric `name` served on `port`, if it answers.
+pub async fn scrape(port: u16, name: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let response = http_request("GET", &url, &[], Vec::new()).await.ok()?;
+    response
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+/// `/readyz` on `port`: the status and the JSON body, if it answers.
+pub async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let response = http_request("GET", &url, &[], Vec::new()).await.ok()?;
+    Some((response.status, response.json()))
 }
 
 /// The configuration of a collector of the etcd at `endpoint`, under `prefix`, with a short lease.
