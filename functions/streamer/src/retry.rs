@@ -142,6 +142,8 @@ mod tests {
         assert!(is_retryable(&QueueError::QueueFull {
             depth: 10,
             max: 10,
+            pending_bytes: 100,
+            max_bytes: 1000,
             waited: Duration::from_secs(1)
         }));
         let no_space =

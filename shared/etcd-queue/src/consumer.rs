@@ -50,8 +50,9 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
-/// Operations a commit spends besides the caller's: the offset put and the message range delete.
-pub const COMMIT_RESERVED_OPS: usize = 2;
+/// Operations a commit spends besides the caller's: the offset and its byte count, and the
+/// message range delete.
+pub const COMMIT_RESERVED_OPS: usize = 3;
 /// Operations a dead letter adds to a commit (payload and reason).
 pub const DEAD_LETTER_OPS: usize = 2;
 
@@ -78,6 +79,8 @@ pub struct Consumer {
     group: WorkGroup,
     heads: BTreeMap<u32, u64>,
     offsets: BTreeMap<u32, u64>,
+    /// Payload bytes committed from each partition, as of the last read or commit.
+    offset_bytes: BTreeMap<u32, u64>,
     feed: Option<ChangeFeed>,
     need_snapshot: bool,
     last_snapshot: Option<Instant>,
@@ -116,6 +119,7 @@ impl Consumer {
             group,
             heads: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            offset_bytes: BTreeMap::new(),
             feed: None,
             need_snapshot: true,
             last_snapshot: None,
@@ -272,7 +276,9 @@ impl Consumer {
         let progress = Progress::from_responses(snapshot.revision, &responses);
         self.heads = progress.heads;
         self.offsets = progress.offsets;
+        self.offset_bytes = progress.offset_bytes;
         let offset_key = |p: u32| self.group_keys.offset(p);
+        let offset_bytes_key = |p: u32| self.group_keys.offset_bytes(p);
         let head_key = |p: u32| self.keys.head(p);
         let (change, reads) = self
             .group
@@ -280,6 +286,7 @@ impl Consumer {
                 vec![
                     TxnOp::get(offset_key(p), None),
                     TxnOp::get(head_key(p), None),
+                    TxnOp::get(offset_bytes_key(p), None),
                 ]
             })
             .await?;
@@ -296,6 +303,9 @@ impl Consumer {
                         };
                         if key.starts_with(self.group_keys.offsets_prefix().as_bytes()) {
                             self.offsets.insert(p as u32, value);
+                        } else if key.starts_with(self.group_keys.offset_bytes_prefix().as_bytes())
+                        {
+                            self.offset_bytes.insert(p as u32, value);
                         } else {
                             self.heads.insert(p as u32, value);
                         }
@@ -430,6 +440,7 @@ impl Consumer {
             Ok(revision) => {
                 self.in_flight = None;
                 self.offsets.insert(partition, attempt.to);
+                self.offset_bytes.insert(partition, attempt.to_bytes);
                 self.stats.commits += 1;
                 self.stats.messages_committed += delivery.messages.len() as u64;
                 self.stats.dead_letters += dead_letters.len() as u64;
@@ -544,6 +555,8 @@ impl Consumer {
             offset => {
                 let actual = offset.map_or(0, |(o, _)| o);
                 self.offsets.insert(partition, actual);
+                self.offset_bytes
+                    .insert(partition, state.offset_bytes.unwrap_or(0));
                 Judged::Failed(QueueError::StaleDelivery {
                     partition,
                     expected: attempt.from,
@@ -589,6 +602,7 @@ impl Consumer {
                 self.queue.retry_budget,
             )
             .await
+            .map(|progress| progress.depth())
     }
 
     /// Leaves the group: releases owned partitions (commit or abandon in-flight work first),
@@ -605,7 +619,10 @@ struct CommitAttempt {
     partition: u32,
     from: u64,
     to: u64,
+    /// The partition's committed payload bytes once the commit lands.
+    to_bytes: u64,
     offset_key: String,
+    offset_bytes_key: String,
     owner_key: String,
     compares: Vec<Compare>,
     ops: Vec<TxnOp>,
@@ -623,8 +640,17 @@ impl CommitAttempt {
         let to = delivery.last_offset();
         let keys = &consumer.keys;
         let offset_key = consumer.group_keys.offset(partition);
+        let offset_bytes_key = consumer.group_keys.offset_bytes(partition);
+        // The offset's compare fences its byte count too: both are only ever written together.
+        let delivered: u64 = delivery
+            .messages
+            .iter()
+            .map(|m| m.payload.len() as u64)
+            .sum();
+        let to_bytes = consumer.offset_bytes.get(&partition).copied().unwrap_or(0) + delivered;
         let mut ops = vec![
             TxnOp::put(offset_key.clone(), to.to_string(), None),
+            TxnOp::put(offset_bytes_key.clone(), to_bytes.to_string(), None),
             TxnOp::delete(
                 keys.message(partition, from + 1),
                 Some(DeleteOptions::new().with_range(keys.message(partition, to + 1))),
@@ -649,18 +675,22 @@ impl CommitAttempt {
             partition,
             from,
             to,
+            to_bytes,
             owner_key: consumer.group_keys.work_group().owner(partition),
             offset_key,
+            offset_bytes_key,
             compares: fence.compares,
             ops,
         }
     }
 
-    /// The reads that tell what became of the commit: the owner key and the committed offset.
-    fn read_back(&self) -> [TxnOp; 2] {
+    /// The reads that tell what became of the commit: the owner key, the committed offset and
+    /// its byte count.
+    fn read_back(&self) -> [TxnOp; 3] {
         [
             TxnOp::get(self.owner_key.clone(), None),
             TxnOp::get(self.offset_key.clone(), None),
+            TxnOp::get(self.offset_bytes_key.clone(), None),
         ]
     }
 }
@@ -671,6 +701,8 @@ struct CommitState {
     owner: Option<(i64, i64)>,
     /// The committed offset and the revision that wrote it.
     offset: Option<(u64, i64)>,
+    /// The committed payload bytes.
+    offset_bytes: Option<u64>,
 }
 
 impl CommitState {
@@ -679,6 +711,7 @@ impl CommitState {
             owner: first_kv(responses.first()).map(|kv| (kv.mod_revision(), kv.lease())),
             offset: first_kv(responses.get(1))
                 .and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision()))),
+            offset_bytes: first_kv(responses.get(2)).and_then(decimal_value),
         }
     }
 

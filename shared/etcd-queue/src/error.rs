@@ -24,10 +24,12 @@ pub enum QueueError {
     #[error("publish of {messages} messages ({bytes} bytes) does not fit in one transaction")]
     TransactionTooLarge { messages: usize, bytes: usize },
 
-    #[error("queue is full: depth {depth} reached the maximum of {max} and did not drain within {waited:?}")]
+    #[error("queue is full: {depth} messages of {pending_bytes} bytes are pending (at most {max} messages or {max_bytes} bytes) and it did not drain within {waited:?}")]
     QueueFull {
         depth: u64,
         max: u64,
+        pending_bytes: u64,
+        max_bytes: u64,
         waited: Duration,
     },
 

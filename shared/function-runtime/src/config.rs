@@ -61,6 +61,8 @@ pub struct QueueSettings {
     pub partitions: u32,
     /// Backlog (messages) at which producers wait, then fail.
     pub max_depth: u64,
+    /// Backlog (payload bytes) at which producers wait, then fail.
+    pub max_bytes: u64,
     /// Lease TTL of group members: how long a crashed member holds its work.
     pub lease_ttl: Duration,
 }
@@ -71,6 +73,7 @@ impl Default for QueueSettings {
         QueueSettings {
             partitions: queue.partitions,
             max_depth: queue.max_depth,
+            max_bytes: queue.max_pending_bytes,
             lease_ttl: ConsumerConfig::new("").lease_ttl,
         }
     }
@@ -83,6 +86,7 @@ impl QueueSettings {
             prefix: prefix.to_string(),
             partitions: self.partitions,
             max_depth: self.max_depth,
+            max_pending_bytes: self.max_bytes,
             ..QueueConfig::default()
         }
     }
@@ -194,6 +198,10 @@ mod tests {
         .queue_config("/p");
         assert_eq!((queue.prefix.as_str(), queue.partitions), ("/p", 32));
         assert_eq!(queue.max_depth, QueueConfig::default().max_depth);
+        assert_eq!(
+            queue.max_pending_bytes,
+            QueueConfig::default().max_pending_bytes
+        );
         let store = StoreSettings {
             bucket: Duration::from_secs(60),
             ..StoreSettings::default()
