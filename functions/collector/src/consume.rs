@@ -151,7 +151,7 @@ impl DeliveryProcessor {
                 );
                 return Ok(None);
             }
-            let (samples, expired) = (prepared.samples, prepared.expired);
+            let (samples, expired, future) = (prepared.samples, prepared.expired, prepared.future);
             // The fence moves into the commit; the rest of `prepared` updates the cache after it.
             let fence = std::mem::take(&mut prepared.fence);
             match consumer.commit(&prefix, fence, &dead).await {
@@ -163,6 +163,7 @@ impl DeliveryProcessor {
                         .inc_by((take - dead.len()) as u64);
                     self.metrics.samples_persisted.inc_by(samples as u64);
                     self.metrics.samples_expired.inc_by(expired as u64);
+                    self.metrics.rejected_future(future);
                     self.metrics.dead_letters.inc_by(dead.len() as u64);
                     self.metrics
                         .commit_latency
@@ -240,6 +241,7 @@ impl DeliveryProcessor {
                 self.metrics.batches_persisted.inc();
                 self.metrics.samples_persisted.inc_by(stats.samples as u64);
                 self.metrics.samples_expired.inc_by(stats.expired as u64);
+                self.metrics.rejected_future(stats.future);
                 Ok(Processed {
                     messages: 1,
                     samples: stats.samples,

@@ -29,8 +29,12 @@ struct IngestState {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IngestResponse {
     pub id: String,
+    /// Samples stored.
     pub samples: usize,
+    /// Samples already past retention, not stored.
     pub expired: usize,
+    /// Samples stamped further ahead than `TELEMETRY_MAX_FUTURE`, rejected.
+    pub rejected_future: usize,
 }
 
 /// The `POST /` route.
@@ -77,12 +81,14 @@ async fn ingest(
         Ok(stats) => {
             state.metrics.http_events.inc();
             state.metrics.http_samples.inc_by(stats.samples as u64);
+            state.metrics.rejected_future(stats.future);
             (
                 StatusCode::OK,
                 Json(IngestResponse {
                     id: event.id,
                     samples: stats.samples,
                     expired: stats.expired,
+                    rejected_future: stats.future,
                 }),
             )
                 .into_response()

@@ -12,12 +12,31 @@ pub struct PartitionLabel {
     pub partition: u32,
 }
 
+/// Why samples were rejected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabel {
+    /// `future`: stamped further ahead of the clock than `TELEMETRY_MAX_FUTURE`.
+    pub reason: &'static str,
+}
+
+impl CollectorMetrics {
+    /// Counts `samples` rejected for being stamped beyond the future bound.
+    pub fn rejected_future(&self, samples: usize) {
+        if samples > 0 {
+            self.samples_rejected
+                .get_or_create(&RejectionLabel { reason: "future" })
+                .inc_by(samples as u64);
+        }
+    }
+}
+
 /// Counters and gauges the collector exports on `/metrics`.
 #[derive(Debug)]
 pub struct CollectorMetrics {
     pub batches_persisted: Counter,
     pub samples_persisted: Counter,
     pub samples_expired: Counter,
+    pub samples_rejected: Family<RejectionLabel, Counter>,
     pub dead_letters: Counter,
     pub commits: Counter,
     pub commit_conflicts: Counter,
@@ -38,6 +57,7 @@ impl CollectorMetrics {
             batches_persisted: Counter::default(),
             samples_persisted: Counter::default(),
             samples_expired: Counter::default(),
+            samples_rejected: Family::default(),
             dead_letters: Counter::default(),
             commits: Counter::default(),
             commit_conflicts: Counter::default(),
@@ -65,6 +85,11 @@ impl CollectorMetrics {
             "samples_expired",
             "Samples dropped because they were older than the retention on arrival",
             metrics.samples_expired.clone(),
+        );
+        r.register(
+            "samples_rejected",
+            "Samples rejected, never stored, by reason (future: stamped beyond the future bound)",
+            metrics.samples_rejected.clone(),
         );
         r.register(
             "dead_letters",

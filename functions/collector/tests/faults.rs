@@ -1,7 +1,7 @@
 //! The collector under the faults a production etcd produces, each on its own so that a failure
-//! names its cause: a retention lease that expired under it, and etcd out of space (NOSPACE)
+//! names its cause: a retention lease that expired under it; etcd out of space (NOSPACE)
 //! mid-stream, recovered by compaction, defragmentation and disarming the alarm while the
-//! streamer and the collector keep running.
+//! streamer and the collector keep running; and samples stamped centuries ahead.
 
 mod common;
 
@@ -42,10 +42,26 @@ async fn drain(
 }
 
 fn processor_for(store: &telemetry_store::TelemetryStore) -> collector::DeliveryProcessor {
-    let metrics = Arc::new(collector::CollectorMetrics::register(
-        &mut Registry::default(),
-    ));
-    collector::DeliveryProcessor::new(store.clone(), metrics)
+    processor_with_metrics(store).0
+}
+
+/// A processor and the registry its metrics are in.
+fn processor_with_metrics(
+    store: &telemetry_store::TelemetryStore,
+) -> (collector::DeliveryProcessor, Registry) {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    (
+        collector::DeliveryProcessor::new(store.clone(), metrics),
+        registry,
+    )
+}
+
+/// The metrics of `registry` as Prometheus text.
+fn metrics_text(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
 }
 
 /// Revokes every retention lease of the store under `prefix`, as their expiry would end them.
@@ -321,5 +337,65 @@ async fn nospace_is_waited_in_and_recovered_from_while_everything_runs() {
         "the collector exits 0 on SIGTERM"
     );
     assert_store_exact(&store_for(client.clone(), &prefix), passes as usize).await;
+    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
+}
+
+/// Batches carry samples stamped centuries ahead (by a streamer whose clock ran ahead) and ten
+/// minutes ahead, beside ordinary ones. The future ones are rejected and counted, never stored
+/// (their retention lease would be refused or outlive the data); every other sample is stored
+/// exactly once, and no partition blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_stamped_beyond_the_future_bound_are_rejected_and_nothing_blocks() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-future");
+    let client = etcd.client().await;
+    let queue = Queue::open(client.clone(), queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = store_for(client.clone(), &prefix);
+    let now = now_us();
+    let rows = real_rows();
+    let mut producer = queue.producer();
+    let centuries = 300 * 365 * 86_400 * 1_000_000i64;
+    let messages = rows
+        .iter()
+        .take(40)
+        .enumerate()
+        .map(|(i, (info, metric, value))| {
+            let ahead = if i % 2 == 0 { centuries } else { 600_000_000 };
+            let mut builder = telemetry_model::SampleBatch::builder();
+            builder.push(
+                info,
+                metric,
+                TimestampMicros(now + ahead + i as i64),
+                *value,
+            );
+            etcd_queue::OutgoingMessage {
+                partition: queue.partition_for(info.uuid.as_str().as_bytes()),
+                payload: telemetry_model::BatchEvent::new(
+                    format!("ahead-{i}"),
+                    "/test/clock-ahead",
+                    builder.build(),
+                )
+                .to_json(),
+            }
+        })
+        .collect();
+    producer.publish_batch(messages).await.unwrap();
+    producer.close().await.unwrap();
+    publish_passes(&queue, 1, now - 600_000_000).await;
+
+    let (mut processor, registry) = processor_with_metrics(&store);
+    let mut consumer = queue.consumer(ConsumerConfig::new("ahead")).await.unwrap();
+    drain(&queue, &mut consumer, &mut processor).await;
+    consumer.leave().await.unwrap();
+    let text = metrics_text(&registry);
+    assert!(
+        text.lines()
+            .any(|l| l == r#"collector_samples_rejected_total{reason="future"} 40"#),
+        "{text}"
+    );
+    assert_store_exact(&store, 1).await;
+    assert_eq!(queue.dead_letter_count().await.unwrap(), 0);
     assert_eq!(queue.refresh_depth().await.unwrap(), 0);
 }

@@ -203,6 +203,9 @@ pub struct StoreArgs {
     /// look one bucket back for chunks overlapping a window).
     #[arg(long = "store-bucket", env = "STORE_BUCKET", default_value_t = DurationArg(StoreSettings::default().bucket))]
     pub bucket: DurationArg,
+
+    #[command(flatten)]
+    pub clock: ClockArgs,
 }
 
 impl From<StoreArgs> for StoreSettings {
@@ -210,8 +213,20 @@ impl From<StoreArgs> for StoreSettings {
         StoreSettings {
             retention: args.retention.into(),
             bucket: args.bucket.into(),
+            max_future: args.clock.max_future.into(),
         }
     }
+}
+
+/// How far sample clocks may run ahead: shared by the collector (which rejects samples stamped
+/// further ahead) and the streamer (which stops stamping after a shard state that far ahead).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClockArgs {
+    /// Furthest a sample's timestamp may be ahead of this host's clock. The collector rejects
+    /// (and counts) samples stamped later; a streamer whose shard state is further ahead stamps
+    /// from its clock again.
+    #[arg(long, env = "TELEMETRY_MAX_FUTURE", default_value_t = DurationArg(StoreSettings::default().max_future))]
+    pub max_future: DurationArg,
 }
 
 /// How the function logs.
@@ -361,6 +376,8 @@ mod tests {
             "30s",
             "--store-retention",
             "2m",
+            "--max-future",
+            "30s",
             "--port",
             "0",
             "--log-format",
@@ -394,6 +411,7 @@ mod tests {
             StoreSettings {
                 retention: Duration::from_secs(120),
                 bucket: Duration::from_secs(30),
+                max_future: Duration::from_secs(30),
             }
         );
         assert_eq!(

@@ -99,6 +99,8 @@ pub struct StoreSettings {
     pub retention: Duration,
     /// Retention bucket: data expires bucket by bucket; readers must use the writers' bucket.
     pub bucket: Duration,
+    /// How far ahead of this host's clock a sample may be stamped; later ones are rejected.
+    pub max_future: Duration,
 }
 
 impl Default for StoreSettings {
@@ -107,6 +109,7 @@ impl Default for StoreSettings {
         StoreSettings {
             retention: store.retention,
             bucket: store.bucket,
+            max_future: store.max_future,
         }
     }
 }
@@ -118,6 +121,7 @@ impl StoreSettings {
             prefix: prefix.to_string(),
             retention: self.retention,
             bucket: self.bucket,
+            max_future: self.max_future,
             ..StoreConfig::default()
         }
     }
