@@ -1,7 +1,8 @@
 //! The collector under the faults a production etcd produces, each on its own so that a failure
 //! names its cause: a retention lease that expired under it; etcd out of space (NOSPACE)
 //! mid-stream, recovered by compaction, defragmentation and disarming the alarm while the
-//! streamer and the collector keep running; and samples stamped centuries ahead.
+//! streamer and the collector keep running; samples stamped centuries ahead; and a poison
+//! message whose samples cannot be persisted.
 
 mod common;
 
@@ -398,4 +399,106 @@ async fn samples_stamped_beyond_the_future_bound_are_rejected_and_nothing_blocks
     assert_store_exact(&store, 1).await;
     assert_eq!(queue.dead_letter_count().await.unwrap(), 0);
     assert_eq!(queue.refresh_depth().await.unwrap(), 0);
+}
+
+/// A GPU's open chunk in the store is unreadable, so the messages carrying its samples cannot be
+/// persisted, whenever they are tried: each is dead-lettered with the reason in its own commit,
+/// and the partition moves on to the next message; everything else is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_persisted_is_dead_lettered_and_its_partition_moves_on() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-poison");
+    let mut client = etcd.client().await;
+    let queue = Queue::open(client.clone(), queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = store_for(client.clone(), &prefix);
+    let rows = real_rows();
+    let poisoned = rows[0].0.uuid.clone();
+    let partition = queue.partition_for(poisoned.as_str().as_bytes());
+    let open_chunk = store.keys().open_chunk(&poisoned);
+    client
+        .put(open_chunk.clone(), b"not a chunk".to_vec(), None)
+        .await
+        .unwrap();
+    // One pass (a message per partition), then a message on the same partition without the
+    // poisoned GPU.
+    let t0 = now_us() - 600_000_000;
+    publish_passes(&queue, 1, t0).await;
+    let (other, metric, value) = rows
+        .iter()
+        .find(|(info, _, _)| {
+            info.uuid != poisoned && queue.partition_for(info.uuid.as_str().as_bytes()) == partition
+        })
+        .unwrap();
+    let mut builder = telemetry_model::SampleBatch::builder();
+    builder.push(other, metric, TimestampMicros(t0 + 1_000_000), *value);
+    let mut producer = queue.producer();
+    producer
+        .publish_batch(vec![etcd_queue::OutgoingMessage {
+            partition,
+            payload: telemetry_model::BatchEvent::new("after", "/test/poison", builder.build())
+                .to_json(),
+        }])
+        .await
+        .unwrap();
+    producer.close().await.unwrap();
+
+    let mut processor = processor_for(&store);
+    let mut consumer = queue.consumer(ConsumerConfig::new("poison")).await.unwrap();
+    drain(&queue, &mut consumer, &mut processor).await;
+    consumer.leave().await.unwrap();
+
+    let dead = queue.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.partition, d.offset))
+            .collect::<Vec<_>>(),
+        [(partition, 1)]
+    );
+    assert!(
+        dead[0].reason.starts_with("not persistable: ") && dead[0].reason.contains(&open_chunk),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
+    // The dead-lettered pass message carried every GPU of its partition; the message after it
+    // is stored; every other partition's GPUs are stored exactly.
+    let samples_of = |uuid: &telemetry_model::GpuUuid| {
+        let store = store.clone();
+        let uuid = uuid.clone();
+        async move {
+            store
+                .query(&uuid, &telemetry_store::SampleQuery::default())
+                .await
+                .unwrap()
+                .samples
+                .len()
+        }
+    };
+    let unreadable = store
+        .query(&poisoned, &telemetry_store::SampleQuery::default())
+        .await;
+    assert!(
+        matches!(
+            unreadable,
+            Err(telemetry_store::StoreError::CorruptChunk { .. })
+        ),
+        "{unreadable:?}"
+    );
+    let gpus: std::collections::BTreeSet<_> = rows
+        .iter()
+        .map(|(info, _, _)| &info.uuid)
+        .filter(|uuid| **uuid != poisoned)
+        .collect();
+    for uuid in gpus {
+        let expected = if uuid == &other.uuid {
+            1
+        } else if queue.partition_for(uuid.as_str().as_bytes()) == partition {
+            0
+        } else {
+            10
+        };
+        assert_eq!(samples_of(uuid).await, expected, "{uuid}");
+    }
 }

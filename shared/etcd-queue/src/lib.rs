@@ -36,7 +36,7 @@ pub use error::QueueError;
 pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
 pub use lease::is_lease_not_found;
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
-pub use retry::{is_no_space, is_transient, with_retry, Backoff};
+pub use retry::{is_no_space, is_request_refused, is_transient, with_retry, Backoff};
 pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 pub use work_group::{GroupSnapshot, ItemOwner, Rebalance, WorkGroup};
 

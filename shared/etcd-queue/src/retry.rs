@@ -87,6 +87,18 @@ pub fn is_no_space(error: &etcd_client::Error) -> bool {
     )
 }
 
+/// Whether etcd refused the request for what it asks, not for the state it is in: a value or
+/// request too large, a lease TTL beyond etcd's maximum, too many operations (gRPC
+/// `InvalidArgument` or `OutOfRange`). Nothing was applied, and the same request would be refused
+/// again whenever and by whomever it is sent.
+pub fn is_request_refused(error: &etcd_client::Error) -> bool {
+    matches!(
+        error,
+        etcd_client::Error::GRpcStatus(status)
+            if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange)
+    )
+}
+
 /// gRPC codes that mean "try again".
 mod tonic_code {
     pub use tonic::Code;
@@ -156,6 +168,34 @@ mod tests {
             "grpc: received message larger than max (4194305 vs. 4194304)"
         )));
         assert!(!is_no_space(&status(tonic::Code::Unavailable, NO_SPACE)));
+    }
+
+    #[test]
+    fn requests_refused_for_what_they_ask_are_told_from_states_to_wait_in() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(is_request_refused(&status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )));
+        assert!(is_request_refused(&status(
+            tonic::Code::OutOfRange,
+            "etcdserver: too large lease TTL"
+        )));
+        for waitable in [
+            status(tonic::Code::ResourceExhausted, NO_SPACE),
+            status(
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            status(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            status(tonic::Code::Unavailable, "etcdserver: leader changed"),
+        ] {
+            assert!(!is_request_refused(&waitable), "{waitable:?}");
+        }
     }
 
     #[test]
