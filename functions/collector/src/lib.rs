@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use consume::{DeliveryProcessor, Processed};
 pub use error::CollectorError;
-pub use ingest::IngestResponse;
+pub use ingest::{IngestResponse, IngestSettings};
 pub use metrics::CollectorMetrics;
 
 /// How long `/readyz` waits for etcd to answer.
@@ -58,8 +58,11 @@ pub async fn run(
         metrics.nospace_waiting.clone(),
     );
     let store = ingest::StoreSlot::default();
-    let router = ops_router(Arc::new(registry), readiness.clone())
-        .merge(ingest::ingest_router(store.clone(), metrics.clone()));
+    let router = ops_router(Arc::new(registry), readiness.clone()).merge(ingest::ingest_router(
+        store.clone(),
+        metrics.clone(),
+        &config.ingest,
+    ));
     let server = HttpServer::spawn(listener, router);
 
     let result = async {
