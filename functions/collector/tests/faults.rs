@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -14,7 +13,7 @@ use etcd_client::{
     AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions, GetOptions,
 };
 use etcd_queue::{ConsumerConfig, Queue};
-use function_runtime::{EtcdConfig, QueueSettings, Shutdown, NO_SPACE_REASON};
+use function_runtime::{QueueSettings, Shutdown, NO_SPACE_REASON};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
@@ -23,39 +22,6 @@ use test_support::{free_port, testdata, unique_prefix, EtcdHarness, REAL_CSV};
 
 fn now_us() -> i64 {
     TimestampMicros::now().0
-}
-
-/// Persists deliveries until the queue is empty, as a collector does; every delivery must
-/// persist without error.
-async fn drain(
-    queue: &Queue,
-    consumer: &mut etcd_queue::Consumer,
-    processor: &mut collector::DeliveryProcessor,
-) {
-    while queue.depth().await.unwrap() > 0 {
-        let delivery = consumer
-            .poll(Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("a delivery while messages remain");
-        processor.process(consumer, delivery).await.unwrap();
-    }
-}
-
-fn processor_for(store: &telemetry_store::TelemetryStore) -> collector::DeliveryProcessor {
-    processor_with_metrics(store).0
-}
-
-/// A processor and the registry its metrics are in.
-fn processor_with_metrics(
-    store: &telemetry_store::TelemetryStore,
-) -> (collector::DeliveryProcessor, Registry) {
-    let mut registry = Registry::default();
-    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
-    (
-        collector::DeliveryProcessor::new(store.clone(), metrics),
-        registry,
-    )
 }
 
 /// The metrics of `registry` as Prometheus text.
@@ -94,7 +60,7 @@ async fn a_retention_lease_gone_between_prepare_and_commit_is_granted_again() {
         .await
         .unwrap();
     let store = store_for(client.clone(), &prefix);
-    let mut processor = processor_for(&store);
+    let (mut processor, _registry) = processor_for(&store);
     let member = ConsumerConfig {
         lease_ttl: Duration::from_secs(30),
         ..ConsumerConfig::new("lease-gone")
@@ -102,11 +68,11 @@ async fn a_retention_lease_gone_between_prepare_and_commit_is_granted_again() {
     let mut consumer = queue.consumer(member).await.unwrap();
     let t0 = now_us() - 600_000_000;
     publish_passes(&queue, 1, t0).await;
-    drain(&queue, &mut consumer, &mut processor).await;
+    drain_with(&queue, &mut consumer, &mut processor).await;
     assert!(revoke_retention_leases(&client, &prefix).await >= 1);
 
     publish_passes(&queue, 1, t0 + (ROWS * 10) as i64).await;
-    drain(&queue, &mut consumer, &mut processor).await;
+    drain_with(&queue, &mut consumer, &mut processor).await;
     assert_eq!(consumer.owned_partitions(), (0..16).collect::<Vec<_>>());
     // The first pass went with its lease; the second is stored exactly once.
     assert_store_exact(&store, 1).await;
@@ -223,11 +189,7 @@ async fn nospace_is_waited_in_and_recovered_from_while_everything_runs() {
     let until = stop.clone();
     let streamer = tokio::spawn(streamer::run(
         streamer::Config {
-            etcd: EtcdConfig {
-                endpoints: vec![etcd.endpoint()],
-                prefix: prefix.clone(),
-                ..EtcdConfig::default()
-            },
+            etcd: etcd_config(&etcd.endpoint(), &prefix),
             queue: QueueSettings {
                 lease_ttl: Duration::from_secs(30),
                 ..QueueSettings::default()
@@ -245,16 +207,7 @@ async fn nospace_is_waited_in_and_recovered_from_while_everything_runs() {
     wait_until(
         "some samples committed",
         Duration::from_secs(60),
-        || async {
-            queue
-                .progress()
-                .await
-                .unwrap()
-                .offsets
-                .values()
-                .sum::<u64>()
-                > 0
-        },
+        || async { committed_messages(&queue).await > 0 },
     )
     .await;
 
@@ -371,24 +324,21 @@ async fn samples_stamped_beyond_the_future_bound_are_rejected_and_nothing_blocks
                 TimestampMicros(now + ahead + i as i64),
                 *value,
             );
-            etcd_queue::OutgoingMessage {
-                partition: queue.partition_for(info.uuid.as_str().as_bytes()),
-                payload: telemetry_model::BatchEvent::new(
-                    format!("ahead-{i}"),
-                    "/test/clock-ahead",
-                    builder.build(),
-                )
-                .to_json(),
-            }
+            event_message(
+                queue.partition_for(info.uuid.as_str().as_bytes()),
+                &format!("ahead-{i}"),
+                "/test/clock-ahead",
+                builder.build(),
+            )
         })
         .collect();
     producer.publish_batch(messages).await.unwrap();
     producer.close().await.unwrap();
     publish_passes(&queue, 1, now - 600_000_000).await;
 
-    let (mut processor, registry) = processor_with_metrics(&store);
+    let (mut processor, registry) = processor_for(&store);
     let mut consumer = queue.consumer(ConsumerConfig::new("ahead")).await.unwrap();
-    drain(&queue, &mut consumer, &mut processor).await;
+    drain_with(&queue, &mut consumer, &mut processor).await;
     consumer.leave().await.unwrap();
     let text = metrics_text(&registry);
     assert!(
@@ -435,18 +385,19 @@ async fn a_message_that_cannot_be_persisted_is_dead_lettered_and_its_partition_m
     builder.push(other, metric, TimestampMicros(t0 + 1_000_000), *value);
     let mut producer = queue.producer();
     producer
-        .publish_batch(vec![etcd_queue::OutgoingMessage {
+        .publish_batch(vec![event_message(
             partition,
-            payload: telemetry_model::BatchEvent::new("after", "/test/poison", builder.build())
-                .to_json(),
-        }])
+            "after",
+            "/test/poison",
+            builder.build(),
+        )])
         .await
         .unwrap();
     producer.close().await.unwrap();
 
-    let mut processor = processor_for(&store);
+    let (mut processor, _registry) = processor_for(&store);
     let mut consumer = queue.consumer(ConsumerConfig::new("poison")).await.unwrap();
-    drain(&queue, &mut consumer, &mut processor).await;
+    drain_with(&queue, &mut consumer, &mut processor).await;
     consumer.leave().await.unwrap();
 
     let dead = queue.dead_letters(10).await.unwrap();

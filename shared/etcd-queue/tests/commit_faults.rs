@@ -149,6 +149,29 @@ fn expected(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
 
+/// The partition's messages `ids` are delivered again to the same member, from offset 0;
+/// committed now, each is in the sink once and nothing is left pending.
+async fn assert_redelivered_and_committed_once(
+    queue: &Queue,
+    consumer: etcd_queue::Consumer,
+    client: &Client,
+    sink: &str,
+    ids: &[&str],
+) {
+    let mut consumer = consumer;
+    let again = next_delivery(&mut consumer).await;
+    let all: Vec<u64> = (1..=ids.len() as u64).collect();
+    assert_eq!((again.after, offsets(&again)), (0, all));
+    consumer
+        .commit(&again, recording(sink, 1, &again), &[])
+        .await
+        .unwrap();
+    assert_eq!(consumer.owned_partitions(), [0]);
+    assert_exactly_once(&sink_contents(client, sink).await, &expected(ids));
+    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
+    consumer.leave().await.unwrap();
+}
+
 /// etcd applies the commit but its answers are lost: the commit times out, the read-backs too,
 /// and the consumer gives up after its retry budget. It must still own the partition and, having
 /// re-read the offset once etcd answers again, must not deliver those messages again.
@@ -231,18 +254,8 @@ async fn an_outage_longer_than_the_retry_budget_keeps_the_partition_and_redelive
     );
     etcd.restart().await;
 
-    let again = next_delivery(&mut consumer).await;
-    assert_eq!((again.after, offsets(&again)), (0, vec![1, 2]));
-    consumer
-        .commit(&again, recording(&sink, 1, &again), &[])
-        .await
-        .unwrap();
-    assert_exactly_once(
-        &sink_contents(&etcd.client().await, &sink).await,
-        &expected(&["m1", "m2"]),
-    );
-    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
-    consumer.leave().await.unwrap();
+    let client = etcd.client().await;
+    assert_redelivered_and_committed_once(&queue, consumer, &client, &sink, &["m1", "m2"]).await;
 }
 
 /// etcd refuses the commit for good (one of the caller's writes is larger than a request may
@@ -279,18 +292,8 @@ async fn a_commit_refused_for_good_keeps_the_partition() {
     );
     assert_eq!(consumer.owned_partitions(), [0], "the partition is kept");
 
-    let again = next_delivery(&mut consumer).await;
-    assert_eq!((again.after, offsets(&again)), (0, vec![1, 2]));
-    consumer
-        .commit(&again, recording(&sink, 0, &again), &[])
-        .await
-        .unwrap();
-    assert_exactly_once(
-        &sink_contents(&etcd.client().await, &sink).await,
-        &expected(&["m1", "m2"]),
-    );
-    assert_eq!(queue.refresh_depth().await.unwrap(), 0);
-    consumer.leave().await.unwrap();
+    let client = etcd.client().await;
+    assert_redelivered_and_committed_once(&queue, consumer, &client, &sink, &["m1", "m2"]).await;
 }
 
 /// A write of the commit is attached to a lease that expired between preparing and committing
