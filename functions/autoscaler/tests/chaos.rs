@@ -60,7 +60,7 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 const START: Duration = Duration::from_secs(60);
 
 /// The collector counter of samples refused for being stamped too far in the future.
-const FUTURE_REJECTED_METRIC: &str = "collector_samples_future_total";
+const FUTURE_REJECTED_METRIC: &str = r#"collector_samples_rejected_total{reason="future"}"#;
 
 /// What the streamer streams: `passes` passes at `rate` samples/s, `interval` between passes.
 #[derive(Clone, Copy)]

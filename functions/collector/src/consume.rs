@@ -1,13 +1,15 @@
 //! The consume loop: deliveries from owned partitions are decoded, persisted and committed in one
-//! fenced transaction; undecodable messages go to the dead-letter prefix in the same commit.
+//! fenced transaction; undecodable messages go to the dead-letter prefix in the same commit, and
+//! so does a message whose samples cannot be persisted for a reason of their own (poison), so
+//! that no message blocks its partition.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_queue::{
-    is_lease_not_found, Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS,
-    DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
+    is_lease_not_found, is_request_refused, Consumer, DeadLetter, Delivery, Fence, QueueError,
+    COMMIT_RESERVED_OPS, DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 use telemetry_model::{BatchEvent, GpuUuid};
 use telemetry_store::{
@@ -40,6 +42,16 @@ pub struct DeliveryProcessor {
     store: TelemetryStore,
     writer: StoreWriter,
     metrics: Arc<CollectorMetrics>,
+}
+
+/// What committing a prefix of a delivery came to.
+enum PrefixOutcome {
+    Committed(Processed),
+    /// Its writes do not fit one transaction; nothing was written.
+    TooLarge,
+    /// Its samples cannot be persisted for a reason of their own (the reason); nothing was
+    /// written.
+    Poisoned(String),
 }
 
 /// What one processed delivery did.
@@ -77,6 +89,7 @@ impl DeliveryProcessor {
             .collect();
         // The estimate picks the prefix; the prepared writes decide: a GPU whose samples fill
         // more than one chunk seals more than once, so a prefix that does not fit is halved.
+        // A poisoned prefix is halved too, down to the one message that is poison.
         let mut take = fitting_prefix(&decoded);
         loop {
             if take == 0 {
@@ -89,21 +102,64 @@ impl DeliveryProcessor {
                 .commit_prefix(consumer, &delivery, &decoded, take)
                 .await?
             {
-                Some(processed) => return Ok(processed),
-                None => take /= 2,
+                PrefixOutcome::Committed(processed) => return Ok(processed),
+                PrefixOutcome::TooLarge => take /= 2,
+                PrefixOutcome::Poisoned(_) if take > 1 => take /= 2,
+                PrefixOutcome::Poisoned(reason) => {
+                    return self.dead_letter_first(consumer, &delivery, reason).await
+                }
             }
         }
     }
 
-    /// Persists and commits the first `take` messages of `delivery`; `None` if their writes do not
-    /// fit one transaction (nothing was written).
+    /// Moves the first message of `delivery` to the dead-letter prefix with `reason`, committing
+    /// past it: its samples cannot be persisted, and the partition moves on.
+    async fn dead_letter_first(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: &Delivery,
+        reason: String,
+    ) -> Result<Processed, CollectorError> {
+        let mut single = delivery.clone();
+        single.messages.truncate(1);
+        let message = &single.messages[0];
+        tracing::warn!(partition = message.partition, offset = message.offset, %reason,
+            "dead-lettering a message whose samples cannot be persisted");
+        let dead = [DeadLetter {
+            offset: message.offset,
+            reason,
+        }];
+        self.writer.invalidate_all();
+        match consumer.commit(&single, Fence::default(), &dead).await {
+            Ok(_) => {
+                self.metrics.commits.inc();
+                self.metrics.dead_letters.inc();
+                Ok(Processed {
+                    messages: 1,
+                    samples: 0,
+                    dead_letters: 1,
+                })
+            }
+            Err(QueueError::LostOwnership { .. } | QueueError::StaleDelivery { .. }) => {
+                Ok(Processed::default())
+            }
+            Err(e) => {
+                consumer.abandon(delivery);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Persists and commits the first `take` messages of `delivery`, unless their writes do not
+    /// fit one transaction or cannot be persisted for a reason of their own (then nothing was
+    /// written).
     async fn commit_prefix(
         &mut self,
         consumer: &mut Consumer,
         delivery: &Delivery,
         decoded: &[Decoded],
         take: usize,
-    ) -> Result<Option<Processed>, CollectorError> {
+    ) -> Result<PrefixOutcome, CollectorError> {
         let mut prefix = delivery.clone();
         prefix.messages.truncate(take);
         let decoded = &decoded[..take];
@@ -129,6 +185,10 @@ impl DeliveryProcessor {
         for attempt in 0..=FENCE_RETRIES {
             let mut prepared = match self.writer.prepare(&grouped).await {
                 Ok(p) => p,
+                Err(e) if e.is_caused_by_data() => {
+                    self.writer.invalidate_all();
+                    return Ok(PrefixOutcome::Poisoned(format!("not persistable: {e}")));
+                }
                 Err(e) => {
                     consumer.abandon(delivery);
                     return Err(e.into());
@@ -149,9 +209,9 @@ impl DeliveryProcessor {
                     bytes = fence.bytes,
                     "prepared writes exceed one transaction; committing a shorter prefix"
                 );
-                return Ok(None);
+                return Ok(PrefixOutcome::TooLarge);
             }
-            let (samples, expired) = (prepared.samples, prepared.expired);
+            let (samples, expired, future) = (prepared.samples, prepared.expired, prepared.future);
             // The fence moves into the commit; the rest of `prepared` updates the cache after it.
             let fence = std::mem::take(&mut prepared.fence);
             match consumer.commit(&prefix, fence, &dead).await {
@@ -163,11 +223,12 @@ impl DeliveryProcessor {
                         .inc_by((take - dead.len()) as u64);
                     self.metrics.samples_persisted.inc_by(samples as u64);
                     self.metrics.samples_expired.inc_by(expired as u64);
+                    self.metrics.rejected_future(future);
                     self.metrics.dead_letters.inc_by(dead.len() as u64);
                     self.metrics
                         .commit_latency
                         .observe(started.elapsed().as_secs_f64());
-                    return Ok(Some(Processed {
+                    return Ok(PrefixOutcome::Committed(Processed {
                         messages: take,
                         samples,
                         dead_letters: dead.len(),
@@ -188,12 +249,19 @@ impl DeliveryProcessor {
                         "partition moved away mid-delivery; its new owner continues"
                     );
                     self.writer.invalidate_all();
-                    return Ok(Some(Processed::default()));
+                    return Ok(PrefixOutcome::Committed(Processed::default()));
                 }
                 Err(QueueError::Etcd { source, .. }) if is_lease_not_found(&source) => {
                     // A retention lease expired between preparing and committing.
                     self.store.leases().forget_all().await;
                     self.writer.invalidate_all();
+                }
+                // etcd refused the commit for what it writes: the prefix's own data.
+                Err(QueueError::Etcd { source, .. }) if is_request_refused(&source) => {
+                    self.writer.invalidate_all();
+                    return Ok(PrefixOutcome::Poisoned(format!(
+                        "not persistable: etcd refused the commit: {source}"
+                    )));
                 }
                 Err(e) => {
                     consumer.abandon(delivery);
@@ -228,6 +296,11 @@ impl DeliveryProcessor {
         let grouped = group_by_gpu([&event.batch]);
         let stats = match self.store.write_idempotent(tag, &grouped).await {
             Ok(stats) => stats,
+            Err(e) if e.is_caused_by_data() => {
+                return self
+                    .dead_letter_first(consumer, delivery, format!("not persistable: {e}"))
+                    .await
+            }
             Err(e) => {
                 consumer.abandon(delivery);
                 return Err(e.into());
@@ -240,6 +313,7 @@ impl DeliveryProcessor {
                 self.metrics.batches_persisted.inc();
                 self.metrics.samples_persisted.inc_by(stats.samples as u64);
                 self.metrics.samples_expired.inc_by(stats.expired as u64);
+                self.metrics.rejected_future(stats.future);
                 Ok(Processed {
                     messages: 1,
                     samples: stats.samples,

@@ -76,6 +76,7 @@ pub async fn run(
             "streaming"
         );
         Streamer::new(client, engine, metrics)
+            .with_readiness(readiness.clone())
             .run(stop.clone())
             .await
     }

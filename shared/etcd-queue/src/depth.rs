@@ -16,37 +16,43 @@ use crate::keys::{trailing_number, GroupKeys, QueueKeys};
 use crate::kv::decimal_value;
 use crate::retry::with_retry;
 
-/// Heads and committed offsets of every partition, read at one revision.
+/// Heads and committed offsets of every partition, and the payload bytes published to and
+/// committed from each, read at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     pub revision: i64,
     pub heads: BTreeMap<u32, u64>,
     pub offsets: BTreeMap<u32, u64>,
+    /// Payload bytes ever published, per partition.
+    pub head_bytes: BTreeMap<u32, u64>,
+    /// Payload bytes ever committed by the group, per partition.
+    pub offset_bytes: BTreeMap<u32, u64>,
 }
 
 impl Progress {
-    pub(crate) fn read_ops(keys: &QueueKeys, group: &GroupKeys) -> [TxnOp; 2] {
+    /// The reads [`Progress::from_responses`] takes, in its order.
+    pub(crate) fn read_ops(keys: &QueueKeys, group: &GroupKeys) -> [TxnOp; PROGRESS_READS] {
+        let prefix = |key: String| TxnOp::get(key, Some(GetOptions::new().with_prefix()));
         [
-            TxnOp::get(keys.heads_prefix(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(
-                group.offsets_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+            prefix(keys.heads_prefix()),
+            prefix(group.offsets_prefix()),
+            prefix(keys.head_bytes_prefix()),
+            prefix(group.offset_bytes_prefix()),
         ]
     }
 
     pub(crate) fn from_responses(revision: i64, responses: &[TxnOpResponse]) -> Self {
-        let mut progress = Progress {
-            revision,
-            ..Progress::default()
+        let numbers = |i: usize| match responses.get(i) {
+            Some(TxnOpResponse::Get(get)) => numbers_by_partition(get.kvs()),
+            _ => BTreeMap::new(),
         };
-        if let Some(TxnOpResponse::Get(heads)) = responses.first() {
-            progress.heads = numbers_by_partition(heads.kvs());
+        Progress {
+            revision,
+            heads: numbers(0),
+            offsets: numbers(1),
+            head_bytes: numbers(2),
+            offset_bytes: numbers(3),
         }
-        if let Some(TxnOpResponse::Get(offsets)) = responses.get(1) {
-            progress.offsets = numbers_by_partition(offsets.kvs());
-        }
-        progress
     }
 
     pub async fn read(
@@ -77,7 +83,22 @@ impl Progress {
     pub fn depth(&self) -> u64 {
         self.heads.keys().map(|p| self.lag(*p)).sum()
     }
+
+    /// Payload bytes pending in `partition`.
+    pub fn lag_bytes(&self, partition: u32) -> u64 {
+        let published = self.head_bytes.get(&partition).copied().unwrap_or(0);
+        let committed = self.offset_bytes.get(&partition).copied().unwrap_or(0);
+        published.saturating_sub(committed)
+    }
+
+    /// Payload bytes pending in the whole topic.
+    pub fn pending_bytes(&self) -> u64 {
+        self.head_bytes.keys().map(|p| self.lag_bytes(*p)).sum()
+    }
 }
+
+/// How many reads [`Progress::read_ops`] makes.
+pub(crate) const PROGRESS_READS: usize = 4;
 
 pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u32, u64> {
     kvs.iter()
@@ -162,18 +183,18 @@ impl DepthReporter {
         )
     }
 
+    /// Reads the progress, writes the depth it gives, and returns it.
     pub(crate) async fn flush(
         &mut self,
         client: &Client,
         keys: &QueueKeys,
         group: &GroupKeys,
         budget: Duration,
-    ) -> Result<u64, QueueError> {
+    ) -> Result<Progress, QueueError> {
         let progress = Progress::read(client, keys, group, budget).await?;
-        let depth = progress.depth();
-        write_depth(client, keys, depth, progress.revision, budget).await?;
+        write_depth(client, keys, progress.depth(), progress.revision, budget).await?;
         self.dirty = false;
         self.last_write = Some(Instant::now());
-        Ok(depth)
+        Ok(progress)
     }
 }

@@ -36,10 +36,11 @@ pub use error::QueueError;
 pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
 pub use lease::is_lease_not_found;
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
-pub use retry::{is_transient, with_retry, Backoff};
+pub use retry::{is_no_space, is_request_refused, is_transient, with_retry, Backoff};
 pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
-pub use work_group::{GroupSnapshot, Rebalance, WorkGroup};
+pub use work_group::{GroupSnapshot, ItemOwner, Rebalance, WorkGroup};
 
+use crate::depth::PROGRESS_READS;
 use crate::keys::{trailing_number, trailing_segment};
 use crate::retry::with_retry as retry;
 
@@ -92,6 +93,8 @@ pub struct QueueStatus {
     pub topic: String,
     pub group: String,
     pub depth: u64,
+    /// Payload bytes of the pending messages (what backpressure bounds by bytes).
+    pub pending_bytes: u64,
     pub partitions: Vec<PartitionStatus>,
     pub members: Vec<String>,
     pub dead_letters: u64,
@@ -340,15 +343,8 @@ impl Queue {
     /// Partitions with owner, committed offset and lag; members; depth; dead-letter count.
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
         let wg = self.group.work_group();
-        let ops = vec![
-            TxnOp::get(
-                self.keys.heads_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-            TxnOp::get(
-                self.group.offsets_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+        let mut ops = Progress::read_ops(&self.keys, &self.group).to_vec();
+        ops.extend([
             TxnOp::get(wg.owners_prefix(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(
                 wg.members_prefix(),
@@ -358,7 +354,7 @@ impl Queue {
                 self.keys.dead_prefix(),
                 Some(GetOptions::new().with_prefix().with_count_only()),
             ),
-        ];
+        ]);
         let response = retry("read queue status", self.config.retry_budget, || {
             let mut client = self.client.clone();
             let txn = Txn::new().and_then(ops.clone());
@@ -367,25 +363,26 @@ impl Queue {
         .await?;
         let responses = response.op_responses();
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        let progress = Progress::from_responses(revision, &responses[..2]);
+        let (progress_responses, responses) = responses.split_at(PROGRESS_READS);
+        let progress = Progress::from_responses(revision, progress_responses);
         let mut owners = BTreeMap::new();
         let mut members = Vec::new();
         let mut dead_letters = 0;
-        if let Some(TxnOpResponse::Get(get)) = responses.get(2) {
+        if let Some(TxnOpResponse::Get(get)) = responses.first() {
             for kv in get.kvs() {
                 if let Some(p) = trailing_number(kv.key()) {
                     owners.insert(p as u32, String::from_utf8_lossy(kv.value()).into_owned());
                 }
             }
         }
-        if let Some(TxnOpResponse::Get(get)) = responses.get(3) {
+        if let Some(TxnOpResponse::Get(get)) = responses.get(1) {
             members = get
                 .kvs()
                 .iter()
                 .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
                 .collect();
         }
-        if let Some(TxnOpResponse::Get(get)) = responses.get(4) {
+        if let Some(TxnOpResponse::Get(get)) = responses.get(2) {
             dead_letters = get.count() as u64;
         }
         let partitions = (0..self.config.partitions)
@@ -401,6 +398,7 @@ impl Queue {
             topic: self.config.topic.clone(),
             group: self.config.group.clone(),
             depth: progress.depth(),
+            pending_bytes: progress.pending_bytes(),
             partitions,
             members,
             dead_letters,

@@ -1,6 +1,6 @@
 //! The flags and environment variables of the shared settings, flattened by each function's
 //! `cli.rs` and converted into the plain configs ([`EtcdConfig`], [`QueueSettings`],
-//! [`StoreSettings`]). Every default shown here is taken from those configs' `Default`, so it is
+//! [`StoreSettings`]), and the argument types they share ([`DurationArg`], [`ByteSize`]). Every default shown here is taken from those configs' `Default`, so it is
 //! stated once. [`worker_env`] is the reverse: the variables that give another function the same
 //! settings.
 
@@ -56,6 +56,55 @@ impl From<DurationArg> for Duration {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 500ms, 55s, 1m, 24h)"))
+}
+
+/// A size in bytes on the command line: `65536`, `64KiB`, `1MiB`; shown in the largest binary unit
+/// that divides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_byte_size(text).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            n if n % (1024 * 1024) == 0 => write!(f, "{}MiB", n / (1024 * 1024)),
+            n if n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`/`K`/`M`, all powers of 1024).
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 65536, 64KiB, 1MiB)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use KiB or MiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// How to reach etcd, and the key prefix.
@@ -130,6 +179,10 @@ pub struct QueueArgs {
     #[arg(long, env = "QUEUE_MAX_DEPTH", default_value_t = QueueSettings::default().max_depth)]
     pub max_depth: u64,
 
+    /// Backlog (payload bytes; suffixes KiB and MiB allowed) at which producers wait, then fail.
+    #[arg(long, env = "QUEUE_MAX_BYTES", default_value_t = ByteSize(QueueSettings::default().max_bytes as usize))]
+    pub max_bytes: ByteSize,
+
     /// Lease TTL of group members: how long a crashed member holds its work.
     #[arg(long, env = "QUEUE_LEASE_TTL", default_value_t = DurationArg(QueueSettings::default().lease_ttl))]
     pub lease_ttl: DurationArg,
@@ -144,6 +197,7 @@ impl From<QueueArgs> for QueueSettings {
         QueueSettings {
             partitions: args.partitions,
             max_depth: args.max_depth,
+            max_bytes: args.max_bytes.0 as u64,
             lease_ttl: args.lease_ttl.into(),
             retry_budget: args.retry_budget.into(),
         }
@@ -161,6 +215,9 @@ pub struct StoreArgs {
     /// look one bucket back for chunks overlapping a window).
     #[arg(long = "store-bucket", env = "STORE_BUCKET", default_value_t = DurationArg(StoreSettings::default().bucket))]
     pub bucket: DurationArg,
+
+    #[command(flatten)]
+    pub clock: ClockArgs,
 }
 
 impl From<StoreArgs> for StoreSettings {
@@ -168,8 +225,20 @@ impl From<StoreArgs> for StoreSettings {
         StoreSettings {
             retention: args.retention.into(),
             bucket: args.bucket.into(),
+            max_future: args.clock.max_future.into(),
         }
     }
+}
+
+/// How far sample clocks may run ahead: shared by the collector (which rejects samples stamped
+/// further ahead) and the streamer (which stops stamping after a shard state that far ahead).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClockArgs {
+    /// Furthest a sample's timestamp may be ahead of this host's clock. The collector rejects
+    /// (and counts) samples stamped later; a streamer whose shard state is further ahead stamps
+    /// from its clock again.
+    #[arg(long, env = "TELEMETRY_MAX_FUTURE", default_value_t = DurationArg(StoreSettings::default().max_future))]
+    pub max_future: DurationArg,
 }
 
 /// How the function logs.
@@ -248,6 +317,23 @@ mod tests {
     }
 
     #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        assert_eq!(parse_byte_size("65536"), Ok(65536));
+        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
+        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_byte_size(" 2 k "), Ok(2048));
+        assert!(parse_byte_size("").is_err());
+        assert!(parse_byte_size("KiB").is_err());
+        assert!(parse_byte_size("1GiB")
+            .unwrap_err()
+            .contains("unknown size unit"));
+        assert!(parse_byte_size("99999999999999999999M").is_err());
+        assert_eq!(ByteSize(65536).to_string(), "64KiB");
+        assert_eq!(ByteSize(3 * 1024 * 1024).to_string(), "3MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("55s"), Ok(Duration::from_secs(55)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
@@ -305,10 +391,14 @@ mod tests {
             "5s",
             "--etcd-password-file",
             "/run/secrets/etcd-password",
+            "--max-bytes",
+            "64MiB",
             "--store-bucket",
             "30s",
             "--store-retention",
             "2m",
+            "--max-future",
+            "30s",
             "--port",
             "0",
             "--log-format",
@@ -335,6 +425,7 @@ mod tests {
                 partitions: 32,
                 lease_ttl: Duration::from_secs(2),
                 retry_budget: Duration::from_secs(5),
+                max_bytes: 64 * 1024 * 1024,
                 ..QueueSettings::default()
             }
         );
@@ -343,6 +434,7 @@ mod tests {
             StoreSettings {
                 retention: Duration::from_secs(120),
                 bucket: Duration::from_secs(30),
+                max_future: Duration::from_secs(30),
             }
         );
         assert_eq!(

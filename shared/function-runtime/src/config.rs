@@ -67,6 +67,8 @@ pub struct QueueSettings {
     pub partitions: u32,
     /// Backlog (messages) at which producers wait, then fail.
     pub max_depth: u64,
+    /// Backlog (payload bytes) at which producers wait, then fail.
+    pub max_bytes: u64,
     /// Lease TTL of group members: how long a crashed member holds its work.
     pub lease_ttl: Duration,
     /// How long transient etcd failures of one queue operation are retried before it fails.
@@ -79,6 +81,7 @@ impl Default for QueueSettings {
         QueueSettings {
             partitions: queue.partitions,
             max_depth: queue.max_depth,
+            max_bytes: queue.max_pending_bytes,
             lease_ttl: ConsumerConfig::new("").lease_ttl,
             retry_budget: queue.retry_budget,
         }
@@ -93,6 +96,7 @@ impl QueueSettings {
             partitions: self.partitions,
             max_depth: self.max_depth,
             retry_budget: self.retry_budget,
+            max_pending_bytes: self.max_bytes,
             ..QueueConfig::default()
         }
     }
@@ -105,6 +109,8 @@ pub struct StoreSettings {
     pub retention: Duration,
     /// Retention bucket: data expires bucket by bucket; readers must use the writers' bucket.
     pub bucket: Duration,
+    /// How far ahead of this host's clock a sample may be stamped; later ones are rejected.
+    pub max_future: Duration,
 }
 
 impl Default for StoreSettings {
@@ -113,6 +119,7 @@ impl Default for StoreSettings {
         StoreSettings {
             retention: store.retention,
             bucket: store.bucket,
+            max_future: store.max_future,
         }
     }
 }
@@ -124,6 +131,7 @@ impl StoreSettings {
             prefix: prefix.to_string(),
             retention: self.retention,
             bucket: self.bucket,
+            max_future: self.max_future,
             ..StoreConfig::default()
         }
     }
@@ -204,6 +212,10 @@ mod tests {
         .queue_config("/p");
         assert_eq!((queue.prefix.as_str(), queue.partitions), ("/p", 32));
         assert_eq!(queue.max_depth, QueueConfig::default().max_depth);
+        assert_eq!(
+            queue.max_pending_bytes,
+            QueueConfig::default().max_pending_bytes
+        );
         let store = StoreSettings {
             bucket: Duration::from_secs(60),
             ..StoreSettings::default()

@@ -20,7 +20,7 @@ use etcd_queue::{Fence, MAX_TXN_OPS};
 use telemetry_model::GpuUuid;
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{live_samples, GpuSamples, LeasedPut, LiveSample};
+use crate::chunk_write::{admitted, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::record::GpuRecord;
@@ -43,6 +43,8 @@ pub struct PreparedWrite {
     pub samples: usize,
     /// Samples dropped because they were already past retention when they arrived.
     pub expired: usize,
+    /// Samples rejected because they were stamped beyond the future bound.
+    pub future: usize,
     /// Bytes of chunk values written (open and sealed).
     pub chunk_bytes: usize,
     open: Vec<(GpuUuid, OpenState)>,
@@ -92,6 +94,7 @@ impl StoreWriter {
             fence: Fence::default(),
             samples: 0,
             expired: 0,
+            future: 0,
             chunk_bytes: 0,
             open: Vec::new(),
             records: Vec::new(),
@@ -105,8 +108,10 @@ impl StoreWriter {
                 open.revision,
             ));
             prepared.fence.compares.extend(stored.compares(&keys, uuid));
-            let (live, expired) = live_samples(leases, batch);
-            prepared.expired += expired;
+            let admitted = admitted(&self.store, batch);
+            let live = admitted.live;
+            prepared.expired += admitted.expired;
+            prepared.future += admitted.future;
             prepared.samples += live.len();
             for sample in &live {
                 if !open.chunk.is_empty()
