@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Checks, before anything is compiled, that the system packages a target needs are there; as root it
 # installs what is missing, otherwise it prints the apt-get line. The scripts behind run, soak,
-# api-fuzz, k8s-validate and docker-check call it themselves.
+# api-fuzz, ui-test, k8s-validate and docker-check call it themselves.
 INSTALL_DEPS := bash .ci/install-deps
 
 .PHONY: help deps run test lint fmt coverage bench build
@@ -45,11 +45,16 @@ bench: ## Run the benchmarks; results also land in target/bench/*.json
 	@$(INSTALL_DEPS) test
 	$(CARGO) bench --workspace
 
+.PHONY: chaos
+chaos: ## Fault suite: the pipeline as real processes through collector kills, etcd kills and stalls, leader loss, NOSPACE, auth restarts, a clock step, scaling 0-10-0; exact counts
+	@$(INSTALL_DEPS) test
+	$(CARGO) test -p autoscaler --test chaos -- --ignored --test-threads=1 --nocapture
+
 .PHONY: soak
 soak: ## Soak the local pipeline (own etcd, 2m retention) for SOAK_DURATION (10m); checks the etcd DB size levels off, CSV in target/soak/
 	bash functions/autoscaler/scripts/soak.sh
 
-.PHONY: openapi api-fuzz
+.PHONY: openapi api-fuzz ui-test
 openapi: ## Regenerate testdata/openapi.json from the gateway's code and validate it as OpenAPI 3.1
 	@$(INSTALL_DEPS) openapi
 	$(CARGO) run -q -p gateway -- openapi > testdata/openapi.json.tmp && mv testdata/openapi.json.tmp testdata/openapi.json
@@ -57,6 +62,9 @@ openapi: ## Regenerate testdata/openapi.json from the gateway's code and validat
 
 api-fuzz: ## Fuzz the live gateway against its OpenAPI document (schemathesis; starts etcd and the gateway)
 	bash functions/gateway/scripts/api-fuzz.sh
+
+ui-test: ## Test the dashboard in headless Chromium against a gateway on the real CSV; screenshots in target/ui/
+	bash functions/gateway/scripts/ui-test.sh
 
 .PHONY: k8s-validate docker-check
 k8s-validate: ## Lint and render the Helm chart, validate every manifest offline (tools cached in .cache/)

@@ -157,7 +157,7 @@ else
   sed 's/^/     /' "$WORK/validate-knative.out"
 fi
 if manifests expect-default "$WORK/default.yaml" "$ROOT/knative" >"$WORK/expect.out" 2>&1; then
-  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota; knative/ in one namespace"
+  pass "default install: Knative gateway min-scale 0, KEDA etcd trigger 0..10 on the depth key, streamer CronJob, etcd with auto-compaction and quota, etcd maintenance every 5 minutes, the collector behind a NetworkPolicy; knative/ in one namespace"
 else
   fail "default install"
   sed 's/^/     /' "$WORK/expect.out"
@@ -213,6 +213,18 @@ expect_rejected "etcd TLS Secret at 0440 on the Knative gateway without fsGroup"
 printf 'kn service create gpu-telemetry-gateway --image x --arg run --port http1:8080 -n telemetry \\\n  --service-account gpu-telemetry --label-revision app.kubernetes.io/component=gateway\n' >"$WORK/bad-kn.md"
 expect_rejected "kn example whose revision labels the etcd NetworkPolicy does not admit" "NetworkPolicy admits no pod" \
   manifests check-kn "$ROOT/knative" "$WORK/bad-kn.md"
+manifests mutate "$WORK/default.yaml" StatefulSet -etcd \
+  spec.template.spec.containers.0.readinessProbe '{"httpGet": {"path": "/health", "port": "metrics"}}' >"$WORK/bad-readiness.yaml"
+expect_rejected "etcd readiness on /health (unready under NOSPACE)" "goes unready on a NOSPACE alarm" \
+  manifests validate "$WORK/bad-readiness.yaml"
+manifests mutate "$WORK/default.yaml" StatefulSet -etcd \
+  spec.template.spec.containers.0.args '["--data-dir=/var/run/etcd/default.etcd"]' >"$WORK/bad-etcd-flags.yaml"
+expect_rejected "etcd without lease checkpoints" "etcd runs without --experimental-enable-lease-checkpoint" \
+  manifests validate "$WORK/bad-etcd-flags.yaml"
+manifests mutate "$WORK/default.yaml" NetworkPolicy -collector \
+  spec.ingress.0.from.0.podSelector '{"matchLabels": {"app.kubernetes.io/instance": "gpu-telemetry"}}' >"$WORK/bad-collector-policy.yaml"
+expect_rejected "collector NetworkPolicy admitting every pod of the release" "admits etcd pods to the collector" \
+  manifests validate "$WORK/bad-collector-policy.yaml"
 manifests mutate "$WORK/default.yaml" ScaledObject -collector apiVersion '"keda.sh/v1alpha2"' >"$WORK/bad-kind.yaml"
 expect_rejected "unknown apiVersion is an error, not skipped" "Couldn't find schema for kind ScaledObject" \
   manifests validate "$WORK/bad-kind.yaml"

@@ -5,7 +5,9 @@ Commands:
                                    strict mode (kubernetes-validate), KEDA and Knative kinds against
                                    their CRD schemas (validate_crds.mjs), then the pipeline's own
                                    rules (security context, mounted secrets readable by the
-                                   container's user, probes, scaling bounds, references).
+                                   container's user, probes, scaling bounds, references, etcd
+                                   flags and a readiness that survives NOSPACE, who may reach the
+                                   collector).
   expect-default RENDERED KNATIVE_DIR
                                    the default rendering holds what a default install promises, and
                                    knative/ agrees with it on the queue depth key.
@@ -56,6 +58,12 @@ DEFAULT_VOLUME_MODE = 0o644
 MAX_ELASTIC_REPLICAS = 10
 FUNCTION_COMPONENTS = {"streamer", "collector", "gateway"}
 DEFAULT_DEPTH_KEY = "/gpu-telemetry/queue/telemetry/depth"
+# Every etcd the project deploys keeps lease TTLs across leader changes and restarts.
+ETCD_REQUIRED_FLAGS = ("--experimental-enable-lease-checkpoint", "--experimental-enable-lease-checkpoint-persist")
+# The pods that may reach the collector's port: the functions of the same release.
+COLLECTOR_CLIENTS = {"streamer", "collector", "gateway"}
+# The maintenance job must run often enough that a NOSPACE alarm clears within minutes.
+MAINTENANCE_SCHEDULE = "*/5 * * * *"
 
 
 class Manifest:
@@ -251,6 +259,61 @@ def function_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
     return errors
 
 
+def etcd_member_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
+    """An etcd StatefulSet runs with lease checkpoints and stays ready under a NOSPACE alarm."""
+    if manifest.kind != "StatefulSet" or pod_labels(manifest).get("app.kubernetes.io/component") != "etcd":
+        return []
+    errors = []
+    for container in spec.get("containers", []):
+        where = f"{manifest.label()}: container {container.get('name')}"
+        args = [str(a) for a in container.get("args", []) or []]
+        for flag in ETCD_REQUIRED_FLAGS:
+            if flag not in args:
+                errors.append(f"{where}: etcd runs without {flag}")
+        readiness = container.get("readinessProbe") or {}
+        path = (readiness.get("httpGet") or {}).get("path")
+        # /health answers unhealthy under NOSPACE unless told to exclude it; an unready member
+        # leaves the Service that the functions and the maintenance job reach it through.
+        if not readiness:
+            errors.append(f"{where}: no readinessProbe")
+        elif path is not None and "exclude=NOSPACE" not in path:
+            errors.append(f"{where}: readinessProbe {path} goes unready on a NOSPACE alarm")
+    return errors
+
+
+def collector_policy_errors(manifests: list[Manifest]) -> list[str]:
+    """When NetworkPolicies are rendered, one admits to the collector's port only the functions."""
+    policies = [m for m in manifests if m.kind == "NetworkPolicy"]
+    collectors = [m for m in manifests if m.kind == "Deployment" and pod_labels(m).get("app.kubernetes.io/component") == "collector"]
+    if not policies or not collectors:
+        return []
+    errors = []
+    labels = pod_labels(collectors[0])
+    guarding = [p for p in policies if selector_matches(p.doc["spec"].get("podSelector", {}), labels)]
+    if not guarding:
+        errors.append(f"{collectors[0].label()}: no NetworkPolicy selects the collector's pods")
+    for policy in guarding:
+        for rule in policy.doc["spec"].get("ingress", []) or []:
+            if not rule.get("from"):
+                errors.append(f"{policy.label()}: an ingress rule admits every pod")
+            for peer in rule.get("from", []) or []:
+                if "namespaceSelector" in peer or "ipBlock" in peer:
+                    continue
+                selector = peer.get("podSelector", {})
+                for component in {"etcd", "etcd-defrag", "unknown"}:
+                    probe = {**labels, "app.kubernetes.io/component": component}
+                    if selector_matches(selector, probe):
+                        errors.append(f"{policy.label()}: admits {component} pods to the collector")
+                admitted = {
+                    c
+                    for c in COLLECTOR_CLIENTS
+                    if selector_matches(selector, {**labels, "app.kubernetes.io/component": c})
+                }
+                if not admitted:
+                    errors.append(f"{policy.label()}: a peer admits none of the functions")
+    return errors
+
+
 def etcd_trigger_errors(manifest: Manifest) -> list[str]:
     errors = []
     spec = manifest.doc.get("spec", {})
@@ -372,11 +435,13 @@ def validate(paths: list[str]) -> int:
             errors.extend(security_errors(manifest, spec))
             errors.extend(volume_access_errors(manifest, spec))
             errors.extend(function_errors(manifest, spec))
+            errors.extend(etcd_member_errors(manifest, spec))
         if manifest.kind == "ScaledObject":
             errors.extend(etcd_trigger_errors(manifest))
         if manifest.kind == "TriggerAuthentication":
             errors.extend(trigger_auth_errors(manifest))
     errors.extend(reference_errors(manifests))
+    errors.extend(collector_policy_errors(manifests))
     for error in errors:
         print(f"FAIL {error}")
     kinds = sorted({f"{m.kind}" for m in manifests})
@@ -449,6 +514,16 @@ def expect_default(rendered: str, knative_dir: str) -> int:
         for flag in ("--auto-compaction-mode=", "--auto-compaction-retention=", "--quota-backend-bytes="):
             if not any(str(a).startswith(flag) for a in args):
                 errors.append(f"etcd StatefulSet lacks {flag}")
+
+    for source, objects in (("chart", chart), ("knative/", load(sorted(str(p) for p in Path(knative_dir).glob("*.yaml"))))):
+        maintenance = [m for m in objects if m.kind == "CronJob" and component(m) == "etcd-defrag"]
+        if [m.doc["spec"].get("schedule") for m in maintenance] != [MAINTENANCE_SCHEDULE]:
+            errors.append(f"{source}: the etcd maintenance CronJob does not run {MAINTENANCE_SCHEDULE!r}")
+        policy_component = lambda m: (m.doc.get("metadata", {}).get("labels") or {}).get(  # noqa: E731
+            "app.kubernetes.io/component"
+        )
+        if not any(m.kind == "NetworkPolicy" and policy_component(m) == "collector" for m in objects):
+            errors.append(f"{source}: no NetworkPolicy guards the collector")
 
     collector = only(
         chart, lambda m: m.kind == "Deployment" and component(m) == "collector", "collector Deployment", errors

@@ -71,7 +71,7 @@ start_etcd() { # start_etcd <name> <data-dir> <client-port> <peer-port> <compact
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
     --initial-cluster "$name=$peer" \
     --auto-compaction-mode periodic --auto-compaction-retention "$5" \
-    --quota-backend-bytes "$6" --logger zap --log-level warn
+    --quota-backend-bytes "$6" --experimental-enable-lease-checkpoint --logger zap --log-level warn
 }
 
 metric() { # metric <port> <name>: first sample value of a Prometheus metric, or empty

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the whole pipeline on this machine. Starts a local etcd (data under .run/, reused on
 # the next run), the gateway, a streamer looping over the bundled real CSV, and the autoscaler,
-# which brings collectors up from zero on queue depth. Prints where to look, then a status line
-# every few seconds. Ctrl-C stops everything and leaves no process behind.
+# which brings collectors up from zero on queue depth. Prints where to look (the dashboard first),
+# then a status line every few seconds. Ctrl-C stops everything and leaves no process behind.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 root=$(pwd)
@@ -64,6 +64,7 @@ done
 
 cat <<INFO
 
+  Dashboard    http://127.0.0.1:$gateway_port/
   Gateway      http://127.0.0.1:$gateway_port/api/v1/gpus
   Swagger UI   http://127.0.0.1:$gateway_port/swagger-ui/
   OpenAPI      http://127.0.0.1:$gateway_port/openapi.json

@@ -134,6 +134,7 @@ mod tests {
             ("QUEUE_PARTITIONS", "32"),
             ("QUEUE_MAX_DEPTH", "100000"),
             ("QUEUE_LEASE_TTL", "10s"),
+            ("QUEUE_RETRY_BUDGET", "1m"),
             ("ETCD_USERNAME", "telemetry"),
         ]
         .into_iter()

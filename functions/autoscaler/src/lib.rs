@@ -60,7 +60,7 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = AutoscalerMetrics::register(&mut registry);
-    let readiness = Readiness::new(config.etcd.timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd.timeout);
     // The server outlives the control loop so that /metrics shows the final drain.
     let mut server = HttpServer::spawn(listener, ops_router(Arc::new(registry), readiness.clone()));
 

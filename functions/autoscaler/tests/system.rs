@@ -2,110 +2,38 @@
 //! processes from zero on queue depth) and a streamer doing 3 passes of the real CSV. The gateway
 //! must then report exactly 3 x 10 samples for every one of the 247 GPUs over HTTP, the depth key
 //! must return to 0, and the autoscaler must scale the collectors back to zero.
+//!
+//! etcd has authentication on, and every function logs in as a user whose role may read and write
+//! the test's prefix and nothing else (the password in a file): least privilege is enough.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{collectors_with, get_json, scrape, wait_ready, Process};
 use etcd_queue::{Queue, QueueConfig};
 use test_support::{
-    build_workspace_binaries, free_port, http_request, testdata, unique_prefix, wait_until,
-    EtcdHarness, REAL_CSV,
+    build_workspace_binaries, free_port, testdata, unique_prefix, wait_until, EtcdHarness, REAL_CSV,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A child process that is stopped with SIGTERM (then SIGKILL) when dropped.
-struct Process {
-    name: &'static str,
-    child: Child,
-}
-
-impl Process {
-    fn spawn(name: &'static str, command: &mut Command) -> Self {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Process { name, child }
-    }
-
-    /// SIGTERM, then wait; returns whether it exited 0.
-    fn terminate(&mut self) -> bool {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if !self.terminate() {
-                eprintln!("{} did not exit cleanly", self.name);
-            }
-        }
-    }
-}
-
-async fn get_json(url: &str) -> Option<serde_json::Value> {
-    let response = http_request("GET", url, &[], Vec::new()).await.ok()?;
-    (response.status == 200).then(|| response.json())
-}
-
-async fn scrape(port: u16, metric: &str) -> Option<f64> {
-    let response = http_request(
-        "GET",
-        &format!("http://127.0.0.1:{port}/metrics"),
-        &[],
-        Vec::new(),
-    )
-    .await
-    .ok()?;
-    response
-        .text()
-        .lines()
-        .find(|l| l.split(' ').next() == Some(metric))
-        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.contains(") Z "))
-        .unwrap_or(false)
-}
-
-/// Pids of live processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline);
-        if text.contains("collector")
-            && String::from_utf8_lossy(&environ).contains(needle)
-            && alive(pid)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     let bin = build_workspace_binaries();
-    let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("system");
+    let (etcd, user) = EtcdHarness::start_with_auth(&prefix, &[]).await;
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password.path(), format!("{}\n", user.password)).unwrap();
     let csv = testdata(REAL_CSV);
     let env = |command: &mut Command, port: u16| {
         command
             .env("ETCD_ENDPOINTS", etcd.endpoint())
+            .env("ETCD_USERNAME", &user.name)
+            .env("ETCD_PASSWORD_FILE", password.path())
             .env("TELEMETRY_PREFIX", &prefix)
             .env("PORT", port.to_string())
             .env("QUEUE_LEASE_TTL", "3s")
@@ -153,6 +81,9 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
         scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
     })
     .await;
+    // Readiness probes stay inside the prefix too, so the restricted user passes them.
+    let ready = [gateway_port, autoscaler_port];
+    wait_ready("the gateway and the autoscaler ready", ready, WAIT).await;
 
     let mut streamer = Command::new(bin.join("streamer"));
     streamer.args([
@@ -231,7 +162,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     );
     wait_until("collectors scaled back to 0", WAIT, || async {
         scrape(autoscaler_port, "autoscaler_replicas").await == Some(0.0)
-            && processes_with(&prefix).is_empty()
+            && collectors_with(&prefix).is_empty()
     })
     .await;
     watcher.abort();
@@ -239,7 +170,7 @@ async fn streamer_to_gateway_with_collectors_scaled_from_zero_and_back() {
     assert!(autoscaler.terminate(), "autoscaler exits 0 on SIGTERM");
     assert!(gateway.terminate(), "gateway exits 0 on SIGTERM");
     assert!(
-        processes_with(&prefix).is_empty(),
+        collectors_with(&prefix).is_empty(),
         "collector processes left behind"
     );
 }

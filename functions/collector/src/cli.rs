@@ -1,8 +1,8 @@
 //! Command line of the `collector` binary: `collector run`. Every option is also an environment
 //! variable; `main` parses them once and converts them into the library's plain [`Config`].
 
-use collector::Config;
-use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs, StoreArgs};
+use collector::{Config, IngestSettings};
+use function_runtime::args::{ByteSize, EtcdArgs, QueueArgs, ServeArgs, StoreArgs};
 use function_runtime::{member_id, ports, DurationArg};
 
 /// The subcommands (`--help` shows the crate's description).
@@ -39,6 +39,14 @@ pub struct RunArgs {
     /// Member id in the consumer group (default: host name plus a random suffix).
     #[arg(long, env = "COLLECTOR_ID")]
     pub id: Option<String>,
+
+    /// Largest `POST /` body accepted, in bytes (suffixes KiB and MiB allowed; 413 above it).
+    #[arg(long, env = "COLLECTOR_BODY_LIMIT", default_value_t = ByteSize(Config::default().ingest.body_limit))]
+    pub body_limit: ByteSize,
+
+    /// When set, `POST /` requires `Authorization: Bearer <this token>` (401 otherwise).
+    #[arg(long, env = "COLLECTOR_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
 }
 
 impl RunArgs {
@@ -51,6 +59,10 @@ impl RunArgs {
             member_id: self.id.unwrap_or_else(|| member_id("collector")),
             max_messages: self.max_messages,
             grace_period: self.grace_period.into(),
+            ingest: IngestSettings {
+                body_limit: self.body_limit.0,
+                token: self.ingest_token.filter(|token| !token.is_empty()),
+            },
         }
     }
 }
@@ -77,6 +89,10 @@ mod tests {
             "30s",
             "--lease-ttl",
             "2s",
+            "--body-limit",
+            "64KiB",
+            "--ingest-token",
+            "s3cret",
         ])
         .unwrap();
         let Command::Run(args) = cli;
@@ -86,6 +102,13 @@ mod tests {
         assert_eq!(config.store.bucket, Duration::from_secs(30));
         assert_eq!(config.consumer_config().lease_ttl, Duration::from_secs(2));
         assert_eq!(config.consumer_config().max_messages, 64);
+        assert_eq!(
+            config.ingest,
+            IngestSettings {
+                body_limit: 64 * 1024,
+                token: Some("s3cret".into())
+            }
+        );
         let Command::Run(defaults) = Command::try_parse_from(["collector", "run"]).unwrap();
         let defaults = defaults.into_config();
         assert_eq!(

@@ -7,6 +7,8 @@ use etcd_queue::{ConsumerConfig, QueueConfig};
 use function_runtime::{member_id_for, EtcdConfig, QueueSettings, StoreSettings};
 use telemetry_store::StoreConfig;
 
+use crate::ingest::IngestSettings;
+
 /// Everything `collector run` needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -23,6 +25,8 @@ pub struct Config {
     pub max_messages: usize,
     /// Time allowed, after shutdown, to finish the delivery in flight and leave the group.
     pub grace_period: Duration,
+    /// How `POST /` is guarded: its body limit and optional bearer token.
+    pub ingest: IngestSettings,
 }
 
 impl Default for Config {
@@ -34,6 +38,7 @@ impl Default for Config {
             member_id: member_id_for("", "collector"),
             max_messages: ConsumerConfig::new("").max_messages,
             grace_period: Duration::from_secs(20),
+            ingest: IngestSettings::default(),
         }
     }
 }

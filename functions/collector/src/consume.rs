@@ -1,12 +1,14 @@
 //! The consume loop: deliveries from owned partitions are decoded, persisted and committed in one
-//! fenced transaction; undecodable messages go to the dead-letter prefix in the same commit.
+//! fenced transaction; undecodable messages go to the dead-letter prefix in the same commit, and
+//! so does a message whose samples cannot be persisted for a reason of their own (poison), so
+//! that no message blocks its partition.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_queue::{
-    is_lease_not_found, Consumer, DeadLetter, Delivery, Fence, QueueError, COMMIT_RESERVED_OPS,
-    DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
+    is_lease_not_found, is_request_refused, Consumer, DeadLetter, Delivery, Fence, QueueError,
+    COMMIT_RESERVED_OPS, DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 use telemetry_model::BatchEvent;
 use telemetry_store::{group_by_gpu, ChunkTag, FenceBudget, StoreWriter, TelemetryStore};
@@ -39,12 +41,24 @@ pub struct DeliveryProcessor {
     metrics: Arc<CollectorMetrics>,
 }
 
+/// What committing a prefix of a delivery came to.
+enum PrefixOutcome {
+    Committed(Processed),
+    /// The writes of one of its GPUs alone do not fit one transaction; nothing was written.
+    TooLarge,
+    /// Its samples cannot be persisted for a reason of their own (the reason); nothing was
+    /// committed.
+    Poisoned(String),
+}
+
 /// The next step after a failed write of a delivery.
 enum Retry {
     /// Reload the cache and prepare the writes again.
     Again,
     /// The partition moved to another member: stop; it continues from the committed offset.
     Moved,
+    /// etcd refused the write for what it writes: the prefix's own data (the reason).
+    Poisoned(String),
     /// Give the delivery back: it is delivered again.
     Fail(CollectorError),
 }
@@ -84,6 +98,7 @@ impl DeliveryProcessor {
             .collect();
         // The estimate picks the prefix; the prepared writes decide: a GPU whose samples fill
         // more than one chunk seals more than once, so a prefix that does not fit is halved.
+        // A poisoned prefix is halved too, down to the one message that is poison.
         let mut take = fitting_prefix(&decoded);
         loop {
             if take == 0 {
@@ -96,14 +111,57 @@ impl DeliveryProcessor {
                 .commit_prefix(consumer, &delivery, &decoded, take)
                 .await?
             {
-                Some(processed) => return Ok(processed),
-                None => take /= 2,
+                PrefixOutcome::Committed(processed) => return Ok(processed),
+                PrefixOutcome::TooLarge => take /= 2,
+                PrefixOutcome::Poisoned(_) if take > 1 => take /= 2,
+                PrefixOutcome::Poisoned(reason) => {
+                    return self.dead_letter_first(consumer, &delivery, reason).await
+                }
             }
         }
     }
 
-    /// Persists and commits the first `take` messages of `delivery`; `None` if the writes of one
-    /// of its GPUs alone do not fit a transaction (nothing was written). The writes are split by
+    /// Moves the first message of `delivery` to the dead-letter prefix with `reason`, committing
+    /// past it: its samples cannot be persisted, and the partition moves on.
+    async fn dead_letter_first(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: &Delivery,
+        reason: String,
+    ) -> Result<Processed, CollectorError> {
+        let mut single = delivery.clone();
+        single.messages.truncate(1);
+        let message = &single.messages[0];
+        tracing::warn!(partition = message.partition, offset = message.offset, %reason,
+            "dead-lettering a message whose samples cannot be persisted");
+        let dead = [DeadLetter {
+            offset: message.offset,
+            reason,
+        }];
+        self.writer.invalidate_all();
+        match consumer.commit(&single, Fence::default(), &dead).await {
+            Ok(_) => {
+                self.metrics.commits.inc();
+                self.metrics.dead_letters.inc();
+                Ok(Processed {
+                    messages: 1,
+                    samples: 0,
+                    dead_letters: 1,
+                })
+            }
+            Err(QueueError::LostOwnership { .. } | QueueError::StaleDelivery { .. }) => {
+                Ok(Processed::default())
+            }
+            Err(e) => {
+                consumer.abandon(delivery);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Persists and commits the first `take` messages of `delivery`, unless the writes of one of
+    /// its GPUs alone do not fit a transaction or its samples cannot be persisted for a reason of
+    /// their own (then nothing is committed). The writes are split by
     /// GPU into as many transactions as they need: all but the last are written fenced on
     /// ownership and offset (each GPU's open chunk marked with the prefix's last message, so a
     /// rewrite after a crash skips what landed), the last goes with the commit.
@@ -113,7 +171,7 @@ impl DeliveryProcessor {
         delivery: &Delivery,
         decoded: &[Decoded],
         take: usize,
-    ) -> Result<Option<Processed>, CollectorError> {
+    ) -> Result<PrefixOutcome, CollectorError> {
         let mut prefix = delivery.clone();
         prefix.messages.truncate(take);
         let decoded = &decoded[..take];
@@ -146,7 +204,7 @@ impl DeliveryProcessor {
         // payload is within the queue's message limit).
         let lone_dead_letter = take == 1 && dead.len() == 1;
         if (queue_ops > MAX_TXN_OPS || dead_bytes > COMMIT_MAX_BYTES) && !lone_dead_letter {
-            return Ok(None);
+            return Ok(PrefixOutcome::TooLarge);
         }
         let started = Instant::now();
         // Samples of transactions that landed before the commit (they stay stored whatever
@@ -164,7 +222,11 @@ impl DeliveryProcessor {
                         messages = take,
                         "one GPU's writes exceed a transaction; committing a shorter prefix"
                     );
-                    return Ok(None);
+                    return Ok(PrefixOutcome::TooLarge);
+                }
+                Err(e) if e.is_caused_by_data() => {
+                    self.writer.invalidate_all();
+                    return Ok(PrefixOutcome::Poisoned(format!("not persistable: {e}")));
                 }
                 Err(e) => {
                     consumer.abandon(delivery);
@@ -181,21 +243,23 @@ impl DeliveryProcessor {
                         landed += write.samples;
                         self.metrics.samples_persisted.inc_by(write.samples as u64);
                         self.metrics.samples_expired.inc_by(write.expired as u64);
+                        self.metrics.rejected_future(write.future);
                         self.writer.committed(write, revision);
                     }
                     Err(e) => match self.after_failed_write(consumer, delivery, e).await {
                         Retry::Again => continue 'attempts,
                         Retry::Moved => {
-                            return Ok(Some(Processed {
+                            return Ok(PrefixOutcome::Committed(Processed {
                                 samples: landed,
                                 ..Processed::default()
                             }))
                         }
+                        Retry::Poisoned(reason) => return Ok(PrefixOutcome::Poisoned(reason)),
                         Retry::Fail(e) => return Err(e),
                     },
                 }
             }
-            let (samples, expired) = (last.samples, last.expired);
+            let (samples, expired, future) = (last.samples, last.expired, last.future);
             // The fence moves into the commit; the rest of `last` updates the cache after it.
             let fence = std::mem::take(&mut last.fence);
             match consumer.commit(&prefix, fence, &dead).await {
@@ -207,11 +271,12 @@ impl DeliveryProcessor {
                         .inc_by((take - dead.len()) as u64);
                     self.metrics.samples_persisted.inc_by(samples as u64);
                     self.metrics.samples_expired.inc_by(expired as u64);
+                    self.metrics.rejected_future(future);
                     self.metrics.dead_letters.inc_by(dead.len() as u64);
                     self.metrics
                         .commit_latency
                         .observe(started.elapsed().as_secs_f64());
-                    return Ok(Some(Processed {
+                    return Ok(PrefixOutcome::Committed(Processed {
                         messages: take,
                         samples: landed + samples,
                         dead_letters: dead.len(),
@@ -220,11 +285,12 @@ impl DeliveryProcessor {
                 Err(e) => match self.after_failed_write(consumer, delivery, e).await {
                     Retry::Again => tracing::debug!(attempt, "store fence failed; reloading"),
                     Retry::Moved => {
-                        return Ok(Some(Processed {
+                        return Ok(PrefixOutcome::Committed(Processed {
                             samples: landed,
                             ..Processed::default()
                         }))
                     }
+                    Retry::Poisoned(reason) => return Ok(PrefixOutcome::Poisoned(reason)),
                     Retry::Fail(e) => return Err(e),
                 },
             }
@@ -263,6 +329,9 @@ impl DeliveryProcessor {
                 self.store.leases().forget_all().await;
                 Retry::Again
             }
+            QueueError::Etcd { source, .. } if is_request_refused(&source) => Retry::Poisoned(
+                format!("not persistable: etcd refused the commit: {source}"),
+            ),
             e => {
                 consumer.abandon(delivery);
                 Retry::Fail(e.into())
@@ -289,6 +358,11 @@ impl DeliveryProcessor {
         let grouped = group_by_gpu([&event.batch]);
         let stats = match self.store.write_idempotent(tag, &grouped).await {
             Ok(stats) => stats,
+            Err(e) if e.is_caused_by_data() => {
+                return self
+                    .dead_letter_first(consumer, delivery, format!("not persistable: {e}"))
+                    .await
+            }
             Err(e) => {
                 consumer.abandon(delivery);
                 return Err(e.into());
@@ -301,6 +375,7 @@ impl DeliveryProcessor {
                 self.metrics.batches_persisted.inc();
                 self.metrics.samples_persisted.inc_by(stats.samples as u64);
                 self.metrics.samples_expired.inc_by(stats.expired as u64);
+                self.metrics.rejected_future(stats.future);
                 Ok(Processed {
                     messages: 1,
                     samples: stats.samples,

@@ -23,3 +23,15 @@ pub enum CollectorError {
     #[error("commit for partition {partition} kept conflicting; the delivery was handed back")]
     CommitConflict { partition: u32 },
 }
+
+impl CollectorError {
+    /// Whether etcd refused the work because it is out of space (its NOSPACE alarm): a state the
+    /// collector waits in, keeping its partitions.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            CollectorError::JoinGroup(e) | CollectorError::Commit(e) => e.is_no_space(),
+            CollectorError::Persist(e) => e.is_no_space(),
+            CollectorError::ConnectEtcd(_) | CollectorError::CommitConflict { .. } => false,
+        }
+    }
+}

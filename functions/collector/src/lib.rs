@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use etcd_queue::{is_transient, Backoff, Consumer, Queue, QueueError};
-use function_runtime::{ops_router, HttpServer, Readiness, Shutdown};
+use function_runtime::{ops_router, HttpServer, NoSpaceWait, Readiness, Shutdown};
 use prometheus_client::registry::Registry;
 use telemetry_store::TelemetryStore;
 use tokio::net::TcpListener;
@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use consume::{DeliveryProcessor, Processed};
 pub use error::CollectorError;
-pub use ingest::IngestResponse;
+pub use ingest::{IngestResponse, IngestSettings};
 pub use metrics::CollectorMetrics;
 
 /// How long `/readyz` waits for etcd to answer.
@@ -51,21 +51,36 @@ pub async fn run(
     let shutdown = Shutdown::when(shutdown);
     let mut registry = Registry::default();
     let metrics = Arc::new(CollectorMetrics::register(&mut registry));
-    let readiness = Readiness::new(READINESS_TIMEOUT);
+    let readiness = Readiness::new(&config.etcd.prefix, READINESS_TIMEOUT);
+    let nospace = NoSpaceWait::new(
+        readiness.clone(),
+        metrics.nospace_waits.clone(),
+        metrics.nospace_waiting.clone(),
+    );
     let store = ingest::StoreSlot::default();
-    let router = ops_router(Arc::new(registry), readiness.clone())
-        .merge(ingest::ingest_router(store.clone(), metrics.clone()));
+    let router = ops_router(Arc::new(registry), readiness.clone()).merge(ingest::ingest_router(
+        store.clone(),
+        metrics.clone(),
+        &config.ingest,
+    ));
     let server = HttpServer::spawn(listener, router);
 
     let result = async {
-        let Some((client, consumer)) = join(&config, &shutdown).await? else {
+        let Some((client, consumer)) = join(&config, &nospace, &shutdown).await? else {
             return Ok(RunSummary::default());
         };
         let telemetry = TelemetryStore::new(client.clone(), config.store_config());
         let _ = store.set(telemetry.clone());
         readiness.set_client(client);
         let processor = DeliveryProcessor::new(telemetry, metrics.clone());
-        Ok(consume(consumer, processor, &config, &metrics, &shutdown).await)
+        let worker = Worker {
+            consumer,
+            processor,
+            metrics: &metrics,
+            nospace: &nospace,
+            shutdown: &shutdown,
+        };
+        Ok(worker.consume(config.grace_period).await)
     }
     .await;
     if let Err(e) = server.stop().await {
@@ -75,16 +90,17 @@ pub async fn run(
 }
 
 /// Connects to etcd, opens the queue and joins the consumer group, waiting with backoff while
-/// etcd is unreachable; `None` if `shutdown` came first.
+/// etcd is unreachable or out of space; `None` if `shutdown` came first.
 async fn join(
     config: &Config,
+    nospace: &NoSpaceWait,
     shutdown: &Shutdown,
 ) -> Result<Option<(Client, Consumer)>, CollectorError> {
     let client = tokio::select! {
         client = config.etcd.connect() => client.map_err(CollectorError::ConnectEtcd)?,
         _ = shutdown.wait() => return Ok(None),
     };
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = fault_backoff();
     loop {
         let attempt = async {
             let queue = Queue::open(client.clone(), config.queue_config()).await?;
@@ -95,15 +111,18 @@ async fn join(
             _ = shutdown.wait() => return Ok(None),
         };
         match joined {
-            Ok(consumer) => return Ok(Some((client, consumer))),
+            Ok(consumer) => {
+                nospace.resumed();
+                return Ok(Some((client, consumer)));
+            }
+            Err(e) if e.is_no_space() => nospace.refused("join the consumer group", &e),
             Err(e) if etcd_unavailable(&e) => {
                 tracing::warn!(error = %e, "etcd unavailable; waiting to join the consumer group");
             }
             Err(e) => return Err(CollectorError::JoinGroup(e)),
         }
-        tokio::select! {
-            _ = backoff.wait() => {}
-            _ = shutdown.wait() => return Ok(None),
+        if !sleep_unless_shutdown(backoff.next_delay(), shutdown).await {
+            return Ok(None);
         }
     }
 }
@@ -116,62 +135,102 @@ fn etcd_unavailable(error: &QueueError) -> bool {
     }
 }
 
-/// Consumes until `shutdown` triggers, then leaves the group within the grace period.
-async fn consume(
-    mut consumer: Consumer,
-    mut processor: DeliveryProcessor,
-    config: &Config,
-    metrics: &CollectorMetrics,
-    shutdown: &Shutdown,
-) -> RunSummary {
-    let mut summary = RunSummary::default();
-    tracing::info!(
-        member = consumer.member_id(),
-        "collector joined the consumer group"
-    );
-    while !shutdown.is_triggered() {
-        let delivery = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break,
-            polled = consumer.poll(consume::POLL_WAIT) => polled,
-        };
-        let delivery = match delivery {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                publish_ownership(&consumer, metrics);
-                continue;
+/// The wait between attempts while etcd is unreachable or out of space.
+fn fault_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Sleeps for `duration` unless `shutdown` comes first; false if it did.
+async fn sleep_unless_shutdown(duration: Duration, shutdown: &Shutdown) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => true,
+        _ = shutdown.wait() => false,
+    }
+}
+
+/// A collector that joined the group: its consumer, what persists deliveries, and what it reports.
+struct Worker<'a> {
+    consumer: Consumer,
+    processor: DeliveryProcessor,
+    metrics: &'a CollectorMetrics,
+    nospace: &'a NoSpaceWait,
+    shutdown: &'a Shutdown,
+}
+
+impl Worker<'_> {
+    /// Consumes until shutdown triggers, then leaves the group within `grace_period`. While etcd
+    /// refuses writes for lack of space, the collector keeps its partitions and tries again with
+    /// backoff; it resumes by itself once space returns.
+    async fn consume(mut self, grace_period: Duration) -> RunSummary {
+        let mut summary = RunSummary::default();
+        let mut backoff = fault_backoff();
+        // Whether the last poll was refused for lack of space (acquiring a partition writes).
+        let mut poll_refused = false;
+        tracing::info!(
+            member = self.consumer.member_id(),
+            "collector joined the consumer group"
+        );
+        while !self.shutdown.is_triggered() {
+            let delivery = tokio::select! {
+                biased;
+                _ = self.shutdown.wait() => break,
+                polled = self.consumer.poll(consume::POLL_WAIT) => polled,
+            };
+            if delivery.is_ok() && std::mem::take(&mut poll_refused) {
+                self.nospace.resumed();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "polling failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            let delivery = match delivery {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    publish_ownership(&self.consumer, self.metrics);
+                    continue;
+                }
+                Err(e) if e.is_no_space() => {
+                    poll_refused = true;
+                    self.nospace.refused("rebalance partitions", &e);
+                    sleep_unless_shutdown(backoff.next_delay(), self.shutdown).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "polling failed; retrying");
+                    sleep_unless_shutdown(Duration::from_millis(200), self.shutdown).await;
+                    continue;
+                }
+            };
+            // A delivery in flight is always finished, even if the shutdown signal arrives
+            // meanwhile.
+            match self.processor.process(&mut self.consumer, delivery).await {
+                Ok(done) => {
+                    if done.messages > 0 {
+                        self.nospace.resumed();
+                        backoff = fault_backoff();
+                    }
+                    summary.messages += done.messages as u64;
+                    summary.samples += done.samples as u64;
+                    summary.dead_letters += done.dead_letters as u64;
+                }
+                Err(e) if e.is_no_space() => {
+                    self.nospace.refused("persist a delivery", &e);
+                    sleep_unless_shutdown(backoff.next_delay(), self.shutdown).await;
+                }
+                Err(e) => tracing::warn!(error = %e,
+                    "delivery not committed; it is delivered again unless its commit landed"),
             }
-        };
-        // A delivery in flight is always finished, even if the shutdown signal arrives meanwhile.
-        match processor.process(&mut consumer, delivery).await {
-            Ok(done) => {
-                summary.messages += done.messages as u64;
-                summary.samples += done.samples as u64;
-                summary.dead_letters += done.dead_letters as u64;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "delivery not persisted; it will be delivered again")
-            }
+            publish_ownership(&self.consumer, self.metrics);
         }
-        publish_ownership(&consumer, metrics);
+        tracing::info!(
+            grace = ?grace_period,
+            messages = summary.messages,
+            samples = summary.samples,
+            "shutting down: releasing partitions"
+        );
+        match tokio::time::timeout(grace_period, self.consumer.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the group failed; partitions free up when the lease expires"),
+            Err(_) => tracing::warn!("grace period over before the group was left; partitions free up when the lease expires"),
+        }
+        summary
     }
-    tracing::info!(
-        grace = ?config.grace_period,
-        messages = summary.messages,
-        samples = summary.samples,
-        "shutting down: releasing partitions"
-    );
-    match tokio::time::timeout(config.grace_period, consumer.leave()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "leaving the group failed; partitions free up when the lease expires"),
-        Err(_) => tracing::warn!("grace period over before the group was left; partitions free up when the lease expires"),
-    }
-    summary
 }
 
 fn publish_ownership(consumer: &Consumer, metrics: &CollectorMetrics) {

@@ -12,12 +12,31 @@ pub struct PartitionLabel {
     pub partition: u32,
 }
 
+/// Why samples were rejected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabel {
+    /// `future`: stamped further ahead of the clock than `TELEMETRY_MAX_FUTURE`.
+    pub reason: &'static str,
+}
+
+impl CollectorMetrics {
+    /// Counts `samples` rejected for being stamped beyond the future bound.
+    pub fn rejected_future(&self, samples: usize) {
+        if samples > 0 {
+            self.samples_rejected
+                .get_or_create(&RejectionLabel { reason: "future" })
+                .inc_by(samples as u64);
+        }
+    }
+}
+
 /// Counters and gauges the collector exports on `/metrics`.
 #[derive(Debug)]
 pub struct CollectorMetrics {
     pub batches_persisted: Counter,
     pub samples_persisted: Counter,
     pub samples_expired: Counter,
+    pub samples_rejected: Family<RejectionLabel, Counter>,
     pub dead_letters: Counter,
     pub commits: Counter,
     pub commit_conflicts: Counter,
@@ -27,6 +46,8 @@ pub struct CollectorMetrics {
     pub commit_latency: Histogram,
     pub http_events: Counter,
     pub http_samples: Counter,
+    pub nospace_waits: Counter,
+    pub nospace_waiting: Gauge,
 }
 
 impl CollectorMetrics {
@@ -36,6 +57,7 @@ impl CollectorMetrics {
             batches_persisted: Counter::default(),
             samples_persisted: Counter::default(),
             samples_expired: Counter::default(),
+            samples_rejected: Family::default(),
             dead_letters: Counter::default(),
             commits: Counter::default(),
             commit_conflicts: Counter::default(),
@@ -45,6 +67,8 @@ impl CollectorMetrics {
             commit_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             http_events: Counter::default(),
             http_samples: Counter::default(),
+            nospace_waits: Counter::default(),
+            nospace_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("collector");
         r.register(
@@ -61,6 +85,11 @@ impl CollectorMetrics {
             "samples_expired",
             "Samples dropped because they were older than the retention on arrival",
             metrics.samples_expired.clone(),
+        );
+        r.register(
+            "samples_rejected",
+            "Samples rejected, never stored, by reason (future: stamped beyond the future bound)",
+            metrics.samples_rejected.clone(),
         );
         r.register(
             "dead_letters",
@@ -102,6 +131,16 @@ impl CollectorMetrics {
             "http_samples",
             "Samples stored from CloudEvents received over HTTP",
             metrics.http_samples.clone(),
+        );
+        r.register(
+            "nospace_waits",
+            "Writes etcd refused for lack of space (NOSPACE alarm), each retried",
+            metrics.nospace_waits.clone(),
+        );
+        r.register(
+            "nospace_waiting",
+            "1 while etcd refuses this collector's writes for lack of space",
+            metrics.nospace_waiting.clone(),
         );
         metrics
     }

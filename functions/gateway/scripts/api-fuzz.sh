@@ -71,7 +71,8 @@ PEER_PORT="$(free_port)"
 "${ETCD_BIN:-etcd}" --name api-fuzz --data-dir "$WORK/etcd" \
   --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
   --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-  --initial-cluster "api-fuzz=http://127.0.0.1:$PEER_PORT" --log-level warn >"$WORK/etcd.log" 2>&1 &
+  --initial-cluster "api-fuzz=http://127.0.0.1:$PEER_PORT" --experimental-enable-lease-checkpoint \
+  --log-level warn >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
 wait_for "http://127.0.0.1:$CLIENT_PORT/health" 30 etcd
 

@@ -1,7 +1,7 @@
-//! The whole HTTP application: API routes, `/openapi.json`, the Swagger UI (assets compiled into
-//! the binary), `/healthz` `/readyz` `/metrics`, and the layers every request goes through
-//! (tracing, metrics, CORS, gzip, problem documents for bare errors, request timeout, body limit),
-//! and the API's concurrency limit.
+//! The whole HTTP application: API routes, `/openapi.json`, the Swagger UI and the dashboard
+//! (assets compiled into the binary), `/healthz` `/readyz` `/metrics`, the layers every request
+//! goes through (tracing, metrics, CORS, gzip, problem documents for bare errors, request timeout,
+//! body limit), and the API's concurrency limit.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,6 +55,7 @@ pub fn app(state: ApiState, readiness: Readiness, settings: &HttpSettings) -> Ro
     api.with_state(state)
         .layer(from_fn_with_state(limiter, limit_concurrency))
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", spec))
+        .merge(crate::ui::router())
         .merge(ops_router(Arc::new(registry), readiness))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -60,7 +60,7 @@ impl Backend {
     }
 
     /// Runs one etcd-backed call, answering 503 if etcd does not answer in time.
-    async fn bounded<T, E: Into<ApiError>>(
+    pub(crate) async fn bounded<T, E: Into<ApiError>>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, E>>,

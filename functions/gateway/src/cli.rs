@@ -3,11 +3,9 @@
 //! is also an environment variable; `main` parses them once and converts them into the library's
 //! plain configs.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use function_runtime::args::{EtcdArgs, LogArgs, QueueArgs, ServeArgs, StoreArgs};
+use function_runtime::args::{ByteSize, EtcdArgs, LogArgs, QueueArgs, ServeArgs, StoreArgs};
 use function_runtime::{ports, DurationArg};
 use gateway::seed::SeedConfig;
 use gateway::{Config, HttpSettings};
@@ -135,55 +133,6 @@ fn at_least<const MIN: usize>(text: &str) -> Result<usize, String> {
     }
 }
 
-/// A size in bytes on the command line: `65536`, `64KiB`, `1MiB`; shown in the largest binary unit
-/// that divides it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub usize);
-
-impl FromStr for ByteSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        parse_byte_size(text).map(ByteSize)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            0 => f.write_str("0"),
-            n if n % (1024 * 1024) == 0 => write!(f, "{}MiB", n / (1024 * 1024)),
-            n if n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
-            n => write!(f, "{n}"),
-        }
-    }
-}
-
-/// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`/`K`/`M`, all powers of 1024).
-fn parse_byte_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (examples: 65536, 64KiB, 1MiB)"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?} (use KiB or MiB)"
-            ))
-        }
-    };
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -198,23 +147,6 @@ mod tests {
             panic!("expected run");
         };
         *args
-    }
-
-    #[test]
-    fn byte_sizes_parse_with_binary_units() {
-        assert_eq!(parse_byte_size("65536"), Ok(65536));
-        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
-        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
-        assert_eq!(parse_byte_size(" 2 k "), Ok(2048));
-        assert!(parse_byte_size("").is_err());
-        assert!(parse_byte_size("KiB").is_err());
-        assert!(parse_byte_size("1GiB")
-            .unwrap_err()
-            .contains("unknown size unit"));
-        assert!(parse_byte_size("99999999999999999999M").is_err());
-        assert_eq!(ByteSize(65536).to_string(), "64KiB");
-        assert_eq!(ByteSize(3 * 1024 * 1024).to_string(), "3MiB");
-        assert_eq!(ByteSize(1000).to_string(), "1000");
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub use function_runtime::{Problem, PROBLEM_CONTENT_TYPE};
 /// What stops the gateway. etcd being unreachable does not: the API answers 503 meanwhile.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The etcd settings are unusable (a certificate without its key, two passwords, ...).
+    #[error("check the etcd settings: {0}")]
+    CheckEtcdSettings(#[source] RuntimeError),
+
     #[error("serve HTTP: {0}")]
     Serve(#[source] RuntimeError),
 

@@ -1,6 +1,7 @@
 //! The gateway: a stateless REST API over the telemetry store (GPUs, telemetry windows, latest
 //! values, metric descriptions) and the queue status, with a generated OpenAPI 3.1 document, an
-//! offline Swagger UI, health, readiness and Prometheus metrics. It reads etcd and writes nothing.
+//! offline Swagger UI, a dashboard, health, readiness and Prometheus metrics. It reads etcd and
+//! writes nothing.
 //!
 //! [`run`] starts answering at once on the listener it is given (API calls get 503 until etcd is
 //! connected), which keeps cold starts short when the service scales from zero.
@@ -11,12 +12,14 @@ pub mod config;
 pub mod dcgm_fields;
 pub mod dto;
 pub mod error;
+pub mod fleet_latest;
 pub mod http_metrics;
 pub mod openapi;
 pub mod params;
 pub mod queue_view;
 pub mod routes;
 pub mod seed;
+pub mod ui;
 
 use std::future::Future;
 
@@ -30,14 +33,18 @@ pub use error::{ApiError, GatewayError, Problem};
 pub use openapi::{openapi, openapi_json};
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight.
+/// flight. Unusable etcd settings stop it at once: connecting would never succeed.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    config
+        .etcd
+        .validate()
+        .map_err(GatewayError::CheckEtcdSettings)?;
     let state = ApiState::connecting();
-    let readiness = Readiness::new(config.etcd_read_timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd_read_timeout);
     let router = app(state.clone(), readiness.clone(), &config.http);
     let connect = tokio::spawn(connect_backend(config, state, readiness));
     let result = serve_http(listener, router, shutdown).await;
@@ -59,8 +66,12 @@ async fn connect_backend(config: Config, state: ApiState, readiness: Readiness) 
 /// Runs the same application under AWS Lambda (API Gateway / ALB / function URL events).
 #[cfg(feature = "lambda")]
 pub async fn run_lambda(config: Config) -> Result<(), GatewayError> {
+    config
+        .etcd
+        .validate()
+        .map_err(GatewayError::CheckEtcdSettings)?;
     let state = ApiState::connecting();
-    let readiness = Readiness::new(config.etcd_read_timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd_read_timeout);
     let router = app(state.clone(), readiness.clone(), &config.http);
     connect_backend(config, state, readiness).await;
     lambda_http::run(router)

@@ -20,7 +20,7 @@ const TAG_OPS: &str = "operations";
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
         version = env!("CARGO_PKG_VERSION"),
     ),
-    paths(healthz, readyz, metrics, openapi_json_doc, swagger_ui),
+    paths(healthz, readyz, metrics, openapi_json_doc, swagger_ui, dashboard),
     components(
         schemas(Problem, Health, Readiness, SortOrder, AggregationName),
         responses(BadRequest, NotFound, BadGateway, Unavailable)
@@ -29,7 +29,7 @@ const TAG_OPS: &str = "operations";
         (name = TAG_GPUS, description = "GPUs and their telemetry"),
         (name = TAG_METRICS, description = "Metric names and their meaning"),
         (name = TAG_QUEUE, description = "The ingest queue"),
-        (name = TAG_OPS, description = "Health, readiness, Prometheus metrics and this document"),
+        (name = TAG_OPS, description = "Health, readiness, Prometheus metrics, this document and the dashboard"),
     )
 )]
 pub(crate) struct ApiDoc;
@@ -132,3 +132,16 @@ fn openapi_json_doc() {}
 )]
 #[allow(dead_code)]
 fn swagger_ui() {}
+
+/// The dashboard's fleet overview (also served at `/`); its GPU page, scripts and styles are
+/// under `/ui/` too, all served from the binary.
+#[utoipa::path(
+    get,
+    path = "/ui/",
+    tag = TAG_OPS,
+    operation_id = "dashboard",
+    responses((status = 200, description = "The fleet overview page", body = String,
+        content_type = "text/html"))
+)]
+#[allow(dead_code)]
+fn dashboard() {}

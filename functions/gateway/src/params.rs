@@ -16,7 +16,7 @@ pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest page size of a telemetry query.
 pub const MAX_LIMIT: usize = 10_000;
 /// Longest accepted value of a free-text filter.
-const MAX_FILTER_LEN: usize = 256;
+pub(crate) const MAX_FILTER_LEN: usize = 256;
 /// Longest accepted cursor.
 const MAX_CURSOR_LEN: usize = 200;
 /// Default page size of `GET /api/v1/gpus`: every GPU.
@@ -103,7 +103,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GpuId {
 }
 
 /// The raw `name=value` pairs of a query string, percent-decoded.
-fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| {
         form_urlencoded::parse(q.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -121,7 +121,7 @@ pub fn no_query_parameters(raw: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Stores `value` into a single-valued parameter, rejecting a second occurrence.
-fn set_once(
+pub(crate) fn set_once(
     slot: &mut Option<String>,
     parameter: &'static str,
     value: String,
@@ -445,7 +445,7 @@ impl TelemetryParams {
 
 /// Metric names from repeated and comma-separated values, validated, sorted and deduplicated;
 /// `None` when no name is given (all metrics).
-fn parse_metric_names(values: &[String]) -> Result<Option<Vec<MetricName>>, ApiError> {
+pub(crate) fn parse_metric_names(values: &[String]) -> Result<Option<Vec<MetricName>>, ApiError> {
     if values.is_empty() {
         return Ok(None);
     }

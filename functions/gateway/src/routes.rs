@@ -29,6 +29,7 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_latest))
         .routes(routes!(list_metrics))
         .routes(routes!(get_queue))
+        .routes(routes!(crate::fleet_latest::get_fleet_latest))
 }
 
 /// List every GPU that has telemetry.

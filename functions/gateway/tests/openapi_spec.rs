@@ -23,20 +23,22 @@ fn checked_in_spec_matches_the_generated_one() {
     );
 }
 
-const API_ROUTES: [&str; 6] = [
+const API_ROUTES: [&str; 7] = [
     "/api/v1/gpus",
     "/api/v1/gpus/{id}",
     "/api/v1/gpus/{id}/telemetry",
     "/api/v1/gpus/{id}/latest",
     "/api/v1/metrics",
     "/api/v1/queue",
+    "/api/v1/latest",
 ];
-const OPS_ROUTES: [&str; 5] = [
+const OPS_ROUTES: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/openapi.json",
     "/swagger-ui/",
+    "/ui/",
 ];
 
 /// Follows a local `$ref` (`#/components/...`), panicking if it does not resolve.
@@ -165,6 +167,16 @@ fn every_parameter_and_error_response_is_documented() {
     );
     assert_eq!(params_of("/api/v1/metrics"), vec![]);
     assert_eq!(params_of("/api/v1/queue"), vec![]);
+    assert_eq!(
+        params_of("/api/v1/latest"),
+        vec![
+            query("hostname"),
+            query("model_name"),
+            query("metric_name"),
+            query("limit"),
+            query("cursor"),
+        ]
+    );
 
     let id_schema = &spec["paths"]["/api/v1/gpus/{id}"]["get"]["parameters"][0]["schema"];
     assert_eq!(id_schema["pattern"], "^[A-Za-z0-9_-]{1,64}$");

@@ -270,7 +270,7 @@ async fn bad_input_is_rejected_before_etcd_is_touched() {
     // No backend at all: anything that reached etcd would be answered 503.
     let router = app(
         ApiState::connecting(),
-        Readiness::new(Duration::from_secs(1)),
+        Readiness::new("/gpu-telemetry", Duration::from_secs(1)),
         &HttpSettings::default(),
     );
     for uri in [

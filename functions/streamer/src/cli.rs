@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use function_runtime::args::{EtcdArgs, QueueArgs, ServeArgs};
+use function_runtime::args::{ClockArgs, EtcdArgs, QueueArgs, ServeArgs};
 use function_runtime::{member_id, ports, DurationArg};
 use streamer::validate::{OutputFormat, ValidateConfig};
 use streamer::Config;
@@ -61,6 +61,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub queue: QueueArgs,
+
+    #[command(flatten)]
+    pub clock: ClockArgs,
 }
 
 impl RunArgs {
@@ -77,6 +80,7 @@ impl RunArgs {
             rate: self.rate,
             in_flight: self.in_flight as usize,
             member_id: member_id("streamer"),
+            max_future: self.clock.max_future.into(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Sample timestamps and pacing: each row is stamped when it is processed, strictly later than
-//! every stamp before it (even if the wall clock steps back), and an optional rate cap spaces
-//! rows out evenly.
+//! every stamp before it (even if the wall clock steps back), unless the stamps before it are
+//! further ahead of the clock than the future bound; and an optional rate cap spaces rows out
+//! evenly.
 
 use std::time::{Duration, Instant};
 
-use telemetry_model::TimestampMicros;
+use telemetry_model::{TimestampMicros, DEFAULT_MAX_FUTURE};
 
 /// A source of wall-clock time in microseconds; tests step it backwards.
 pub trait WallClock {
@@ -21,11 +22,16 @@ impl WallClock for SystemClock {
     }
 }
 
-/// Hands out strictly increasing timestamps: `max(now, last + 1)`.
+/// Hands out strictly increasing timestamps, `max(now, last + 1)`, as long as `last` is not more
+/// than the future bound ahead of the clock. A stamp that far ahead came from a clock that ran
+/// ahead and stepped back (or from a shard state another streamer's such clock wrote): the
+/// collector rejects samples stamped beyond the bound, so following it would stamp every later
+/// sample past what is stored. The stamper then stamps from the clock again.
 #[derive(Debug, Clone)]
 pub struct Stamper<C: WallClock = SystemClock> {
     clock: C,
     last: i64,
+    max_ahead: Duration,
 }
 
 impl Default for Stamper<SystemClock> {
@@ -35,23 +41,51 @@ impl Default for Stamper<SystemClock> {
 }
 
 impl<C: WallClock> Stamper<C> {
+    /// A stamper on `clock` with the default future bound.
     pub fn new(clock: C) -> Self {
         Stamper {
             clock,
             last: i64::MIN,
+            max_ahead: DEFAULT_MAX_FUTURE,
         }
+    }
+
+    /// The same stamper, following earlier stamps only while they are at most `max_ahead` ahead
+    /// of the clock.
+    pub fn with_max_ahead(self, max_ahead: Duration) -> Self {
+        Stamper { max_ahead, ..self }
+    }
+
+    fn too_far_ahead(&self, stamp: i64, now: i64) -> bool {
+        TimestampMicros(stamp).is_beyond(TimestampMicros(now), self.max_ahead)
     }
 
     /// The timestamp of a row processed now.
     pub fn stamp(&mut self) -> TimestampMicros {
         let now = self.clock.now_micros();
+        if self.too_far_ahead(self.last, now) {
+            tracing::warn!(
+                last_stamp = %TimestampMicros(self.last),
+                clock = %TimestampMicros(now),
+                max_ahead = ?self.max_ahead,
+                "the last stamp is further ahead of the clock than the future bound (the clock \
+                 stepped back after running ahead); stamping from the clock again"
+            );
+            self.last = i64::MIN;
+        }
         self.last = now.max(self.last.saturating_add(1));
         TimestampMicros(self.last)
     }
 
-    /// Every later stamp is above `floor` (e.g. a shard's last stamp written by another streamer).
-    pub fn raise_floor(&mut self, floor: i64) {
+    /// Every later stamp is above `floor` (e.g. a shard's last stamp written by another
+    /// streamer), unless `floor` is further ahead of the clock than the future bound: then it is
+    /// ignored and false returned.
+    pub fn raise_floor(&mut self, floor: i64) -> bool {
+        if self.too_far_ahead(floor, self.clock.now_micros()) {
+            return false;
+        }
         self.last = self.last.max(floor);
+        true
     }
 
     /// The last stamp handed out (or the floor).
@@ -126,13 +160,43 @@ mod tests {
         now.set(2_000); // the wall clock steps back
         assert_eq!(stamper.stamp(), TimestampMicros(5_001));
         assert_eq!(stamper.stamp(), TimestampMicros(5_002));
-        stamper.raise_floor(9_000);
+        assert!(stamper.raise_floor(9_000));
         assert_eq!(stamper.stamp(), TimestampMicros(9_001));
-        stamper.raise_floor(10); // a lower floor changes nothing
+        assert!(stamper.raise_floor(10)); // a lower floor changes nothing
         assert_eq!(stamper.stamp(), TimestampMicros(9_002));
         now.set(20_000);
         assert_eq!(stamper.stamp(), TimestampMicros(20_000));
         assert_eq!(stamper.last(), 20_000);
+    }
+
+    #[test]
+    fn stamps_further_ahead_than_the_bound_are_not_followed() {
+        let now = Cell::new(1_000_000);
+        let mut stamper = Stamper::new(SteppedClock(&now)).with_max_ahead(Duration::from_secs(60));
+        // A shard state a minute ahead is followed; one a minute and a microsecond ahead, or
+        // centuries ahead, is not.
+        assert!(stamper.raise_floor(61_000_000));
+        assert_eq!(stamper.stamp(), TimestampMicros(61_000_001));
+        let mut fresh = Stamper::new(SteppedClock(&now)).with_max_ahead(Duration::from_secs(60));
+        assert!(!fresh.raise_floor(61_000_001));
+        assert!(!fresh.raise_floor(i64::MAX / 2));
+        assert_eq!(
+            fresh.stamp(),
+            TimestampMicros(1_000_000),
+            "stamped from the clock"
+        );
+
+        // The clock ran an hour ahead, then stepped back: within the bound stamps go on from the
+        // last one; beyond it they restart from the clock and increase from there.
+        let ahead = Cell::new(3_600_000_000);
+        let mut stepping =
+            Stamper::new(SteppedClock(&ahead)).with_max_ahead(Duration::from_secs(60));
+        assert_eq!(stepping.stamp(), TimestampMicros(3_600_000_000));
+        ahead.set(3_550_000_000); // back 50 s: within the bound
+        assert_eq!(stepping.stamp(), TimestampMicros(3_600_000_001));
+        ahead.set(1_000_000); // back an hour: beyond it
+        assert_eq!(stepping.stamp(), TimestampMicros(1_000_000));
+        assert_eq!(stepping.stamp(), TimestampMicros(1_000_001));
     }
 
     #[test]

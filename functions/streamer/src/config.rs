@@ -34,6 +34,9 @@ pub struct Config {
     pub in_flight: usize,
     /// This streamer's id in the work group (unique per process).
     pub member_id: String,
+    /// A shard state whose last stamp is further ahead of the clock than this is not followed:
+    /// the streamer stamps from its clock again (the collector rejects samples that far ahead).
+    pub max_future: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             rate: engine.rate,
             in_flight: engine.in_flight,
             member_id: engine.member_id,
+            max_future: engine.max_future,
         }
     }
 }
@@ -66,6 +70,7 @@ impl Config {
             in_flight: self.in_flight,
             member_id: self.member_id.clone(),
             lease_ttl: self.queue.lease_ttl,
+            max_future: self.max_future,
             queue: self.queue.queue_config(&self.etcd.prefix),
         }
     }
@@ -90,6 +95,9 @@ pub struct StreamerConfig {
     pub member_id: String,
     /// TTL of the member's lease: how long a crashed streamer holds its shards.
     pub lease_ttl: Duration,
+    /// How far ahead of the clock a stamp (its own, or a shard state's) may be and still be
+    /// followed.
+    pub max_future: Duration,
     /// The queue the samples go to.
     pub queue: QueueConfig,
 }
@@ -107,6 +115,7 @@ impl StreamerConfig {
             in_flight: 4,
             member_id: member_id_for("", "streamer"),
             lease_ttl: QueueSettings::default().lease_ttl,
+            max_future: telemetry_model::DEFAULT_MAX_FUTURE,
             queue,
         }
     }

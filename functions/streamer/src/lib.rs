@@ -59,7 +59,7 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = StreamerMetrics::register(&mut registry);
-    let readiness = Readiness::new(READINESS_TIMEOUT);
+    let readiness = Readiness::new(&config.etcd.prefix, READINESS_TIMEOUT);
     let server = HttpServer::spawn(listener, ops_router(Arc::new(registry), readiness.clone()));
 
     let result = async {
@@ -76,6 +76,7 @@ pub async fn run(
             "streaming"
         );
         Streamer::new(client, engine, metrics)
+            .with_readiness(readiness.clone())
             .run(stop.clone())
             .await
     }

@@ -30,6 +30,10 @@ pub struct StreamerMetrics {
     pub publish_latency: Histogram,
     /// CSV shards owned now.
     pub owned_shards: Gauge,
+    /// Writes etcd refused because it is out of space (its NOSPACE alarm); each is retried.
+    pub nospace_waits: Counter,
+    /// 1 while etcd refuses this streamer's writes for lack of space, else 0.
+    pub nospace_waiting: Gauge,
 }
 
 impl Default for StreamerMetrics {
@@ -47,6 +51,8 @@ impl Default for StreamerMetrics {
             // 0.5 ms .. ~8 s.
             publish_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             owned_shards: Gauge::default(),
+            nospace_waits: Counter::default(),
+            nospace_waiting: Gauge::default(),
         }
     }
 }
@@ -110,6 +116,16 @@ impl StreamerMetrics {
             "CSV shards owned now",
             m.owned_shards.clone(),
         );
+        registry.register(
+            "streamer_nospace_waits",
+            "Writes etcd refused for lack of space (NOSPACE alarm), each retried",
+            m.nospace_waits.clone(),
+        );
+        registry.register(
+            "streamer_nospace_waiting",
+            "1 while etcd refuses this streamer's writes for lack of space",
+            m.nospace_waiting.clone(),
+        );
         m
     }
 }
@@ -134,6 +150,8 @@ mod tests {
             "streamer_rows_read_total 0",
             "streamer_bad_rows_total 0",
             "streamer_batches_published_total 0",
+            "streamer_nospace_waits_total 0",
+            "streamer_nospace_waiting 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

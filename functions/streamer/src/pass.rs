@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use etcd_queue::Queue;
-use function_runtime::Shutdown;
+use function_runtime::{NoSpaceWait, Shutdown};
+use telemetry_model::TimestampMicros;
 use tokio::sync::mpsc;
 
 use crate::buffer::{BufferLimits, ShardBuffer};
@@ -55,23 +56,25 @@ pub struct Passes {
 }
 
 impl Passes {
-    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once.
+    /// Passes of `config.csv` published to `queue`, `config.in_flight` transactions at once;
+    /// publishes etcd refuses for lack of space wait through `nospace`.
     pub fn new(
         config: &StreamerConfig,
         queue: Queue,
         stop: Shutdown,
         metrics: StreamerMetrics,
+        nospace: NoSpaceWait,
     ) -> Self {
         let source = encode::source(&config.member_id);
         let producers = (0..config.in_flight).map(|_| queue.producer()).collect();
         Passes {
             csv: config.csv.clone(),
             limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
-            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone()),
+            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone(), nospace),
             stop,
             metrics,
             queue,
-            stamper: Stamper::default(),
+            stamper: Stamper::default().with_max_ahead(config.max_future),
             pacer: Pacer::new(config.rate),
             bad_rows_reported: false,
             file_passes: 0,
@@ -95,8 +98,17 @@ impl Passes {
     /// Streams one pass over `shards`. True when every one of them completed the pass.
     pub async fn stream(&mut self, shards: Vec<OwnedShard>) -> Result<bool, StreamerError> {
         let mut slots: HashMap<u32, ShardSlot> = HashMap::with_capacity(shards.len());
-        for shard in shards {
-            self.stamper.raise_floor(shard.state().last_ts);
+        for mut shard in shards {
+            let last_ts = shard.state().last_ts;
+            if !self.stamper.raise_floor(last_ts) {
+                tracing::warn!(
+                    shard = shard.id(),
+                    last_stamp = %TimestampMicros(last_ts),
+                    "the shard's last stamp is further ahead of this clock than the future \
+                     bound (TELEMETRY_MAX_FUTURE); stamping from the clock again"
+                );
+                shard.restart_stamps();
+            }
             let slot = ShardSlot {
                 buffer: ShardBuffer::new(self.limits),
                 shard,

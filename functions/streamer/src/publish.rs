@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use etcd_queue::{Fence, OutgoingMessage, Producer, QueueError};
-use function_runtime::Shutdown;
+use function_runtime::{NoSpaceWait, Shutdown};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::encode;
@@ -73,16 +73,19 @@ pub struct Publisher {
     source: Arc<str>,
     stop: Shutdown,
     metrics: StreamerMetrics,
+    nospace: NoSpaceWait,
     published: Published,
 }
 
 impl Publisher {
-    /// Publishes events from `source` with `producers`, one flight per producer at a time.
+    /// Publishes events from `source` with `producers`, one flight per producer at a time;
+    /// publishes etcd refuses for lack of space wait through `nospace`.
     pub fn new(
         producers: Vec<Producer>,
         source: Arc<str>,
         stop: Shutdown,
         metrics: StreamerMetrics,
+        nospace: NoSpaceWait,
     ) -> Self {
         Publisher {
             idle: producers,
@@ -91,6 +94,7 @@ impl Publisher {
             source,
             stop,
             metrics,
+            nospace,
             published: Published::default(),
         }
     }
@@ -152,6 +156,7 @@ impl Publisher {
             self.source.clone(),
             self.stop.clone(),
             self.metrics.clone(),
+            self.nospace.clone(),
         ));
         Ok(())
     }
@@ -262,12 +267,13 @@ struct Flight {
     producer: Producer,
     stop: Shutdown,
     metrics: StreamerMetrics,
+    nospace: NoSpaceWait,
     transactions: u64,
 }
 
 impl Flight {
-    /// Publishes `messages` with `fence` in one transaction, retrying transient failures and a
-    /// full queue until it lands, the fence refuses it, or the streamer stops.
+    /// Publishes `messages` with `fence` in one transaction, retrying transient failures, a full
+    /// queue and an etcd out of space until it lands, the fence refuses it, or the streamer stops.
     async fn publish(
         &mut self,
         messages: &[OutgoingMessage],
@@ -278,9 +284,11 @@ impl Flight {
             producer,
             stop,
             metrics,
+            nospace,
             transactions,
         } = self;
         let metrics = &*metrics;
+        let nospace = &*nospace;
         let mut transaction = Transaction {
             producer,
             messages,
@@ -288,9 +296,11 @@ impl Flight {
             metrics,
             transactions,
         };
-        let on_retry = |_, error: &QueueError, stopping| {
+        let on_retry = |operation, error: &QueueError, stopping| {
             metrics.publish_retries.inc();
-            if stopping {
+            if error.is_no_space() {
+                nospace.refused(operation, error);
+            } else if stopping {
                 tracing::warn!(?shards, %error,
                     "publish failed while stopping; the shards' next owner publishes these rows");
             } else {
@@ -299,6 +309,10 @@ impl Flight {
         };
         let retried = Retry::PUBLISH.run(stop, &mut transaction, Transaction::attempt, on_retry);
         match retried.await {
+            Ok(Some(Publish::Landed)) => {
+                nospace.resumed();
+                Publish::Landed
+            }
             Ok(Some(outcome)) => outcome,
             Ok(None) => Publish::Abandoned,
             Err(e) => Publish::Failed(e),
@@ -351,11 +365,13 @@ async fn fly(
     source: Arc<str>,
     stop: Shutdown,
     metrics: StreamerMetrics,
+    nospace: NoSpaceWait,
 ) -> Landing {
     let mut flight = Flight {
         producer,
         stop,
         metrics,
+        nospace,
         transactions: 0,
     };
     let mut landings = Vec::with_capacity(parts.len());
@@ -432,12 +448,19 @@ mod tests {
         client.put(keys.item_state(5), "{}", None).await.unwrap();
         let parts = vec![part(&keys, 1, 3), part(&keys, 5, 4), part(&keys, 9, 5)];
         let metrics = StreamerMetrics::default();
+        let readiness = function_runtime::Readiness::new("/p", std::time::Duration::from_secs(1));
+        let nospace = NoSpaceWait::new(
+            readiness,
+            metrics.nospace_waits.clone(),
+            metrics.nospace_waiting.clone(),
+        );
         let landing = fly(
             queue.producer(),
             parts,
             "/streamer/test".into(),
             Shutdown::new(),
             metrics.clone(),
+            nospace,
         )
         .await;
         let outcomes: Vec<(u32, u64, &str)> = landing

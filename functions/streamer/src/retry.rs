@@ -5,8 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use etcd_queue::{is_lease_not_found, is_transient, Backoff, QueueError};
-use function_runtime::Shutdown;
+use etcd_queue::{is_lease_not_found, is_no_space, is_transient, Backoff, QueueError};
+use function_runtime::{NoSpaceWait, Shutdown};
 
 use crate::error::StreamerError;
 
@@ -14,14 +14,17 @@ use crate::error::StreamerError;
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Whether an operation is worth retrying: etcd was unavailable, the queue was full, a watch
-/// broke, or the lease lapsed (the next rebalance rejoins).
+/// broke, the lease lapsed (the next rebalance rejoins), or etcd is out of space (a state to wait
+/// in, like a full queue, until the operator frees space).
 pub fn is_retryable(error: &QueueError) -> bool {
     match error {
         QueueError::Unavailable { .. }
         | QueueError::QueueFull { .. }
         | QueueError::WatchBroken(_)
         | QueueError::LeaseExpired => true,
-        QueueError::Etcd { source, .. } => is_transient(source) || is_lease_not_found(source),
+        QueueError::Etcd { source, .. } => {
+            is_transient(source) || is_lease_not_found(source) || is_no_space(source)
+        }
         _ => false,
     }
 }
@@ -87,15 +90,21 @@ impl Retry {
 /// and an async closure's future cannot be shown `Send`, which the spawned publish tasks need.
 pub type Attempt<'a, T> = Pin<Box<dyn Future<Output = Result<T, StreamerError>> + Send + 'a>>;
 
-/// [`Retry::ETCD`], logging each retry.
+/// [`Retry::ETCD`], logging each retry (a refusal for lack of space through `nospace`, which
+/// logs it once a minute).
 pub async fn etcd<S, T>(
     stop: &Shutdown,
+    nospace: &NoSpaceWait,
     state: &mut S,
     attempt: impl FnMut(&mut S) -> Attempt<'_, T>,
 ) -> Result<Option<T>, StreamerError> {
     Retry::ETCD
         .run(stop, state, attempt, |operation, error, _| {
-            tracing::warn!(operation, %error, "etcd unavailable; retrying");
+            if error.is_no_space() {
+                nospace.refused(operation, error);
+            } else {
+                tracing::warn!(operation, %error, "etcd unavailable; retrying");
+            }
         })
         .await
 }
@@ -133,7 +142,15 @@ mod tests {
         assert!(is_retryable(&QueueError::QueueFull {
             depth: 10,
             max: 10,
+            pending_bytes: 100,
+            max_bytes: 1000,
             waited: Duration::from_secs(1)
+        }));
+        let no_space =
+            tonic::Status::resource_exhausted("etcdserver: mvcc: database space exceeded");
+        assert!(is_retryable(&QueueError::Etcd {
+            operation: "publish",
+            source: etcd_client::Error::GRpcStatus(no_space),
         }));
         assert!(!is_retryable(&QueueError::FenceFailed));
         assert!(!is_retryable(&QueueError::TransactionTooLarge {
@@ -173,7 +190,12 @@ mod tests {
         assert_eq!(outcome.unwrap(), Some(3));
         assert_eq!((attempts, retries), (3, 2));
 
-        let permanent = etcd(&stop, &mut (), |_| {
+        let nospace = NoSpaceWait::new(
+            function_runtime::Readiness::new("/p", Duration::from_secs(1)),
+            Default::default(),
+            Default::default(),
+        );
+        let permanent = etcd(&stop, &nospace, &mut (), |_| {
             Box::pin(async { Err::<(), _>(StreamerError::InvalidConfig("no".into())) })
         })
         .await;
@@ -190,7 +212,15 @@ mod tests {
         let stop = Shutdown::new();
         stop.trigger();
         let mut attempts = 0;
-        assert!(etcd(&stop, &mut attempts, failing).await.unwrap().is_none());
+        let nospace = NoSpaceWait::new(
+            function_runtime::Readiness::new("/p", Duration::from_secs(1)),
+            Default::default(),
+            Default::default(),
+        );
+        assert!(etcd(&stop, &nospace, &mut attempts, failing)
+            .await
+            .unwrap()
+            .is_none());
         assert_eq!(attempts, 0, "nothing new starts once stopping");
 
         let mut stopping = None;

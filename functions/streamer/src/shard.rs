@@ -190,6 +190,12 @@ impl OwnedShard {
         &self.stored.state
     }
 
+    /// Stops following the shard's last stamp (it is further ahead of the clock than the future
+    /// bound): the next publish writes the last stamp it stamped, not the larger stored one.
+    pub(crate) fn restart_stamps(&mut self) {
+        self.stored.state.last_ts = 0;
+    }
+
     /// The fence of a publish of `rows` more rows, the last stamped `last_ts` (`ends_pass`: the
     /// publish ends the shard's pass). It holds only while this streamer owns the shard and the
     /// state is still the one read or last written, and it writes the next state, which the

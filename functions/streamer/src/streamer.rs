@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::Client;
 use etcd_queue::change_feed::ChangeFeed;
 use etcd_queue::{Queue, WorkGroup, WorkGroupKeys};
-use function_runtime::Shutdown;
+use function_runtime::{NoSpaceWait, Readiness, Shutdown};
 
 use crate::config::{StreamerConfig, WORK_GROUP};
 use crate::error::StreamerError;
@@ -46,20 +46,32 @@ pub struct RunReport {
     pub passes_reached: bool,
 }
 
+/// How long `/readyz` of a streamer that was given no readiness of its own would wait for etcd.
+const UNSERVED_READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Streams the CSV to the queue as one member of the streamers' work group.
 pub struct Streamer {
     client: Client,
     config: StreamerConfig,
     metrics: StreamerMetrics,
+    readiness: Readiness,
 }
 
 impl Streamer {
     pub fn new(client: Client, config: StreamerConfig, metrics: StreamerMetrics) -> Self {
+        let readiness = Readiness::new(&config.queue.prefix, UNSERVED_READINESS_TIMEOUT);
         Streamer {
             client,
             config,
             metrics,
+            readiness,
         }
+    }
+
+    /// Reports the faults the streamer waits in (etcd out of space) to `readiness`, the one
+    /// `/readyz` serves.
+    pub fn with_readiness(self, readiness: Readiness) -> Self {
+        Streamer { readiness, ..self }
     }
 
     /// Streams until `stop` triggers or every shard reached `config.passes`; then finishes the
@@ -78,15 +90,20 @@ impl Streamer {
             member_id: config.member_id.clone(),
             ..RunReport::default()
         };
+        let nospace = NoSpaceWait::new(
+            self.readiness.clone(),
+            self.metrics.nospace_waits.clone(),
+            self.metrics.nospace_waiting.clone(),
+        );
         let mut client = self.client.clone();
-        let opened = retry::etcd(&stop, &mut client, |client| {
+        let opened = retry::etcd(&stop, &nospace, &mut client, |client| {
             let open = Queue::open(client.clone(), config.queue.clone());
             Box::pin(async { open.await.map_err(StreamerError::queue("open queue")) })
         });
         let Some(queue) = opened.await? else {
             return Ok(report);
         };
-        let joined = retry::etcd(&stop, &mut client, |client| {
+        let joined = retry::etcd(&stop, &nospace, &mut client, |client| {
             let join = WorkGroup::join(
                 client.clone(),
                 keys.clone(),
@@ -110,7 +127,8 @@ impl Streamer {
             stop: stop.clone(),
             keys,
             group,
-            passes: Passes::new(config, queue, stop, self.metrics.clone()),
+            passes: Passes::new(config, queue, stop, self.metrics.clone(), nospace.clone()),
+            nospace,
         };
         // Boxed: the session's future is large (it holds etcd clients and their requests), and a
         // caller that runs the streamer inline would carry it, several times over, on its stack.
@@ -133,6 +151,7 @@ struct Session<'a> {
     keys: WorkGroupKeys,
     group: WorkGroup,
     passes: Passes,
+    nospace: NoSpaceWait,
 }
 
 impl Session<'_> {
@@ -172,8 +191,9 @@ impl Session<'_> {
     /// (true), retrying the rounds etcd failed.
     async fn run_rounds(&mut self) -> Result<bool, StreamerError> {
         let stop = self.stop.clone();
+        let nospace = self.nospace.clone();
         loop {
-            match retry::etcd(&stop, self, |session| Box::pin(session.round())).await? {
+            match retry::etcd(&stop, &nospace, self, |session| Box::pin(session.round())).await? {
                 None => return Ok(false),
                 Some(Step::Done) => return Ok(true),
                 Some(Step::Continue) => {}

@@ -1,6 +1,7 @@
 //! The streamer against a real etcd: exact sample counts read back through the queue, per-GPU
 //! timestamp order, several streamers sharing the shards, rebalancing on join and leave, bad rows,
-//! and an etcd restart mid-run.
+//! an etcd restart mid-run, the producers' marker leases expiring mid-run, and shard states
+//! stamped ahead of the clock.
 
 mod common;
 
@@ -319,6 +320,119 @@ async fn an_etcd_restart_mid_run_loses_and_duplicates_nothing() {
     let expected = csv_rows_times(REAL_CSV, 4);
     assert_eq!(row_counts(&samples), expected, "every row exactly 4 times");
     assert_timestamps_increase_per_gpu(&samples);
+}
+
+/// The leases of the producers' marker keys end mid-run (as they expire when a streamer sits
+/// paused past their TTL): the publishes etcd refuses for it are published again, once, and no
+/// shard is left owned but never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_refused_for_an_expired_marker_lease_are_published_once() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("marker-lease");
+    let metrics = StreamerMetrics::default();
+    let task = spawn_streamer(
+        etcd.client().await,
+        StreamerConfig {
+            passes: Some(3),
+            batch_size: 10,
+            rate: 2_000,
+            ..config(&prefix, REAL_CSV, "lapsed")
+        },
+        metrics.clone(),
+        Shutdown::new(),
+    );
+    wait_until(
+        "the first pass published",
+        Duration::from_secs(20),
+        || async { metrics.shard_passes.get() >= u64::from(SHARDS) },
+    )
+    .await;
+    let mut client = etcd.client().await;
+    let markers = client
+        .get(
+            format!("{prefix}/queue/telemetry/producer/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let leases: std::collections::BTreeSet<i64> =
+        markers.kvs().iter().map(|kv| kv.lease()).collect();
+    assert!(!leases.is_empty());
+    assert!(!task.is_finished(), "revoking mid-run");
+    for lease in leases {
+        client.lease_revoke(lease).await.unwrap();
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the streamer finishes its passes")
+        .unwrap();
+    assert!(report.passes_reached);
+    let samples = queued_samples(&open_queue(&etcd, &prefix).await).await;
+    assert_eq!(
+        row_counts(&samples),
+        csv_rows_times(REAL_CSV, 3),
+        "every row exactly 3 times"
+    );
+    assert_timestamps_increase_per_gpu(&samples);
+}
+
+/// Shard states whose last stamp is centuries ahead (written by a streamer whose clock ran
+/// ahead) are not followed: the streamer stamps from its clock again and writes its own stamps
+/// back. One a minute ahead, within the future bound, is followed: every stamp is above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_states_beyond_the_future_bound_are_not_followed() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("clock-ahead");
+    let keys = etcd_queue::WorkGroupKeys::new(&prefix, WORK_GROUP).unwrap();
+    let mut client = etcd.client().await;
+    let now = telemetry_model::TimestampMicros::now().0;
+    let floor = now + 60_000_000;
+    let centuries = now + 300 * 365 * 86_400 * 1_000_000;
+    let near = 7;
+    for shard in 0..SHARDS {
+        let last_ts = if shard == near { floor } else { centuries };
+        let state = streamer::ShardState {
+            passes: 0,
+            row: 0,
+            last_ts,
+        };
+        client
+            .put(keys.item_state(shard), state.to_json(), None)
+            .await
+            .unwrap();
+    }
+    let report = run_streamer(
+        &etcd,
+        StreamerConfig {
+            passes: Some(1),
+            ..config(&prefix, REAL_CSV, "stepped-back")
+        },
+        &StreamerMetrics::default(),
+    )
+    .await;
+    assert!(report.passes_reached);
+
+    let samples = queued_samples(&open_queue(&etcd, &prefix).await).await;
+    assert_eq!(row_counts(&samples), csv_rows_times(REAL_CSV, 1));
+    assert_timestamps_increase_per_gpu(&samples);
+    // Every stamp follows the near state, and none the centuries-ahead ones: one microsecond
+    // apart at least, the clock being a minute behind the floor.
+    let out_of_range: Vec<i64> = samples
+        .iter()
+        .map(|s| s.timestamp)
+        .filter(|t| *t <= floor || *t > floor + REAL_ROWS as i64)
+        .collect();
+    assert!(out_of_range.is_empty(), "{out_of_range:?}");
+    let states = shard_states(&client, &prefix).await;
+    assert_eq!(states.len(), SHARDS as usize);
+    for (shard, state) in states {
+        assert_eq!((state.passes, state.row), (1, 0), "shard {shard}");
+        assert!(
+            state.last_ts > floor && state.last_ts <= floor + REAL_ROWS as i64,
+            "shard {shard} keeps last_ts {}",
+            state.last_ts
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

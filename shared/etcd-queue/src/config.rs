@@ -17,6 +17,9 @@ pub struct QueueConfig {
     pub max_payload_bytes: usize,
     /// Depth at which producers wait (backpressure).
     pub max_depth: u64,
+    /// Payload bytes pending at which producers wait (backpressure), so that the queue's backlog
+    /// stays well inside etcd's quota whatever the size of its messages.
+    pub max_pending_bytes: u64,
     /// How long a producer waits for the depth to fall below `max_depth` before failing.
     pub backpressure_timeout: Duration,
     /// How long transient etcd failures are retried before an operation fails.
@@ -32,6 +35,7 @@ impl Default for QueueConfig {
             partitions: 16,
             max_payload_bytes: 1024 * 1024,
             max_depth: 100_000,
+            max_pending_bytes: 1024 * 1024 * 1024,
             backpressure_timeout: Duration::from_secs(30),
             retry_budget: Duration::from_secs(60),
         }

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::change_feed::{Change, ChangeFeed};
 use crate::config::{ConsumerConfig, QueueConfig};
-use crate::depth::{numbers_by_partition, DepthReporter, Progress};
+use crate::depth::{DepthReporter, Progress};
 use crate::error::QueueError;
 use crate::keys::{parse_message, trailing_number, GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv};
@@ -49,8 +49,9 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
-/// Operations a commit spends besides the caller's: the offset put and the message range delete.
-pub const COMMIT_RESERVED_OPS: usize = 2;
+/// Operations a commit spends besides the caller's: the offset and its byte count, and the
+/// message range delete.
+pub const COMMIT_RESERVED_OPS: usize = 3;
 /// Operations a dead letter adds to a commit (payload and reason).
 pub const DEAD_LETTER_OPS: usize = 2;
 
@@ -77,6 +78,8 @@ pub struct Consumer {
     group: WorkGroup,
     heads: BTreeMap<u32, u64>,
     offsets: BTreeMap<u32, u64>,
+    /// Payload bytes committed from each partition, as of the last read or commit.
+    offset_bytes: BTreeMap<u32, u64>,
     feed: Option<ChangeFeed>,
     need_snapshot: bool,
     last_snapshot: Option<Instant>,
@@ -115,6 +118,7 @@ impl Consumer {
             group,
             heads: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            offset_bytes: BTreeMap::new(),
             feed: None,
             need_snapshot: true,
             last_snapshot: None,
@@ -268,10 +272,12 @@ impl Consumer {
     async fn refresh(&mut self) -> Result<(), QueueError> {
         let ranges = Progress::ranges(&self.keys, &self.group_keys);
         let (snapshot, kvs) = self.group.snapshot_with(&ranges).await?;
-        let progress = Progress::from_kvs(snapshot.revision, &kvs[0], &kvs[1]);
+        let progress = Progress::from_kvs(snapshot.revision, &kvs);
         self.heads = progress.heads;
         self.offsets = progress.offsets;
+        self.offset_bytes = progress.offset_bytes;
         let offset_key = |p: u32| self.group_keys.offset(p);
+        let offset_bytes_key = |p: u32| self.group_keys.offset_bytes(p);
         let head_key = |p: u32| self.keys.head(p);
         let (change, reads) = self
             .group
@@ -279,6 +285,7 @@ impl Consumer {
                 vec![
                     TxnOp::get(offset_key(p), None),
                     TxnOp::get(head_key(p), None),
+                    TxnOp::get(offset_bytes_key(p), None),
                 ]
             })
             .await?;
@@ -295,6 +302,9 @@ impl Consumer {
                         };
                         if key.starts_with(self.group_keys.offsets_prefix().as_bytes()) {
                             self.offsets.insert(p as u32, value);
+                        } else if key.starts_with(self.group_keys.offset_bytes_prefix().as_bytes())
+                        {
+                            self.offset_bytes.insert(p as u32, value);
                         } else {
                             self.heads.insert(p as u32, value);
                         }
@@ -442,6 +452,13 @@ impl Consumer {
     ///
     /// `delivery` may be a prefix of what [`Consumer::poll`] returned (fewer messages): the rest is
     /// delivered again.
+    ///
+    /// Whatever the error, the partition is never left owned by nobody: it is given up only when
+    /// its owner key is gone or on another member's lease. A commit etcd refused (a permanent
+    /// error) wrote nothing and the partition stays this member's; a commit whose answer was lost
+    /// is resolved by reading the owner and offset back, and if etcd stays unreachable for the
+    /// retry budget the error is returned with the partition still owned: the next poll re-reads
+    /// the committed offset, so a commit that lands after its timeout is not delivered again.
     pub async fn commit(
         &mut self,
         delivery: &Delivery,
@@ -457,168 +474,132 @@ impl Consumer {
                 bytes: fence.bytes,
             });
         }
-        let Some(owner_fence) = self.group.owner_fence(partition) else {
+        if !self.group.owned().contains_key(&partition) {
             self.in_flight = None;
             return Err(QueueError::LostOwnership { partition });
-        };
-        let from = delivery.after;
-        let to = delivery.last_offset();
-        let offset_key = self.group_keys.offset(partition);
-        let owner_key = self.group_keys.work_group().owner(partition);
-        let mut compares = vec![
-            owner_fence,
-            Compare::value(offset_key.clone(), CompareOp::Equal, from.to_string()),
-        ];
-        compares.extend(fence.compares);
-        let mut ops = vec![
-            TxnOp::put(offset_key.clone(), to.to_string(), None),
-            TxnOp::delete(
-                self.keys.message(partition, from + 1),
-                Some(DeleteOptions::new().with_range(self.keys.message(partition, to + 1))),
-            ),
-        ];
-        for dead in dead_letters {
-            let payload = delivery
-                .messages
-                .iter()
-                .find(|m| m.offset == dead.offset)
-                .map(|m| m.payload.clone())
-                .unwrap_or_default();
-            ops.push(TxnOp::put(
-                self.keys.dead(partition, dead.offset),
-                payload,
-                None,
-            ));
-            ops.push(TxnOp::put(
-                self.keys.dead_reason(partition, dead.offset),
-                dead.reason.clone(),
-                None,
-            ));
         }
-        ops.extend(fence.ops);
-        let else_ops = [
-            TxnOp::get(owner_key.clone(), None),
-            TxnOp::get(offset_key.clone(), None),
-        ];
+        let attempt = CommitAttempt::new(self, delivery, fence, dead_letters);
+        match self.send_commit(&attempt).await {
+            Ok(revision) => {
+                self.in_flight = None;
+                self.offsets.insert(partition, attempt.to);
+                self.offset_bytes.insert(partition, attempt.to_bytes);
+                self.stats.commits += 1;
+                self.stats.messages_committed += delivery.messages.len() as u64;
+                self.stats.dead_letters += dead_letters.len() as u64;
+                self.depth.mark_dirty();
+                self.maybe_write_depth().await;
+                Ok(revision)
+            }
+            // The caller's own compares failed: it re-prepares and commits the delivery again.
+            Err(QueueError::FenceFailed) => Err(QueueError::FenceFailed),
+            Err(e) => {
+                self.in_flight = None;
+                // Re-read the committed offsets before the next delivery: a commit whose outcome
+                // is unknown may have landed.
+                self.need_snapshot = true;
+                self.last_snapshot = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `attempt` until it lands or its outcome is known, retrying transient failures for
+    /// the retry budget.
+    async fn send_commit(&mut self, attempt: &CommitAttempt) -> Result<i64, QueueError> {
+        let partition = attempt.partition;
         let started = Instant::now();
         let mut backoff = Backoff::for_etcd();
         loop {
+            let Some(owner_fence) = self.group.owner_fence(partition) else {
+                return Err(QueueError::LostOwnership { partition });
+            };
+            let mut compares = vec![
+                owner_fence,
+                Compare::value(
+                    attempt.offset_key.clone(),
+                    CompareOp::Equal,
+                    attempt.from.to_string(),
+                ),
+            ];
+            compares.extend(attempt.compares.iter().cloned());
             let txn = Txn::new()
-                .when(compares.clone())
-                .and_then(ops.clone())
-                .or_else(else_ops.clone());
+                .when(compares)
+                .and_then(attempt.ops.clone())
+                .or_else(attempt.read_back());
             let mut client = self.client.clone();
-            let outcome = match client.txn(txn).await {
+            match client.txn(txn).await {
                 Ok(response) if response.succeeded() => {
-                    Ok(response.header().map(|h| h.revision()).unwrap_or_default())
+                    return Ok(response.header().map(|h| h.revision()).unwrap_or_default())
                 }
                 Ok(response) => {
-                    Err(self.why_commit_failed(partition, from, &response.op_responses()))
-                }
-                Err(e) if is_transient(&e) && started.elapsed() < self.queue.retry_budget => {
-                    tracing::warn!(partition, error = %e, "commit failed; checking whether it landed");
-                    backoff.wait().await;
-                    match self.read_commit_state(&owner_key, &offset_key).await {
-                        Ok((_, Some((offset, revision)))) if offset == to && to != from => {
-                            Ok(revision)
+                    let owned_rev = self.group.owned().get(&partition).copied();
+                    let state = CommitState::read(&response.op_responses());
+                    match self.judge(attempt, &state) {
+                        // An earlier attempt whose answer was lost landed.
+                        Judged::Landed(revision) => return Ok(revision),
+                        // Our owner key had a revision we did not know: fenced on it now.
+                        Judged::NotLanded if state.owner_revision() != owned_rev => {
+                            backoff.wait().await;
                         }
-                        Ok((owner_rev, offset)) => {
-                            let offset = offset.map(|(o, _)| o);
-                            let owned_rev = self.group.owned().get(&partition).copied();
-                            if owner_rev != owned_rev {
-                                Err(QueueError::LostOwnership { partition })
-                            } else if offset != Some(from) {
-                                Err(QueueError::StaleDelivery {
-                                    partition,
-                                    expected: from,
-                                    actual: offset.unwrap_or(0),
-                                })
-                            } else {
-                                continue;
-                            }
-                        }
-                        Err(_) => continue,
+                        Judged::NotLanded => return Err(QueueError::FenceFailed),
+                        Judged::Failed(e) => return Err(e),
                     }
                 }
-                Err(e) => Err(QueueError::Etcd {
-                    operation: "commit",
-                    source: e,
-                }),
-            };
-            return match outcome {
-                Ok(revision) => {
-                    self.in_flight = None;
-                    self.offsets.insert(partition, to);
-                    self.stats.commits += 1;
-                    self.stats.messages_committed += delivery.messages.len() as u64;
-                    self.stats.dead_letters += dead_letters.len() as u64;
-                    self.depth.mark_dirty();
-                    self.maybe_write_depth().await;
-                    Ok(revision)
+                Err(e) if is_transient(&e) => {
+                    if started.elapsed() >= self.queue.retry_budget {
+                        return Err(QueueError::Unavailable {
+                            operation: "commit",
+                            waited: started.elapsed(),
+                            last_error: e.to_string(),
+                        });
+                    }
+                    tracing::warn!(partition, error = %e, "commit failed; checking whether it landed");
+                    backoff.wait().await;
+                    let budget = self.queue.retry_budget.saturating_sub(started.elapsed());
+                    let state = self.read_commit_state(attempt, budget).await?;
+                    match self.judge(attempt, &state) {
+                        Judged::Landed(revision) => return Ok(revision),
+                        Judged::NotLanded => {}
+                        Judged::Failed(e) => return Err(e),
+                    }
                 }
-                Err(QueueError::FenceFailed) => Err(QueueError::FenceFailed),
+                // Refused by etcd (too large, a lease gone, no space): nothing was written.
                 Err(e) => {
-                    self.in_flight = None;
-                    self.group.forget(partition);
-                    self.need_snapshot = true;
-                    self.last_snapshot = None;
-                    Err(e)
+                    return Err(QueueError::Etcd {
+                        operation: "commit",
+                        source: e,
+                    })
                 }
-            };
+            }
         }
     }
 
     /// Writes `fence` for `delivery` without committing it, in one transaction that holds only if
     /// this member still owns the partition and its offset is still where the delivery started
     /// (the conditions of [`Consumer::commit`]): a member that lost the partition writes nothing.
-    /// For a delivery whose writes need several transactions, all but the last written this way;
-    /// the caller makes these writes idempotent, since a delivery that is never committed is
-    /// delivered again. Returns the revision of the write. Like a commit's, a failure other than
-    /// [`QueueError::FenceFailed`] ends the delivery (the partition is re-read before the next).
+    /// For a delivery whose writes need several transactions, all but the last are written this
+    /// way; the caller makes these writes idempotent, since a delivery that is never committed is
+    /// delivered again, and a write whose answer was lost is sent again (its own compares then
+    /// fail if it had landed). Returns the revision of the write. Errors and books as
+    /// [`Consumer::commit`]'s: the partition is given up only when its owner key is gone or on
+    /// another member's lease, and a failure other than [`QueueError::FenceFailed`] ends the
+    /// delivery (the committed offsets are re-read before the next).
     pub async fn write_fenced(
         &mut self,
         delivery: &Delivery,
         fence: Fence,
     ) -> Result<i64, QueueError> {
         let partition = delivery.partition;
-        let outcome = match self.group.owner_fence(partition) {
-            None => Err(QueueError::LostOwnership { partition }),
-            Some(owner_fence) => {
-                let offset_key = self.group_keys.offset(partition);
-                let owner_key = self.group_keys.work_group().owner(partition);
-                let mut compares = vec![
-                    owner_fence,
-                    Compare::value(
-                        offset_key.clone(),
-                        CompareOp::Equal,
-                        delivery.after.to_string(),
-                    ),
-                ];
-                compares.extend(fence.compares);
-                let txn = Txn::new()
-                    .when(compares)
-                    .and_then(fence.ops)
-                    .or_else([TxnOp::get(owner_key, None), TxnOp::get(offset_key, None)]);
-                match self.client.clone().txn(txn).await {
-                    Ok(response) if response.succeeded() => {
-                        Ok(response.header().map(|h| h.revision()).unwrap_or_default())
-                    }
-                    Ok(response) => Err(self.why_commit_failed(
-                        partition,
-                        delivery.after,
-                        &response.op_responses(),
-                    )),
-                    Err(source) => Err(QueueError::Etcd {
-                        operation: "write for a delivery",
-                        source,
-                    }),
-                }
-            }
-        };
+        if !self.group.owned().contains_key(&partition) {
+            self.in_flight = None;
+            return Err(QueueError::LostOwnership { partition });
+        }
+        let attempt = CommitAttempt::fenced_write(self, delivery, fence);
+        let outcome = self.send_commit(&attempt).await;
         if let Err(e) = &outcome {
             if !matches!(e, QueueError::FenceFailed) {
                 self.in_flight = None;
-                self.group.forget(partition);
                 self.need_snapshot = true;
                 self.last_snapshot = None;
             }
@@ -626,54 +607,54 @@ impl Consumer {
         outcome
     }
 
-    fn why_commit_failed(
-        &self,
-        partition: u32,
-        from: u64,
-        responses: &[TxnOpResponse],
-    ) -> QueueError {
-        let owner_rev = match responses.first() {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.mod_revision()),
-            _ => None,
-        };
-        let offset = match responses.get(1) {
-            Some(TxnOpResponse::Get(get)) => {
-                numbers_by_partition(get.kvs()).get(&partition).copied()
+    /// What the owner key and the committed offset say about `attempt`. Keeps the books: a
+    /// partition whose owner key is gone or on another lease is forgotten (nobody else can be
+    /// holding it for us), an owner key on our lease is ours whatever its revision, and an offset
+    /// moved by an earlier commit of ours is adopted.
+    fn judge(&mut self, attempt: &CommitAttempt, state: &CommitState) -> Judged {
+        let partition = attempt.partition;
+        match state.owner {
+            Some((revision, lease)) if self.group.is_own_lease(lease) => {
+                self.group.adopt(partition, revision);
             }
-            _ => None,
-        };
-        if owner_rev != self.group.owned().get(&partition).copied() {
-            QueueError::LostOwnership { partition }
-        } else if offset != Some(from) {
-            QueueError::StaleDelivery {
-                partition,
-                expected: from,
-                actual: offset.unwrap_or(0),
+            _ => {
+                self.group.forget(partition);
+                return Judged::Failed(QueueError::LostOwnership { partition });
             }
-        } else {
-            QueueError::FenceFailed
+        }
+        match state.offset {
+            Some((offset, revision)) if offset == attempt.to && attempt.to != attempt.from => {
+                Judged::Landed(revision)
+            }
+            Some((offset, _)) if offset == attempt.from => Judged::NotLanded,
+            offset => {
+                let actual = offset.map_or(0, |(o, _)| o);
+                self.offsets.insert(partition, actual);
+                self.offset_bytes
+                    .insert(partition, state.offset_bytes.unwrap_or(0));
+                Judged::Failed(QueueError::StaleDelivery {
+                    partition,
+                    expected: attempt.from,
+                    actual,
+                })
+            }
         }
     }
 
+    /// Reads the owner key and the committed offset of `attempt`'s partition, retrying for
+    /// `budget`.
     async fn read_commit_state(
         &self,
-        owner_key: &str,
-        offset_key: &str,
-    ) -> Result<(Option<i64>, Option<(u64, i64)>), QueueError> {
-        let response = with_retry("read commit state", self.queue.retry_budget, || {
+        attempt: &CommitAttempt,
+        budget: Duration,
+    ) -> Result<CommitState, QueueError> {
+        let response = with_retry("read commit state", budget, || {
             let mut client = self.client.clone();
-            let txn = Txn::new().and_then([
-                TxnOp::get(owner_key.to_string(), None),
-                TxnOp::get(offset_key.to_string(), None),
-            ]);
+            let txn = Txn::new().and_then(attempt.read_back());
             async move { client.txn(txn).await }
         })
         .await?;
-        let responses = response.op_responses();
-        let owner_rev = first_kv(responses.first()).map(KeyValue::mod_revision);
-        let offset =
-            first_kv(responses.get(1)).and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision())));
-        Ok((owner_rev, offset))
+        Ok(CommitState::read(&response.op_responses()))
     }
 
     async fn maybe_write_depth(&mut self) {
@@ -696,6 +677,7 @@ impl Consumer {
                 self.queue.retry_budget,
             )
             .await
+            .map(|progress| progress.depth())
     }
 
     /// Leaves the group: releases owned partitions (commit or abandon in-flight work first),
@@ -704,4 +686,138 @@ impl Consumer {
         let _ = self.write_depth().await;
         self.group.leave().await
     }
+}
+
+/// One commit as it is sent, attempt after attempt: the owner compare is added per attempt, as an
+/// owner key of ours with a revision we did not know is adopted between attempts.
+struct CommitAttempt {
+    partition: u32,
+    from: u64,
+    to: u64,
+    /// The partition's committed payload bytes once the commit lands.
+    to_bytes: u64,
+    offset_key: String,
+    offset_bytes_key: String,
+    owner_key: String,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+impl CommitAttempt {
+    fn new(
+        consumer: &Consumer,
+        delivery: &Delivery,
+        fence: Fence,
+        dead_letters: &[DeadLetter],
+    ) -> Self {
+        let partition = delivery.partition;
+        let from = delivery.after;
+        let to = delivery.last_offset();
+        let keys = &consumer.keys;
+        let offset_key = consumer.group_keys.offset(partition);
+        let offset_bytes_key = consumer.group_keys.offset_bytes(partition);
+        // The offset's compare fences its byte count too: both are only ever written together.
+        let delivered: u64 = delivery
+            .messages
+            .iter()
+            .map(|m| m.payload.len() as u64)
+            .sum();
+        let to_bytes = consumer.offset_bytes.get(&partition).copied().unwrap_or(0) + delivered;
+        let mut ops = vec![
+            TxnOp::put(offset_key.clone(), to.to_string(), None),
+            TxnOp::put(offset_bytes_key.clone(), to_bytes.to_string(), None),
+            TxnOp::delete(
+                keys.message(partition, from + 1),
+                Some(DeleteOptions::new().with_range(keys.message(partition, to + 1))),
+            ),
+        ];
+        for dead in dead_letters {
+            let payload = delivery
+                .messages
+                .iter()
+                .find(|m| m.offset == dead.offset)
+                .map(|m| m.payload.clone())
+                .unwrap_or_default();
+            ops.push(TxnOp::put(keys.dead(partition, dead.offset), payload, None));
+            ops.push(TxnOp::put(
+                keys.dead_reason(partition, dead.offset),
+                dead.reason.clone(),
+                None,
+            ));
+        }
+        ops.extend(fence.ops);
+        CommitAttempt {
+            partition,
+            from,
+            to,
+            to_bytes,
+            owner_key: consumer.group_keys.work_group().owner(partition),
+            offset_key,
+            offset_bytes_key,
+            compares: fence.compares,
+            ops,
+        }
+    }
+
+    /// `fence` alone, on the conditions of a commit of `delivery`: the offset stays where it is,
+    /// so the attempt never counts as landed by the offset it reads back.
+    fn fenced_write(consumer: &Consumer, delivery: &Delivery, fence: Fence) -> Self {
+        let partition = delivery.partition;
+        CommitAttempt {
+            partition,
+            from: delivery.after,
+            to: delivery.after,
+            to_bytes: consumer.offset_bytes.get(&partition).copied().unwrap_or(0),
+            owner_key: consumer.group_keys.work_group().owner(partition),
+            offset_key: consumer.group_keys.offset(partition),
+            offset_bytes_key: consumer.group_keys.offset_bytes(partition),
+            compares: fence.compares,
+            ops: fence.ops,
+        }
+    }
+
+    /// The reads that tell what became of the commit: the owner key, the committed offset and
+    /// its byte count.
+    fn read_back(&self) -> [TxnOp; 3] {
+        [
+            TxnOp::get(self.owner_key.clone(), None),
+            TxnOp::get(self.offset_key.clone(), None),
+            TxnOp::get(self.offset_bytes_key.clone(), None),
+        ]
+    }
+}
+
+/// The owner key and committed offset of a partition, as [`CommitAttempt::read_back`] read them.
+struct CommitState {
+    /// The owner key's `mod_revision` and lease.
+    owner: Option<(i64, i64)>,
+    /// The committed offset and the revision that wrote it.
+    offset: Option<(u64, i64)>,
+    /// The committed payload bytes.
+    offset_bytes: Option<u64>,
+}
+
+impl CommitState {
+    fn read(responses: &[TxnOpResponse]) -> Self {
+        CommitState {
+            owner: first_kv(responses.first()).map(|kv| (kv.mod_revision(), kv.lease())),
+            offset: first_kv(responses.get(1))
+                .and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision()))),
+            offset_bytes: first_kv(responses.get(2)).and_then(decimal_value),
+        }
+    }
+
+    fn owner_revision(&self) -> Option<i64> {
+        self.owner.map(|(revision, _)| revision)
+    }
+}
+
+/// What a commit's read-back says.
+enum Judged {
+    /// The commit (an earlier attempt of it) landed at this revision.
+    Landed(i64),
+    /// Nothing of it landed; the partition is still ours at the offset it started from.
+    NotLanded,
+    /// It cannot land: the partition moved, or its offset did.
+    Failed(QueueError),
 }

@@ -17,29 +17,43 @@ use crate::kv::decimal_value;
 use crate::range::{read_ranges, RangeRead};
 use crate::retry::with_retry;
 
-/// Heads and committed offsets of every partition, read at one revision.
+/// Heads and committed offsets of every partition, and the payload bytes published to and
+/// committed from each, read at one revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     pub revision: i64,
     pub heads: BTreeMap<u32, u64>,
     pub offsets: BTreeMap<u32, u64>,
+    /// Payload bytes ever published, per partition.
+    pub head_bytes: BTreeMap<u32, u64>,
+    /// Payload bytes ever committed by the group, per partition.
+    pub offset_bytes: BTreeMap<u32, u64>,
 }
 
 impl Progress {
-    /// The two ranges a progress is read from: heads, then committed offsets (decimal values,
-    /// one key per partition).
-    pub(crate) fn ranges(keys: &QueueKeys, group: &GroupKeys) -> [RangeRead; 2] {
+    /// The four ranges a progress is read from: heads, committed offsets, bytes published and
+    /// bytes committed (decimal values, one key per partition).
+    pub(crate) fn ranges(keys: &QueueKeys, group: &GroupKeys) -> [RangeRead; PROGRESS_READS] {
         [
             RangeRead::prefix(keys.heads_prefix(), DECIMAL_VALUE_BYTES),
             RangeRead::prefix(group.offsets_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(keys.head_bytes_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(group.offset_bytes_prefix(), DECIMAL_VALUE_BYTES),
         ]
     }
 
-    pub(crate) fn from_kvs(revision: i64, heads: &[KeyValue], offsets: &[KeyValue]) -> Self {
+    /// The progress from the key-values of [`Progress::ranges`], in its order.
+    pub(crate) fn from_kvs(revision: i64, kvs: &[Vec<KeyValue>]) -> Self {
+        let numbers = |i: usize| {
+            kvs.get(i)
+                .map_or_else(BTreeMap::new, |kvs| numbers_by_partition(kvs))
+        };
         Progress {
             revision,
-            heads: numbers_by_partition(heads),
-            offsets: numbers_by_partition(offsets),
+            heads: numbers(0),
+            offsets: numbers(1),
+            head_bytes: numbers(2),
+            offset_bytes: numbers(3),
         }
     }
 
@@ -56,7 +70,7 @@ impl Progress {
             budget,
         )
         .await?;
-        Ok(Self::from_kvs(revision, &kvs[0], &kvs[1]))
+        Ok(Self::from_kvs(revision, &kvs))
     }
 
     /// Pending messages in `partition`.
@@ -70,10 +84,25 @@ impl Progress {
     pub fn depth(&self) -> u64 {
         self.heads.keys().map(|p| self.lag(*p)).sum()
     }
+
+    /// Payload bytes pending in `partition`.
+    pub fn lag_bytes(&self, partition: u32) -> u64 {
+        let published = self.head_bytes.get(&partition).copied().unwrap_or(0);
+        let committed = self.offset_bytes.get(&partition).copied().unwrap_or(0);
+        published.saturating_sub(committed)
+    }
+
+    /// Payload bytes pending in the whole topic.
+    pub fn pending_bytes(&self) -> u64 {
+        self.head_bytes.keys().map(|p| self.lag_bytes(*p)).sum()
+    }
 }
 
-/// Largest value of a key holding a decimal u64 (heads, offsets).
+/// Largest value of a key holding a decimal u64 (heads, offsets, byte counters).
 pub(crate) const DECIMAL_VALUE_BYTES: usize = 20;
+
+/// How many ranges [`Progress::ranges`] reads.
+pub(crate) const PROGRESS_READS: usize = 4;
 
 pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u32, u64> {
     kvs.iter()
@@ -158,18 +187,18 @@ impl DepthReporter {
         )
     }
 
+    /// Reads the progress, writes the depth it gives, and returns it.
     pub(crate) async fn flush(
         &mut self,
         client: &Client,
         keys: &QueueKeys,
         group: &GroupKeys,
         budget: Duration,
-    ) -> Result<u64, QueueError> {
+    ) -> Result<Progress, QueueError> {
         let progress = Progress::read(client, keys, group, budget).await?;
-        let depth = progress.depth();
-        write_depth(client, keys, depth, progress.revision, budget).await?;
+        write_depth(client, keys, progress.depth(), progress.revision, budget).await?;
         self.dirty = false;
         self.last_write = Some(Instant::now());
-        Ok(depth)
+        Ok(progress)
     }
 }

@@ -24,10 +24,12 @@ pub enum QueueError {
     #[error("publish of {messages} messages ({bytes} bytes) does not fit in one transaction")]
     TransactionTooLarge { messages: usize, bytes: usize },
 
-    #[error("queue is full: depth {depth} reached the maximum of {max} and did not drain within {waited:?}")]
+    #[error("queue is full: {depth} messages of {pending_bytes} bytes are pending (at most {max} messages or {max_bytes} bytes) and it did not drain within {waited:?}")]
     QueueFull {
         depth: u64,
         max: u64,
+        pending_bytes: u64,
+        max_bytes: u64,
         waited: Duration,
     },
 
@@ -69,6 +71,12 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// Whether etcd refused the operation because it is out of space
+    /// ([`crate::retry::is_no_space`]).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, QueueError::Etcd { source, .. } if crate::retry::is_no_space(source))
+    }
+
     pub(crate) fn etcd(operation: &'static str) -> impl FnOnce(etcd_client::Error) -> QueueError {
         move |source| QueueError::Etcd { operation, source }
     }

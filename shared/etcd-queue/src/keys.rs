@@ -6,6 +6,7 @@
 //! {prefix}/queue/{topic}/depth                     pending messages of the topic's group (decimal; KEDA reads it)
 //! {prefix}/queue/{topic}/depth-rev                 etcd revision the depth value was computed at (20 digits)
 //! {prefix}/queue/{topic}/head/{p:05}               last sequence number published to partition p (decimal)
+//! {prefix}/queue/{topic}/head-bytes/{p:05}         payload bytes ever published to partition p (decimal)
 //! {prefix}/queue/{topic}/msg/{p:05}/{seq:020}/{bytes}  message payload (its size in the key), deleted when its group commits past it
 //! {prefix}/queue/{topic}/dead/{p:05}/{seq:020}     dead-lettered payload
 //! {prefix}/queue/{topic}/dead-reason/{p:05}/{seq:020}  why it was dead-lettered
@@ -13,6 +14,7 @@
 //! {prefix}/queue/{topic}/group/{g}/member/{id}     group member, attached to the member's lease
 //! {prefix}/queue/{topic}/group/{g}/owner/{p:05}    owner of partition p, attached to the owner's lease
 //! {prefix}/queue/{topic}/group/{g}/offset/{p:05}   last committed sequence number of partition p
+//! {prefix}/queue/{topic}/group/{g}/offset-bytes/{p:05}  payload bytes committed from partition p
 //! ```
 //! Sequence numbers are zero-padded so that key order is sequence order and a partition's pending
 //! messages are one key range. A message key ends with its payload's size, so a consumer sizes a
@@ -61,6 +63,15 @@ impl QueueKeys {
 
     pub(crate) fn head(&self, partition: u32) -> String {
         format!("{}/head/{partition:05}", self.root)
+    }
+
+    pub(crate) fn head_bytes_prefix(&self) -> String {
+        format!("{}/head-bytes/", self.root)
+    }
+
+    /// Payload bytes ever published to `partition` (written with its head).
+    pub(crate) fn head_bytes(&self, partition: u32) -> String {
+        format!("{}/head-bytes/{partition:05}", self.root)
     }
 
     pub(crate) fn all_messages_prefix(&self) -> String {
@@ -118,13 +129,23 @@ impl GroupKeys {
         format!("{}/offset/{partition:05}", self.root)
     }
 
+    pub(crate) fn offset_bytes_prefix(&self) -> String {
+        format!("{}/offset-bytes/", self.root)
+    }
+
+    /// Payload bytes the group ever committed from `partition` (written with its offset).
+    pub(crate) fn offset_bytes(&self, partition: u32) -> String {
+        format!("{}/offset-bytes/{partition:05}", self.root)
+    }
+
     /// The member and owner prefixes, which a consumer watches for rebalancing.
     pub(crate) fn work_group_prefixes(&self) -> (String, String) {
         let wg = self.work_group();
         (wg.members_prefix(), wg.owners_prefix())
     }
 
-    pub(crate) fn work_group(&self) -> WorkGroupKeys {
+    /// The group's members and partition owners, laid out as a work group's.
+    pub fn work_group(&self) -> WorkGroupKeys {
         WorkGroupKeys {
             root: self.root.clone(),
         }
@@ -271,6 +292,17 @@ mod tests {
             group.work_group().owner(7),
             "/gpu-telemetry/queue/telemetry/group/collectors/owner/00007"
         );
+        assert_eq!(
+            keys.head_bytes(3),
+            "/gpu-telemetry/queue/telemetry/head-bytes/00003"
+        );
+        assert_eq!(
+            group.offset_bytes(7),
+            "/gpu-telemetry/queue/telemetry/group/collectors/offset-bytes/00007"
+        );
+        // A byte counter is never under the prefix of the number it goes with.
+        assert!(!keys.head_bytes(3).starts_with(&keys.heads_prefix()));
+        assert!(!group.offset_bytes(7).starts_with(&group.offsets_prefix()));
         assert_eq!(trailing_number(keys.message(15, 42).as_bytes()), Some(42));
         let entry = keys.message_entry(15, 42, 1234);
         assert_eq!(

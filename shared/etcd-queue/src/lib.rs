@@ -38,10 +38,13 @@ pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
 pub use lease::is_lease_not_found;
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
 pub use range::{RangePages, RangeRead, MAX_RESPONSE_BYTES};
-pub use retry::{is_size_limit, is_transient, with_retry, Backoff};
+pub use retry::{
+    is_no_space, is_request_refused, is_size_limit, is_transient, with_retry, Backoff,
+};
 pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
-pub use work_group::{GroupSnapshot, Rebalance, WorkGroup};
+pub use work_group::{GroupSnapshot, ItemOwner, Rebalance, WorkGroup};
 
+use crate::depth::PROGRESS_READS;
 use crate::keys::{parse_message, trailing_number, trailing_segment, MEMBER_ID_BYTES};
 use crate::range::complete_ranges;
 use crate::retry::with_retry as retry;
@@ -95,6 +98,8 @@ pub struct QueueStatus {
     pub topic: String,
     pub group: String,
     pub depth: u64,
+    /// Payload bytes of the pending messages (what backpressure bounds by bytes).
+    pub pending_bytes: u64,
     pub partitions: Vec<PartitionStatus>,
     pub members: Vec<String>,
     pub dead_letters: u64,
@@ -342,13 +347,11 @@ impl Queue {
     /// Partitions with owner, committed offset and lag; members; depth; dead-letter count.
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
         let wg = self.group.work_group();
-        let [heads, offsets] = Progress::ranges(&self.keys, &self.group);
-        let ranges = [
-            heads,
-            offsets,
+        let mut ranges = Progress::ranges(&self.keys, &self.group).to_vec();
+        ranges.extend([
             RangeRead::prefix(wg.owners_prefix(), MEMBER_ID_BYTES),
             RangeRead::prefix(wg.members_prefix(), 0).keys_only(),
-        ];
+        ]);
         let mut ops: Vec<TxnOp> = ranges.iter().map(|r| r.txn_op(ranges.len())).collect();
         // A count answers with no keys, whatever their number.
         ops.push(TxnOp::get(
@@ -376,14 +379,14 @@ impl Queue {
             self.config.retry_budget,
         )
         .await?;
-        let progress = Progress::from_kvs(revision, &kvs[0], &kvs[1]);
+        let progress = Progress::from_kvs(revision, &kvs[..PROGRESS_READS]);
         let mut owners = BTreeMap::new();
-        for kv in &kvs[2] {
+        for kv in &kvs[PROGRESS_READS] {
             if let Some(p) = trailing_number(kv.key()) {
                 owners.insert(p as u32, String::from_utf8_lossy(kv.value()).into_owned());
             }
         }
-        let members = kvs[3]
+        let members = kvs[PROGRESS_READS + 1]
             .iter()
             .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
             .collect();
@@ -400,6 +403,7 @@ impl Queue {
             topic: self.config.topic.clone(),
             group: self.config.group.clone(),
             depth: progress.depth(),
+            pending_bytes: progress.pending_bytes(),
             partitions,
             members,
             dead_letters,

@@ -19,7 +19,8 @@ use crate::depth::{numbers_by_partition, DepthReporter, Progress, DECIMAL_VALUE_
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv, read_decimal};
-use crate::range::{RangePages, RangeRead};
+use crate::lease::is_lease_not_found;
+use crate::range::{read_ranges, RangeRead};
 use crate::retry::{is_transient, Backoff};
 use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
@@ -47,12 +48,36 @@ pub struct Fence {
     pub bytes: usize,
 }
 
+/// A partition's head as a producer knows it: the last sequence number published to it and the
+/// payload bytes ever published to it, written together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Head {
+    seq: u64,
+    bytes: u64,
+}
+
+/// What backpressure last saw: when, and the depth and pending bytes then (plus what this
+/// producer published since).
+#[derive(Debug, Clone, Copy)]
+struct Backlog {
+    at: Instant,
+    depth: u64,
+    bytes: u64,
+}
+
 /// Marker keys live on a long lease so that abandoned producers leave nothing behind.
 const MARKER_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// Per-message overhead on the request besides the payload (key and framing).
 const MESSAGE_OVERHEAD: usize = 96;
 /// Operations every publish transaction spends besides one put per message.
 const FIXED_OPS: usize = 1;
+/// Operations a publish spends per partition it touches: the head and its byte count.
+const OPS_PER_PARTITION: usize = 2;
+/// Request bytes a publish spends per partition it touches (the two keys and values).
+const PARTITION_OVERHEAD: usize = 2 * MESSAGE_OVERHEAD;
+/// Times one publish grants a new marker lease after etcd said the last one was gone, before it
+/// reports the error.
+const MAX_LAPSED_LEASES: u32 = 3;
 
 /// Publishes to one topic. Not shared between tasks: each task that publishes owns one.
 pub struct Producer {
@@ -64,9 +89,9 @@ pub struct Producer {
     attempt: u64,
     /// The attempt number last known to have landed (what the marker key holds).
     landed: Option<u64>,
-    heads: Option<BTreeMap<u32, u64>>,
+    heads: Option<BTreeMap<u32, Head>>,
     depth_reporter: DepthReporter,
-    last_depth: Option<(Instant, u64)>,
+    last_backlog: Option<Backlog>,
     marker_lease: Option<(i64, Instant)>,
 }
 
@@ -87,7 +112,7 @@ impl Producer {
             landed: None,
             heads: None,
             depth_reporter: DepthReporter::new(Duration::from_millis(100)),
-            last_depth: None,
+            last_backlog: None,
             marker_lease: None,
         }
     }
@@ -137,9 +162,9 @@ impl Producer {
                 seen.dedup();
                 seen.len()
             };
-            let ops_after = chunk.len() + 1 + partitions_touched + FIXED_OPS;
-            if !chunk.is_empty() && (ops_after > MAX_TXN_OPS || chunk_bytes + size > MAX_TXN_BYTES)
-            {
+            let ops_after = chunk.len() + 1 + OPS_PER_PARTITION * partitions_touched + FIXED_OPS;
+            let bytes_after = chunk_bytes + size + PARTITION_OVERHEAD * partitions_touched;
+            if !chunk.is_empty() && (ops_after > MAX_TXN_OPS || bytes_after > MAX_TXN_BYTES) {
                 positions.extend(
                     self.publish_txn(std::mem::take(&mut chunk), Fence::default())
                         .await?,
@@ -169,11 +194,13 @@ impl Producer {
         let mut partitions: Vec<u32> = messages.iter().map(|m| m.partition).collect();
         partitions.sort_unstable();
         partitions.dedup();
-        let ops = messages.len() + partitions.len() + FIXED_OPS + fence.ops.len();
+        let ops =
+            messages.len() + OPS_PER_PARTITION * partitions.len() + FIXED_OPS + fence.ops.len();
         let bytes: usize = messages
             .iter()
             .map(|m| m.payload.len() + MESSAGE_OVERHEAD)
             .sum::<usize>()
+            + PARTITION_OVERHEAD * partitions.len()
             + fence.bytes;
         if ops > MAX_TXN_OPS
             || bytes > MAX_TXN_BYTES
@@ -194,8 +221,9 @@ impl Producer {
         bytes: usize,
         fence_ops: usize,
     ) -> bool {
-        messages + partitions + FIXED_OPS + fence_ops <= MAX_TXN_OPS
-            && bytes + messages * MESSAGE_OVERHEAD <= MAX_TXN_BYTES
+        messages + OPS_PER_PARTITION * partitions + FIXED_OPS + fence_ops <= MAX_TXN_OPS
+            && bytes + messages * MESSAGE_OVERHEAD + partitions * PARTITION_OVERHEAD
+                <= MAX_TXN_BYTES
     }
 
     fn check_message(&self, message: &OutgoingMessage) -> Result<(), QueueError> {
@@ -219,48 +247,63 @@ impl Producer {
         messages: Vec<OutgoingMessage>,
         fence: Fence,
     ) -> Result<Vec<Position>, QueueError> {
-        self.wait_for_room(messages.len() as u64).await?;
-        let marker_lease = self.marker_lease().await?;
+        let payload_bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
+        self.wait_for_room(messages.len() as u64, payload_bytes)
+            .await?;
         let marker_key = self.keys.producer(&self.id);
         let started = Instant::now();
         let mut backoff = Backoff::for_etcd();
         let mut conflicts = 0u32;
+        let mut lapsed_leases = 0u32;
         // Every attempt of this call publishes the same messages; if any of them turns out to have
         // landed, its positions are the result.
-        let mut attempts: Vec<(u64, Vec<Position>, BTreeMap<u32, u64>)> = Vec::new();
+        let mut attempts: Vec<(u64, Vec<Position>, BTreeMap<u32, Head>)> = Vec::new();
         loop {
+            let marker_lease = self.marker_lease().await?;
             let heads = self.heads().await?.clone();
             self.attempt += 1;
             let attempt = self.attempt;
-            let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut next: BTreeMap<u32, Head> = BTreeMap::new();
             let mut positions = Vec::with_capacity(messages.len());
             let mut ops = Vec::with_capacity(messages.len() + 20);
             for message in &messages {
-                let seq = next
+                let head = next
                     .entry(message.partition)
-                    .or_insert_with(|| heads.get(&message.partition).copied().unwrap_or(0));
-                *seq += 1;
+                    .or_insert_with(|| heads.get(&message.partition).copied().unwrap_or_default());
+                head.seq += 1;
+                head.bytes += message.payload.len() as u64;
                 positions.push(Position {
                     partition: message.partition,
-                    offset: *seq,
+                    offset: head.seq,
                 });
                 ops.push(TxnOp::put(
                     self.keys
-                        .message_entry(message.partition, *seq, message.payload.len()),
+                        .message_entry(message.partition, head.seq, message.payload.len()),
                     message.payload.clone(),
                     None,
                 ));
             }
             let mut compares = Vec::with_capacity(next.len() + fence.compares.len() + 1);
-            let mut else_ops = Vec::with_capacity(next.len() + 1);
+            let mut else_ops = Vec::with_capacity(OPS_PER_PARTITION * next.len() + 1);
             for (partition, new_head) in &next {
+                // The head's compare also fences its byte count: both are only ever written
+                // together, and a head value is written once.
                 let key = self.keys.head(*partition);
+                let bytes_key = self.keys.head_bytes(*partition);
                 compares.push(match heads.get(partition) {
-                    Some(head) => Compare::value(key.clone(), CompareOp::Equal, head.to_string()),
+                    Some(head) => {
+                        Compare::value(key.clone(), CompareOp::Equal, head.seq.to_string())
+                    }
                     None => Compare::version(key.clone(), CompareOp::Equal, 0),
                 });
-                ops.push(TxnOp::put(key.clone(), new_head.to_string(), None));
+                ops.push(TxnOp::put(key.clone(), new_head.seq.to_string(), None));
+                ops.push(TxnOp::put(
+                    bytes_key.clone(),
+                    new_head.bytes.to_string(),
+                    None,
+                ));
                 else_ops.push(TxnOp::get(key, None));
+                else_ops.push(TxnOp::get(bytes_key, None));
             }
             compares.push(match self.landed {
                 Some(n) => Compare::value(marker_key.clone(), CompareOp::Equal, n.to_string()),
@@ -282,7 +325,8 @@ impl Producer {
                 Ok(response) if response.succeeded() => {
                     self.landed = Some(attempt);
                     self.advance_heads(&next);
-                    self.after_publish(messages.len() as u64).await;
+                    self.after_publish(messages.len() as u64, payload_bytes)
+                        .await;
                     return Ok(positions);
                 }
                 Ok(response) => {
@@ -290,13 +334,17 @@ impl Producer {
                     let marker_now = marker_value(seen.last());
                     if marker_now != self.landed {
                         // An attempt that failed ambiguously landed late.
-                        if let Some(landed) = self.landed_attempt(&attempts, marker_now).await {
+                        if let Some(landed) = self
+                            .landed_attempt(&attempts, marker_now, payload_bytes)
+                            .await
+                        {
                             return Ok(landed);
                         }
                         continue;
                     }
-                    let fresh = heads_from(&seen[..seen.len() - 1]);
-                    let unchanged = next.keys().all(|p| fresh.get(p) == heads.get(p));
+                    let fresh = self.heads_from(&seen[..seen.len() - 1]);
+                    let seq = |heads: &BTreeMap<u32, Head>, p: &u32| heads.get(p).map(|h| h.seq);
+                    let unchanged = next.keys().all(|p| seq(&fresh, p) == seq(&heads, p));
                     if unchanged {
                         return Err(QueueError::FenceFailed);
                     }
@@ -319,12 +367,22 @@ impl Producer {
                     backoff.wait().await;
                     match self.read_marker().await {
                         Ok(marker) => {
-                            if let Some(landed) = self.landed_attempt(&attempts, marker).await {
+                            if let Some(landed) =
+                                self.landed_attempt(&attempts, marker, payload_bytes).await
+                            {
                                 return Ok(landed);
                             }
                         }
                         Err(_) => self.heads = None,
                     }
+                }
+                // The marker's lease expired (this producer was idle or paused for longer than
+                // its TTL): the refused attempt wrote nothing, and the marker went with the lease,
+                // which the next attempt's else-branch shows. A new lease, then try again.
+                Err(e) if is_lease_not_found(&e) && lapsed_leases < MAX_LAPSED_LEASES => {
+                    tracing::info!("the producer marker's lease expired; granting a new one");
+                    lapsed_leases += 1;
+                    self.marker_lease = None;
                 }
                 Err(e) => {
                     return Err(QueueError::Etcd {
@@ -340,8 +398,9 @@ impl Producer {
     /// that landed, if one did; otherwise records the marker and forgets the cached heads.
     async fn landed_attempt(
         &mut self,
-        attempts: &[(u64, Vec<Position>, BTreeMap<u32, u64>)],
+        attempts: &[(u64, Vec<Position>, BTreeMap<u32, Head>)],
         marker: Option<u64>,
+        payload_bytes: u64,
     ) -> Option<Vec<Position>> {
         self.landed = marker;
         let landed = attempts.iter().find(|(n, _, _)| Some(*n) == marker);
@@ -349,7 +408,8 @@ impl Producer {
             Some((_, positions, next)) => {
                 let (positions, next) = (positions.clone(), next.clone());
                 self.advance_heads(&next);
-                self.after_publish(positions.len() as u64).await;
+                self.after_publish(positions.len() as u64, payload_bytes)
+                    .await;
                 Some(positions)
             }
             None => {
@@ -359,16 +419,17 @@ impl Producer {
         }
     }
 
-    fn advance_heads(&mut self, next: &BTreeMap<u32, u64>) {
+    fn advance_heads(&mut self, next: &BTreeMap<u32, Head>) {
         let cache = self.heads.get_or_insert_with(BTreeMap::new);
         for (p, h) in next {
             cache.insert(*p, *h);
         }
     }
 
-    async fn after_publish(&mut self, published: u64) {
-        if let Some((at, depth)) = self.last_depth {
-            self.last_depth = Some((at, depth + published));
+    async fn after_publish(&mut self, published: u64, bytes: u64) {
+        if let Some(backlog) = self.last_backlog.as_mut() {
+            backlog.depth += published;
+            backlog.bytes += bytes;
         }
         self.depth_reporter.mark_dirty();
         if self.depth_reporter.due() {
@@ -387,7 +448,7 @@ impl Producer {
     }
 
     async fn flush_depth(&mut self) -> Result<(), QueueError> {
-        let depth = self
+        let progress = self
             .depth_reporter
             .flush(
                 &self.client,
@@ -396,16 +457,25 @@ impl Producer {
                 self.config.retry_budget,
             )
             .await?;
-        self.last_depth = Some((Instant::now(), depth));
+        self.last_backlog = Some(Backlog::of(&progress));
         Ok(())
     }
 
-    /// Backpressure: waits (with backoff) until `incoming` more messages fit under the maximum
-    /// depth, or fails after the configured timeout. An empty queue always accepts one transaction.
-    async fn wait_for_room(&mut self, incoming: u64) -> Result<(), QueueError> {
+    /// Backpressure: waits (with backoff) until `incoming` more messages of `incoming_bytes`
+    /// payload bytes fit under the maximum depth and the maximum pending bytes, or fails after
+    /// the configured timeout. An empty queue always accepts one transaction.
+    async fn wait_for_room(
+        &mut self,
+        incoming: u64,
+        incoming_bytes: u64,
+    ) -> Result<(), QueueError> {
         let max = self.config.max_depth;
-        if let Some((at, depth)) = self.last_depth {
-            if at.elapsed() < Duration::from_millis(100) && depth + incoming <= max / 2 {
+        let max_bytes = self.config.max_pending_bytes;
+        if let Some(backlog) = self.last_backlog {
+            if backlog.at.elapsed() < Duration::from_millis(100)
+                && backlog.depth + incoming <= max / 2
+                && backlog.bytes + incoming_bytes <= max_bytes / 2
+            {
                 return Ok(());
             }
         }
@@ -420,39 +490,85 @@ impl Producer {
                 self.config.retry_budget,
             )
             .await?;
-            let depth = progress.depth();
-            self.last_depth = Some((Instant::now(), depth));
-            if depth + incoming <= max || depth == 0 {
+            let backlog = Backlog::of(&progress);
+            self.last_backlog = Some(backlog);
+            let Backlog { depth, bytes, .. } = backlog;
+            let fits = depth + incoming <= max && bytes + incoming_bytes <= max_bytes;
+            if fits || depth == 0 {
                 return Ok(());
             }
             if started.elapsed() >= self.config.backpressure_timeout {
                 return Err(QueueError::QueueFull {
                     depth,
                     max,
+                    pending_bytes: bytes,
+                    max_bytes,
                     waited: started.elapsed(),
                 });
             }
             if !warned {
-                tracing::warn!(depth, max, "queue at maximum depth; waiting for consumers");
+                tracing::warn!(
+                    depth,
+                    max,
+                    pending_bytes = bytes,
+                    max_bytes,
+                    "queue at its maximum backlog; waiting for consumers"
+                );
                 warned = true;
             }
             backoff.wait().await;
         }
     }
 
-    async fn heads(&mut self) -> Result<&BTreeMap<u32, u64>, QueueError> {
+    async fn heads(&mut self) -> Result<&BTreeMap<u32, Head>, QueueError> {
         if self.heads.is_none() {
-            let heads = RangePages::new(
-                self.client.clone(),
-                "read heads",
+            let ranges = [
                 RangeRead::prefix(self.keys.heads_prefix(), DECIMAL_VALUE_BYTES),
+                RangeRead::prefix(self.keys.head_bytes_prefix(), DECIMAL_VALUE_BYTES),
+            ];
+            let (_, kvs) = read_ranges(
+                &self.client,
+                "read heads",
+                &ranges,
                 self.config.retry_budget,
             )
-            .collect()
             .await?;
-            self.heads = Some(numbers_by_partition(&heads));
+            self.heads = Some(self.heads_from_kvs(kvs.iter().flatten()));
         }
         Ok(self.heads.get_or_insert_with(BTreeMap::new))
+    }
+
+    /// The heads that gets of head keys and byte-count keys found (a head whose byte count is
+    /// absent, written before byte counts were kept, counts 0 bytes).
+    fn heads_from(&self, responses: &[TxnOpResponse]) -> BTreeMap<u32, Head> {
+        self.heads_from_kvs(responses.iter().flat_map(|response| match response {
+            TxnOpResponse::Get(get) => get.kvs(),
+            _ => &[],
+        }))
+    }
+
+    /// Heads from head and head-bytes keys, in any order.
+    fn heads_from_kvs<'a>(
+        &self,
+        kvs: impl IntoIterator<Item = &'a etcd_client::KeyValue>,
+    ) -> BTreeMap<u32, Head> {
+        let bytes_prefix = self.keys.head_bytes_prefix();
+        let mut seqs = BTreeMap::new();
+        let mut bytes = BTreeMap::new();
+        for kv in kvs {
+            let found = numbers_by_partition(std::slice::from_ref(kv));
+            if kv.key().starts_with(bytes_prefix.as_bytes()) {
+                bytes.extend(found);
+            } else {
+                seqs.extend(found);
+            }
+        }
+        seqs.into_iter()
+            .map(|(p, seq)| {
+                let bytes = bytes.get(&p).copied().unwrap_or(0);
+                (p, Head { seq, bytes })
+            })
+            .collect()
     }
 
     async fn read_marker(&self) -> Result<Option<u64>, QueueError> {
@@ -498,12 +614,12 @@ fn marker_value(response: Option<&TxnOpResponse>) -> Option<u64> {
     first_kv(response).and_then(decimal_value)
 }
 
-fn heads_from(responses: &[TxnOpResponse]) -> BTreeMap<u32, u64> {
-    let mut heads = BTreeMap::new();
-    for response in responses {
-        if let TxnOpResponse::Get(get) = response {
-            heads.extend(numbers_by_partition(get.kvs()));
+impl Backlog {
+    fn of(progress: &Progress) -> Self {
+        Backlog {
+            at: Instant::now(),
+            depth: progress.depth(),
+            bytes: progress.pending_bytes(),
         }
     }
-    heads
 }

@@ -89,6 +89,36 @@ pub fn is_size_limit(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// What etcd answers to a write while its NOSPACE alarm is raised (its database reached
+/// `--quota-backend-bytes`): gRPC `ResourceExhausted` with this message. Reads, deletes and lease
+/// keep-alives still work; puts, transactions with a put, and lease grants do not, until the
+/// operator compacts, defragments and disarms the alarm.
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+/// Whether `error` is etcd refusing a write because it is out of space (the NOSPACE alarm). Not
+/// transient in the sense of [`is_transient`] (waiting a moment does not help, and the request
+/// was not applied), but a state to wait in: writes succeed again once the operator has freed
+/// space and disarmed the alarm.
+pub fn is_no_space(error: &etcd_client::Error) -> bool {
+    matches!(
+        error,
+        etcd_client::Error::GRpcStatus(status)
+            if status.code() == tonic::Code::ResourceExhausted && status.message() == NO_SPACE
+    )
+}
+
+/// Whether etcd refused the request for what it asks, not for the state it is in: a value or
+/// request too large, a lease TTL beyond etcd's maximum, too many operations (gRPC
+/// `InvalidArgument` or `OutOfRange`). Nothing was applied, and the same request would be refused
+/// again whenever and by whomever it is sent.
+pub fn is_request_refused(error: &etcd_client::Error) -> bool {
+    matches!(
+        error,
+        etcd_client::Error::GRpcStatus(status)
+            if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange)
+    )
+}
+
 /// gRPC codes that mean "try again".
 mod tonic_code {
     pub use tonic::Code;
@@ -156,6 +186,54 @@ mod tests {
         }
         let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("connection refused"));
         assert!(!is_size_limit(&down));
+    }
+
+    #[test]
+    fn only_etcds_no_space_status_is_no_space() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(is_no_space(&status(
+            tonic::Code::ResourceExhausted,
+            NO_SPACE
+        )));
+        assert!(!is_transient(&status(
+            tonic::Code::ResourceExhausted,
+            NO_SPACE
+        )));
+        // gRPC's own message-size refusal shares the code; the words alone under another code.
+        assert!(!is_no_space(&status(
+            tonic::Code::ResourceExhausted,
+            "grpc: received message larger than max (4194305 vs. 4194304)"
+        )));
+        assert!(!is_no_space(&status(tonic::Code::Unavailable, NO_SPACE)));
+    }
+
+    #[test]
+    fn requests_refused_for_what_they_ask_are_told_from_states_to_wait_in() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(is_request_refused(&status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )));
+        assert!(is_request_refused(&status(
+            tonic::Code::OutOfRange,
+            "etcdserver: too large lease TTL"
+        )));
+        for waitable in [
+            status(tonic::Code::ResourceExhausted, NO_SPACE),
+            status(
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            status(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            status(tonic::Code::Unavailable, "etcdserver: leader changed"),
+        ] {
+            assert!(!is_request_refused(&waitable), "{waitable:?}");
+        }
     }
 
     #[test]

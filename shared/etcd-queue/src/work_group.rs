@@ -27,8 +27,19 @@ pub struct GroupSnapshot {
     pub revision: i64,
     /// Live member ids, sorted.
     pub members: Vec<String>,
-    /// Item -> (owner member id, owner key mod_revision).
-    pub owners: BTreeMap<u32, (String, i64)>,
+    /// The owner key of each owned item.
+    pub owners: BTreeMap<u32, ItemOwner>,
+}
+
+/// An item's owner key as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemOwner {
+    /// The owning member's id (the key's value).
+    pub member: String,
+    /// The key's `mod_revision`, which every write fenced on ownership compares.
+    pub revision: i64,
+    /// The lease the key is attached to: the owner's lease.
+    pub lease: i64,
 }
 
 /// What one rebalance changed.
@@ -39,6 +50,9 @@ pub struct Rebalance {
     pub acquired: Vec<u32>,
     /// Items found owned by someone else (our ownership had lapsed).
     pub lost: Vec<u32>,
+    /// Items whose owner key is on this member's lease although it did not count them as its own
+    /// (an acquire whose answer was lost, a release that failed): owned again, not stranded.
+    pub adopted: Vec<u32>,
 }
 
 /// One member of a work group.
@@ -124,9 +138,23 @@ impl WorkGroup {
             .map(|rev| Compare::mod_revision(self.keys.owner(item), CompareOp::Equal, *rev))
     }
 
-    /// Forgets `item` after a fenced write proved it is no longer ours.
+    /// Forgets `item` after a fenced write proved it is no longer ours: its owner key is gone or
+    /// on another member's lease.
     pub fn forget(&mut self, item: u32) {
         self.owned.remove(&item);
+    }
+
+    /// Whether an owner key attached to `lease` is this member's: ownership is the lease, whatever
+    /// the key's revision.
+    pub fn is_own_lease(&self, lease: i64) -> bool {
+        lease == self.lease.id() && !self.lease.is_lost()
+    }
+
+    /// Counts `item` as owned at `revision` after reading its owner key on this member's lease
+    /// ([`WorkGroup::is_own_lease`]) with a revision it did not know: the fence of its next write
+    /// compares that revision.
+    pub fn adopt(&mut self, item: u32, revision: i64) {
+        self.owned.insert(item, revision);
     }
 
     /// True once the lease is gone; the member must [`WorkGroup::rebalance`] (which rejoins).
@@ -172,10 +200,12 @@ impl WorkGroup {
         if let Some(owners) = kvs.next() {
             for kv in &owners {
                 if let Some(item) = trailing_number(kv.key()) {
-                    let owner = String::from_utf8_lossy(kv.value()).into_owned();
-                    snapshot
-                        .owners
-                        .insert(item as u32, (owner, kv.mod_revision()));
+                    let owner = ItemOwner {
+                        member: String::from_utf8_lossy(kv.value()).into_owned(),
+                        revision: kv.mod_revision(),
+                        lease: kv.lease(),
+                    };
+                    snapshot.owners.insert(item as u32, owner);
                 }
             }
         }
@@ -190,8 +220,9 @@ impl WorkGroup {
     }
 
     /// Brings ownership in line with `snapshot`: rejoins if the lease was lost, drops items whose
-    /// ownership lapsed, releases items another member should own, and tries to acquire the
-    /// desired items nobody owns. `acquire_reads(item)` names extra reads done in the acquiring
+    /// ownership lapsed, adopts items whose owner key is on this member's lease (so none is left
+    /// owned by nobody's intent), releases items another member should own, and tries to acquire
+    /// the desired items nobody owns. `acquire_reads(item)` names extra reads done in the acquiring
     /// transaction (e.g. the partition's committed offset), returned per acquired item.
     ///
     /// Call only when no work on an owned item is in flight: releasing happens immediately.
@@ -215,13 +246,23 @@ impl WorkGroup {
         }
         for (item, rev) in self.owned.clone() {
             match snapshot.owners.get(&item) {
-                Some((owner, owner_rev)) if *owner == self.member_id && *owner_rev == rev => {}
+                // Ours is the lease; a revision newer than ours is a write of ours whose answer
+                // was lost.
+                Some(owner) if self.is_own_lease(owner.lease) => {
+                    self.owned.insert(item, rev.max(owner.revision));
+                }
                 // Our snapshot may predate our own acquisition.
                 _ if rev > snapshot.revision => {}
                 _ => {
                     self.owned.remove(&item);
                     change.lost.push(item);
                 }
+            }
+        }
+        for (item, owner) in &snapshot.owners {
+            if self.is_own_lease(owner.lease) && !self.owned.contains_key(item) {
+                self.owned.insert(*item, owner.revision);
+                change.adopted.push(*item);
             }
         }
         let desired = self.desired();
@@ -244,13 +285,18 @@ impl WorkGroup {
                 reads.insert(item, responses);
             }
         }
-        if !change.released.is_empty() || !change.acquired.is_empty() || !change.lost.is_empty() {
+        if !change.released.is_empty()
+            || !change.acquired.is_empty()
+            || !change.lost.is_empty()
+            || !change.adopted.is_empty()
+        {
             tracing::info!(
                 member = %self.member_id,
                 members = self.members.len(),
                 released = ?change.released,
                 acquired = ?change.acquired,
                 lost = ?change.lost,
+                adopted = ?change.adopted,
                 owned = ?self.owned.keys().collect::<Vec<_>>(),
                 "rebalanced"
             );

@@ -1,5 +1,6 @@
 //! The queue under failure: consumers killed mid-stream, revoked leases, no consumers at all,
-//! membership churn, a full queue, and an etcd restart. Counts are exact.
+//! membership churn, a full queue (by messages and by bytes), and an etcd restart. Counts are
+//! exact.
 
 mod common;
 
@@ -459,4 +460,101 @@ async fn a_missing_lease_is_recognised_in_every_answer() {
     assert!(!is_lease_not_found(&too_many), "{too_many:?}");
 
     kept.revoke(&client).await.unwrap();
+}
+
+/// Backpressure counts bytes as well as messages: the pending payload bytes are exact whatever
+/// producers and consumers race (each counter is written only under the compare that already
+/// orders its writers), and a producer waits, then fails, at the byte bound while the message
+/// bound is far away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pending_bytes_are_exact_under_concurrency_and_bound_the_backlog() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("pending-bytes");
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 2,
+            max_pending_bytes: 64 * 1024,
+            backpressure_timeout: Duration::from_millis(300),
+            ..config(&prefix)
+        },
+    )
+    .await
+    .unwrap();
+    // Four producers race on both partitions with messages of different sizes.
+    let producers: Vec<_> = (0..4u32)
+        .map(|producer| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut producer_handle = queue.producer();
+                let mut bytes = 0u64;
+                for n in 0..25u32 {
+                    let size = 100 + (producer * 25 + n) as usize * 7;
+                    bytes += size as u64;
+                    producer_handle
+                        .publish_batch(vec![OutgoingMessage {
+                            partition: n % 2,
+                            payload: vec![b'x'; size],
+                        }])
+                        .await
+                        .unwrap();
+                }
+                producer_handle.close().await.unwrap();
+                bytes
+            })
+        })
+        .collect();
+    let mut published = 0;
+    for producer in producers {
+        published += producer.await.unwrap();
+    }
+    let status = queue.status().await.unwrap();
+    assert_eq!((status.depth, status.pending_bytes), (100, published));
+
+    // Two consumers race to commit part of it: what is left is exact.
+    let mut committed = 0u64;
+    for member in ["a", "b"] {
+        let mut consumer = queue.consumer(consumer_config(member)).await.unwrap();
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        let taken = &delivery.messages[..delivery.messages.len().min(10)];
+        let prefix_delivery = etcd_queue::Delivery {
+            messages: taken.to_vec(),
+            ..delivery.clone()
+        };
+        consumer
+            .commit(&prefix_delivery, Fence::default(), &[])
+            .await
+            .unwrap();
+        committed += taken.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+        consumer.leave().await.unwrap();
+    }
+    let left = published - committed;
+    assert_eq!(queue.status().await.unwrap().pending_bytes, left);
+
+    // The byte bound, not the message bound (100,000), stops a publish one byte too large, and
+    // admits one that fills it exactly.
+    let room = 64 * 1024 - left as usize;
+    let mut producer = queue.producer();
+    let one = |size: usize| {
+        vec![OutgoingMessage {
+            partition: 0,
+            payload: vec![b'y'; size],
+        }]
+    };
+    let err = producer.publish_batch(one(room + 1)).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            QueueError::QueueFull { pending_bytes, max_bytes: 65536, .. } if pending_bytes == left
+        ),
+        "{err}"
+    );
+    assert_eq!(queue.status().await.unwrap().pending_bytes, left);
+    producer.publish_batch(one(room)).await.unwrap();
+    producer.close().await.unwrap();
+    assert_eq!(queue.status().await.unwrap().pending_bytes, 64 * 1024);
 }

@@ -1,6 +1,6 @@
 //! The flags and environment variables of the shared settings, flattened by each function's
 //! `cli.rs` and converted into the plain configs ([`EtcdConfig`], [`QueueSettings`],
-//! [`StoreSettings`]). Every default shown here is taken from those configs' `Default`, so it is
+//! [`StoreSettings`]), and the argument types they share ([`DurationArg`], [`ByteSize`]). Every default shown here is taken from those configs' `Default`, so it is
 //! stated once. [`worker_env`] is the reverse: the variables that give another function the same
 //! settings.
 
@@ -58,6 +58,55 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 500ms, 55s, 1m, 24h)"))
 }
 
+/// A size in bytes on the command line: `65536`, `64KiB`, `1MiB`; shown in the largest binary unit
+/// that divides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_byte_size(text).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("0"),
+            n if n % (1024 * 1024) == 0 => write!(f, "{}MiB", n / (1024 * 1024)),
+            n if n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Parses `65536`, `64KiB`, `1MiB` (also `KB`/`MB`/`K`/`M`, all powers of 1024).
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 65536, 64KiB, 1MiB)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use KiB or MiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 /// How to reach etcd, and the key prefix.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
@@ -78,12 +127,18 @@ pub struct EtcdArgs {
     #[arg(long, env = "ETCD_TIMEOUT", default_value_t = DurationArg(EtcdConfig::default().timeout))]
     pub etcd_timeout: DurationArg,
 
-    /// etcd user name (password from ETCD_PASSWORD).
+    /// etcd user name (password from ETCD_PASSWORD or ETCD_PASSWORD_FILE).
     #[arg(long, env = "ETCD_USERNAME")]
     pub etcd_username: Option<String>,
 
+    /// The etcd user's password; prefer ETCD_PASSWORD_FILE, which no process listing shows.
     #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
+
+    /// A file holding the etcd user's password (a trailing newline is ignored); exclusive with
+    /// ETCD_PASSWORD.
+    #[arg(long, env = "ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 
     /// CA certificate (PEM) to verify etcd's TLS certificate.
     #[arg(long, env = "ETCD_CA_FILE")]
@@ -105,6 +160,7 @@ impl From<EtcdArgs> for EtcdConfig {
             timeout: args.etcd_timeout.into(),
             username: args.etcd_username,
             password: args.etcd_password,
+            password_file: args.etcd_password_file,
             ca_file: args.etcd_ca_file,
             cert_file: args.etcd_cert_file,
             key_file: args.etcd_key_file,
@@ -123,9 +179,17 @@ pub struct QueueArgs {
     #[arg(long, env = "QUEUE_MAX_DEPTH", default_value_t = QueueSettings::default().max_depth)]
     pub max_depth: u64,
 
+    /// Backlog (payload bytes; suffixes KiB and MiB allowed) at which producers wait, then fail.
+    #[arg(long, env = "QUEUE_MAX_BYTES", default_value_t = ByteSize(QueueSettings::default().max_bytes as usize))]
+    pub max_bytes: ByteSize,
+
     /// Lease TTL of group members: how long a crashed member holds its work.
     #[arg(long, env = "QUEUE_LEASE_TTL", default_value_t = DurationArg(QueueSettings::default().lease_ttl))]
     pub lease_ttl: DurationArg,
+
+    /// How long transient etcd failures of one queue operation are retried before it fails.
+    #[arg(long, env = "QUEUE_RETRY_BUDGET", default_value_t = DurationArg(QueueSettings::default().retry_budget))]
+    pub retry_budget: DurationArg,
 }
 
 impl From<QueueArgs> for QueueSettings {
@@ -133,7 +197,9 @@ impl From<QueueArgs> for QueueSettings {
         QueueSettings {
             partitions: args.partitions,
             max_depth: args.max_depth,
+            max_bytes: args.max_bytes.0 as u64,
             lease_ttl: args.lease_ttl.into(),
+            retry_budget: args.retry_budget.into(),
         }
     }
 }
@@ -149,6 +215,9 @@ pub struct StoreArgs {
     /// look one bucket back for chunks overlapping a window).
     #[arg(long = "store-bucket", env = "STORE_BUCKET", default_value_t = DurationArg(StoreSettings::default().bucket))]
     pub bucket: DurationArg,
+
+    #[command(flatten)]
+    pub clock: ClockArgs,
 }
 
 impl From<StoreArgs> for StoreSettings {
@@ -156,8 +225,20 @@ impl From<StoreArgs> for StoreSettings {
         StoreSettings {
             retention: args.retention.into(),
             bucket: args.bucket.into(),
+            max_future: args.clock.max_future.into(),
         }
     }
+}
+
+/// How far sample clocks may run ahead: shared by the collector (which rejects samples stamped
+/// further ahead) and the streamer (which stops stamping after a shard state that far ahead).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClockArgs {
+    /// Furthest a sample's timestamp may be ahead of this host's clock. The collector rejects
+    /// (and counts) samples stamped later; a streamer whose shard state is further ahead stamps
+    /// from its clock again.
+    #[arg(long, env = "TELEMETRY_MAX_FUTURE", default_value_t = DurationArg(StoreSettings::default().max_future))]
+    pub max_future: DurationArg,
 }
 
 /// How the function logs.
@@ -194,11 +275,16 @@ pub fn worker_env(
         ("QUEUE_PARTITIONS", queue.partitions.to_string()),
         ("QUEUE_MAX_DEPTH", queue.max_depth.to_string()),
         ("QUEUE_LEASE_TTL", DurationArg(queue.lease_ttl).to_string()),
+        (
+            "QUEUE_RETRY_BUDGET",
+            DurationArg(queue.retry_budget).to_string(),
+        ),
     ];
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let optional = [
         ("ETCD_USERNAME", etcd.username.clone()),
         ("ETCD_PASSWORD", etcd.password.clone()),
+        ("ETCD_PASSWORD_FILE", path(&etcd.password_file)),
         ("ETCD_CA_FILE", path(&etcd.ca_file)),
         ("ETCD_CERT_FILE", path(&etcd.cert_file)),
         ("ETCD_KEY_FILE", path(&etcd.key_file)),
@@ -228,6 +314,23 @@ mod tests {
         store: StoreArgs,
         #[command(flatten)]
         serve: ServeArgs<{ ports::COLLECTOR }>,
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_binary_units() {
+        assert_eq!(parse_byte_size("65536"), Ok(65536));
+        assert_eq!(parse_byte_size("64KiB"), Ok(65536));
+        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_byte_size(" 2 k "), Ok(2048));
+        assert!(parse_byte_size("").is_err());
+        assert!(parse_byte_size("KiB").is_err());
+        assert!(parse_byte_size("1GiB")
+            .unwrap_err()
+            .contains("unknown size unit"));
+        assert!(parse_byte_size("99999999999999999999M").is_err());
+        assert_eq!(ByteSize(65536).to_string(), "64KiB");
+        assert_eq!(ByteSize(3 * 1024 * 1024).to_string(), "3MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
     }
 
     #[test]
@@ -284,10 +387,18 @@ mod tests {
             "32",
             "--lease-ttl",
             "2s",
+            "--retry-budget",
+            "5s",
+            "--etcd-password-file",
+            "/run/secrets/etcd-password",
+            "--max-bytes",
+            "64MiB",
             "--store-bucket",
             "30s",
             "--store-retention",
             "2m",
+            "--max-future",
+            "30s",
             "--port",
             "0",
             "--log-format",
@@ -302,6 +413,7 @@ mod tests {
                 prefix: "/p".into(),
                 timeout: Duration::from_millis(250),
                 username: Some("u".into()),
+                password_file: Some("/run/secrets/etcd-password".into()),
                 ca_file: Some("/ca.pem".into()),
                 ..EtcdConfig::default()
             }
@@ -312,6 +424,8 @@ mod tests {
             QueueSettings {
                 partitions: 32,
                 lease_ttl: Duration::from_secs(2),
+                retry_budget: Duration::from_secs(5),
+                max_bytes: 64 * 1024 * 1024,
                 ..QueueSettings::default()
             }
         );
@@ -320,6 +434,7 @@ mod tests {
             StoreSettings {
                 retention: Duration::from_secs(120),
                 bucket: Duration::from_secs(30),
+                max_future: Duration::from_secs(30),
             }
         );
         assert_eq!(
@@ -336,7 +451,9 @@ mod tests {
                 ("QUEUE_PARTITIONS", "32"),
                 ("QUEUE_MAX_DEPTH", "100000"),
                 ("QUEUE_LEASE_TTL", "2s"),
+                ("QUEUE_RETRY_BUDGET", "5s"),
                 ("ETCD_USERNAME", "u"),
+                ("ETCD_PASSWORD_FILE", "/run/secrets/etcd-password"),
                 ("ETCD_CA_FILE", "/ca.pem"),
             ]
             .map(|(k, v)| (k, v.to_string()))

@@ -29,13 +29,18 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Timeout of one etcd request.
     pub timeout: Duration,
-    /// User name for etcd authentication (used together with `password`).
+    /// User name for etcd authentication, with `password` or `password_file`.
     pub username: Option<String>,
+    /// The user's password.
     pub password: Option<String>,
+    /// A file holding the user's password (one trailing newline is ignored), so that it appears
+    /// in no process listing or environment; exclusive with `password`.
+    pub password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify etcd's TLS certificate.
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS, used together with `key_file`.
+    /// Client certificate (PEM) for mutual TLS; `key_file` must be set with it.
     pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); `cert_file` must be set with it.
     pub key_file: Option<PathBuf>,
 }
 
@@ -47,6 +52,7 @@ impl Default for EtcdConfig {
             timeout: Duration::from_secs(5),
             username: None,
             password: None,
+            password_file: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -61,8 +67,12 @@ pub struct QueueSettings {
     pub partitions: u32,
     /// Backlog (messages) at which producers wait, then fail.
     pub max_depth: u64,
+    /// Backlog (payload bytes) at which producers wait, then fail.
+    pub max_bytes: u64,
     /// Lease TTL of group members: how long a crashed member holds its work.
     pub lease_ttl: Duration,
+    /// How long transient etcd failures of one queue operation are retried before it fails.
+    pub retry_budget: Duration,
 }
 
 impl Default for QueueSettings {
@@ -71,7 +81,9 @@ impl Default for QueueSettings {
         QueueSettings {
             partitions: queue.partitions,
             max_depth: queue.max_depth,
+            max_bytes: queue.max_pending_bytes,
             lease_ttl: ConsumerConfig::new("").lease_ttl,
+            retry_budget: queue.retry_budget,
         }
     }
 }
@@ -83,6 +95,8 @@ impl QueueSettings {
             prefix: prefix.to_string(),
             partitions: self.partitions,
             max_depth: self.max_depth,
+            retry_budget: self.retry_budget,
+            max_pending_bytes: self.max_bytes,
             ..QueueConfig::default()
         }
     }
@@ -95,6 +109,8 @@ pub struct StoreSettings {
     pub retention: Duration,
     /// Retention bucket: data expires bucket by bucket; readers must use the writers' bucket.
     pub bucket: Duration,
+    /// How far ahead of this host's clock a sample may be stamped; later ones are rejected.
+    pub max_future: Duration,
 }
 
 impl Default for StoreSettings {
@@ -103,6 +119,7 @@ impl Default for StoreSettings {
         StoreSettings {
             retention: store.retention,
             bucket: store.bucket,
+            max_future: store.max_future,
         }
     }
 }
@@ -114,6 +131,7 @@ impl StoreSettings {
             prefix: prefix.to_string(),
             retention: self.retention,
             bucket: self.bucket,
+            max_future: self.max_future,
             ..StoreConfig::default()
         }
     }
@@ -194,6 +212,10 @@ mod tests {
         .queue_config("/p");
         assert_eq!((queue.prefix.as_str(), queue.partitions), ("/p", 32));
         assert_eq!(queue.max_depth, QueueConfig::default().max_depth);
+        assert_eq!(
+            queue.max_pending_bytes,
+            QueueConfig::default().max_pending_bytes
+        );
         let store = StoreSettings {
             bucket: Duration::from_secs(60),
             ..StoreSettings::default()

@@ -6,13 +6,18 @@ use std::path::PathBuf;
 /// its HTTP port. etcd being unreachable is not an error here: connecting waits for it.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// A file named by the etcd settings (password, CA, client certificate or key) is unreadable.
     #[error("read {variable} {}: {source}", path.display())]
-    ReadTlsFile {
+    ReadFile {
         variable: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+
+    /// The etcd settings contradict themselves or are incomplete.
+    #[error("invalid etcd settings: {0}")]
+    InvalidEtcdSettings(String),
 
     #[error("bind port {port}: {source}")]
     BindPort {

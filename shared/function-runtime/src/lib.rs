@@ -2,8 +2,9 @@
 //! prefix, queue and store settings, log format, default ports, member ids) as plain configs
 //! ([`EtcdConfig`], [`QueueSettings`], [`StoreSettings`]) with the flags that fill them
 //! ([`args`]); connecting to etcd with retry; tracing setup; the HTTP listener ([`bind_http`],
-//! IPv6 and IPv4) and server; the `/healthz` `/readyz` `/metrics` endpoints; problem documents;
-//! and the shutdown signal.
+//! IPv6 and IPv4) and server; the `/healthz` `/readyz` `/metrics` endpoints and the faults
+//! readiness reports (waiting on etcd's NOSPACE alarm: [`NoSpaceWait`]); problem documents; and
+//! the shutdown signal.
 //!
 //! A function's `main` parses its `cli.rs` (which flattens the [`args`] structs), calls
 //! [`init_tracing`], binds its port with [`bind_http`], and hands its library's plain `Config`,
@@ -14,6 +15,7 @@ mod config;
 mod error;
 mod etcd;
 mod http;
+mod nospace;
 mod ops;
 mod problem;
 mod shutdown;
@@ -24,6 +26,7 @@ pub use config::{
 };
 pub use error::RuntimeError;
 pub use http::{bind_http, serve_http, HttpServer};
+pub use nospace::{NoSpaceWait, NO_SPACE_REASON};
 pub use ops::{ops_router, Readiness};
 pub use problem::{Problem, PROBLEM_CONTENT_TYPE};
 pub use shutdown::{shutdown_signal, Shutdown};

@@ -1,7 +1,12 @@
 //! The operations endpoints every function serves on `$PORT`: `/healthz` (the process is up),
-//! `/readyz` (etcd answers within a bounded time) and `/metrics` (Prometheus text format).
+//! `/readyz` (etcd answers within a bounded time and the function reports no fault) and
+//! `/metrics` (Prometheus text format).
+//!
+//! The readiness probe reads a key under the deployment's prefix (`{prefix}/readyz-probe`, never
+//! written), so that a role allowed only that prefix suffices for it as for everything else.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,11 +18,16 @@ use etcd_client::Client;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-/// Whether the function can do its work: it has an etcd client and etcd answers in time.
+/// Whether the function can do its work: it has an etcd client, etcd answers in time, and the
+/// function reports no fault (a state etcd answers in but refuses the function's work, such as
+/// NOSPACE). Cheap to clone; every clone reports to the same `/readyz`.
 #[derive(Clone, Debug)]
 pub struct Readiness {
     client: Arc<OnceLock<ClientCell>>,
+    probe_key: String,
     timeout: Duration,
+    /// Faults reported now, by kind.
+    faults: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 struct ClientCell(Client);
@@ -29,10 +39,14 @@ impl std::fmt::Debug for ClientCell {
 }
 
 impl Readiness {
-    pub fn new(timeout: Duration) -> Self {
+    /// Readiness of a function whose keys live under `prefix` (`TELEMETRY_PREFIX`), probing etcd
+    /// with reads bounded by `timeout`.
+    pub fn new(prefix: &str, timeout: Duration) -> Self {
         Readiness {
             client: Arc::new(OnceLock::new()),
+            probe_key: probe_key(prefix),
             timeout,
+            faults: Arc::default(),
         }
     }
 
@@ -41,18 +55,50 @@ impl Readiness {
         let _ = self.client.set(ClientCell(client));
     }
 
-    /// `Ok` if etcd answered a read within the timeout.
+    /// Reports a fault of `kind` (replacing an earlier `reason` of the same kind): `/readyz`
+    /// answers 503 with `reason` until [`Readiness::clear_fault`] clears it.
+    pub fn report_fault(&self, kind: &'static str, reason: impl Into<String>) {
+        self.lock_faults().insert(kind, reason.into());
+    }
+
+    /// Clears the fault of `kind`, if one is reported.
+    pub fn clear_fault(&self, kind: &'static str) {
+        self.lock_faults().remove(kind);
+    }
+
+    /// The reasons of the faults reported now, in the order of their kinds.
+    pub fn faults(&self) -> Vec<String> {
+        self.lock_faults().values().cloned().collect()
+    }
+
+    fn lock_faults(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        // A panic while holding the lock cannot leave the map half-written: use it as it is.
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Ok` if no fault is reported and etcd answered a read within the timeout.
     pub async fn check(&self) -> Result<(), String> {
+        let faults = self.faults();
+        if !faults.is_empty() {
+            return Err(faults.join("; "));
+        }
         let Some(ClientCell(client)) = self.client.get() else {
             return Err("not connected to etcd yet".into());
         };
         let mut client = client.clone();
-        match tokio::time::timeout(self.timeout, client.get("/readyz-probe", None)).await {
+        let probe = client.get(self.probe_key.as_str(), None);
+        match tokio::time::timeout(self.timeout, probe).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("etcd error: {e}")),
             Err(_) => Err(format!("etcd did not answer within {:?}", self.timeout)),
         }
     }
+}
+
+/// The key the readiness probe reads: inside the prefix, so that a role granted only the prefix
+/// may read it. Nothing writes it; reading a missing key is as good a probe as any.
+fn probe_key(prefix: &str) -> String {
+    format!("{}/readyz-probe", prefix.trim_end_matches('/'))
 }
 
 #[derive(Clone)]
@@ -151,7 +197,7 @@ mod tests {
     async fn health_answers_and_readiness_waits_for_a_client() {
         let router = ops_router(
             Arc::new(Registry::default()),
-            Readiness::new(Duration::from_secs(1)),
+            Readiness::new("/p", Duration::from_secs(1)),
         );
         let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
         let health = router.clone().oneshot(get("/healthz")).await.unwrap();
@@ -172,6 +218,52 @@ mod tests {
                 serde_json::json!({"status": "not ready", "reason": "not connected to etcd yet"})
             )
         );
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_only_the_prefix() {
+        let prefix = test_support::unique_prefix("readiness");
+        let (etcd, user) = test_support::EtcdHarness::start_with_auth(&prefix, &[]).await;
+        let readiness = Readiness::new(&prefix, Duration::from_secs(5));
+        readiness.set_client(etcd.client_as(&user).await);
+        assert_eq!(readiness.check().await, Ok(()));
+        // The same user probing outside its prefix is refused: the probe key is what makes it.
+        let outside = Readiness::new(&format!("{prefix}-other"), Duration::from_secs(5));
+        outside.set_client(etcd.client_as(&user).await);
+        let refused = outside.check().await.unwrap_err();
+        assert!(refused.contains("permission denied"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_reported_fault_makes_readiness_fail_until_cleared() {
+        let etcd = test_support::EtcdHarness::start().await;
+        let readiness = Readiness::new("/p", Duration::from_secs(5));
+        readiness.set_client(etcd.client().await);
+        let router = ops_router(Arc::new(Registry::default()), readiness.clone());
+        let ready = || async {
+            let request = Request::get("/readyz").body(Body::empty()).unwrap();
+            let (status, _, body) = json_of(router.clone().oneshot(request).await.unwrap()).await;
+            (status, body)
+        };
+        assert_eq!(ready().await.0, StatusCode::OK);
+        readiness.report_fault("space", "etcd is out of space");
+        readiness.report_fault("auth", "etcd refused the credentials");
+        assert_eq!(
+            ready().await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "status": "not ready",
+                    "reason": "etcd refused the credentials; etcd is out of space"
+                })
+            )
+        );
+        readiness.clear_fault("auth");
+        readiness.report_fault("space", "still out of space");
+        assert_eq!(ready().await.1["reason"], "still out of space");
+        readiness.clear_fault("space");
+        readiness.clear_fault("space");
+        assert_eq!(ready().await.0, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -16,4 +16,4 @@ pub use csv_reader::{
 };
 pub use gpu::{parse_labels, GpuInfo, LabelsError};
 pub use ids::{GpuUuid, InvalidId, MetricName};
-pub use time::{TimeParseError, TimestampMicros};
+pub use time::{TimeParseError, TimestampMicros, DEFAULT_MAX_FUTURE};

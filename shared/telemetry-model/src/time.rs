@@ -1,6 +1,7 @@
 //! Sample timestamps: microseconds since the Unix epoch, with RFC 3339 conversion.
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,12 @@ pub enum TimeParseError {
     #[error("timestamp {input:?} is outside the years 0000..=9999")]
     OutOfRange { input: String },
 }
+
+/// How far ahead of a host's clock a sample's timestamp may be unless configured otherwise
+/// (`TELEMETRY_MAX_FUTURE`). A sample stamped further ahead came from a clock that ran ahead:
+/// the collector rejects it (stored, it would keep a retention lease that long), and a streamer
+/// whose shard state is that far ahead stamps from its own clock again.
+pub const DEFAULT_MAX_FUTURE: Duration = Duration::from_secs(5 * 60);
 
 /// Microseconds since 1970-01-01T00:00:00Z. Serializes as a bare `i64`.
 #[derive(
@@ -32,6 +39,13 @@ impl TimestampMicros {
     /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_datetime(Utc::now())
+    }
+
+    /// Whether this time is more than `bound` ahead of `now`: the one rule that says a timestamp
+    /// is too far in the future.
+    pub fn is_beyond(self, now: TimestampMicros, bound: Duration) -> bool {
+        let bound = i64::try_from(bound.as_micros()).unwrap_or(i64::MAX);
+        self.0 > now.0.saturating_add(bound)
     }
 
     /// Truncates sub-microsecond precision.
@@ -91,6 +105,23 @@ impl From<DateTime<Utc>> for TimestampMicros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beyond_means_strictly_more_than_the_bound_ahead() {
+        let now = TimestampMicros(1_000_000);
+        let bound = Duration::from_secs(1);
+        assert!(
+            !TimestampMicros(2_000_000).is_beyond(now, bound),
+            "exactly the bound"
+        );
+        assert!(TimestampMicros(2_000_001).is_beyond(now, bound));
+        assert!(
+            !TimestampMicros(0).is_beyond(now, bound),
+            "the past is never beyond"
+        );
+        assert!(!TimestampMicros(i64::MAX).is_beyond(TimestampMicros(i64::MAX - 1), bound));
+        assert!(!TimestampMicros(i64::MAX).is_beyond(now, Duration::from_secs(u64::MAX / 2)));
+    }
 
     #[test]
     fn formats_with_six_digits_and_z() {

@@ -13,7 +13,6 @@ use crate::chunk::Chunk;
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::open_chunk::{self, Applied};
-use crate::retention::RetentionLeases;
 use crate::TelemetryStore;
 
 /// The samples of one GPU gathered from one or more batches.
@@ -61,17 +60,37 @@ impl<'a> LiveSample<'a> {
     }
 }
 
-/// The samples of `gpu` that are still within retention, in their order, each with its bucket;
-/// and how many were already past it (they would expire on arrival, so they are not written).
-/// Expiry is judged once, against the clock, for the chunks and the registry alike.
-pub(crate) fn live_samples<'a>(
-    leases: &RetentionLeases,
-    gpu: &'a GpuSamples,
-) -> (Vec<LiveSample<'a>>, usize) {
-    let mut live = Vec::with_capacity(gpu.samples.len());
+/// What of a GPU's samples may be written: the samples in their order, each with its retention
+/// bucket, and how many were left out and why.
+#[derive(Debug)]
+pub(crate) struct Admitted<'a> {
+    pub live: Vec<LiveSample<'a>>,
+    /// Already past retention: they would expire on arrival.
+    pub expired: usize,
+    /// Stamped further ahead of the clock than the store's future bound: a clock ran ahead, and
+    /// stored they would keep their retention lease (and the GPU's last sighting) that long.
+    pub future: usize,
+}
+
+/// The samples of `gpu` that may be written (within retention, not beyond the future bound), and
+/// how many were left out. Both are judged once, against the clock, for the chunks and the
+/// registry alike, so both write paths apply the same bounds.
+pub(crate) fn admitted<'a>(store: &TelemetryStore, gpu: &'a GpuSamples) -> Admitted<'a> {
+    let leases = store.leases();
+    let now = TimestampMicros::now();
+    let max_future = store.config().max_future;
+    let mut admitted = Admitted {
+        live: Vec::with_capacity(gpu.samples.len()),
+        expired: 0,
+        future: 0,
+    };
     for (metric, timestamp, value) in &gpu.samples {
-        if !leases.is_expired(timestamp.0) {
-            live.push(LiveSample {
+        if timestamp.is_beyond(now, max_future) {
+            admitted.future += 1;
+        } else if leases.is_expired(timestamp.0) {
+            admitted.expired += 1;
+        } else {
+            admitted.live.push(LiveSample {
                 bucket: leases.bucket_of(timestamp.0),
                 metric,
                 timestamp: *timestamp,
@@ -79,8 +98,7 @@ pub(crate) fn live_samples<'a>(
             });
         }
     }
-    let expired = gpu.samples.len() - live.len();
-    (live, expired)
+    admitted
 }
 
 /// A put on a retention lease, and what it adds to a request.

@@ -10,7 +10,7 @@ use etcd_queue::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use telemetry_model::GpuUuid;
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{live_samples, GpuSamples, LeasedPut};
+use crate::chunk_write::{admitted, GpuSamples, LeasedPut};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::TelemetryStore;
@@ -19,7 +19,10 @@ use crate::TelemetryStore;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
     pub samples: usize,
+    /// Samples already past retention, not written.
     pub expired: usize,
+    /// Samples stamped beyond the future bound, rejected.
+    pub future: usize,
     pub chunk_bytes: usize,
 }
 
@@ -36,8 +39,10 @@ impl TelemetryStore {
         let mut puts = Vec::new();
         let mut records = Vec::with_capacity(gpus.len());
         for (uuid, gpu) in gpus {
-            let (live, expired) = live_samples(self.leases(), gpu);
-            stats.expired += expired;
+            let admitted = admitted(self, gpu);
+            let live = admitted.live;
+            stats.expired += admitted.expired;
+            stats.future += admitted.future;
             stats.samples += live.len();
             let mut by_bucket: BTreeMap<i64, Chunk> = BTreeMap::new();
             for sample in &live {

@@ -59,6 +59,9 @@ pub struct StoreConfig {
     pub bucket: Duration,
     /// Samples at which an open chunk is sealed.
     pub chunk_max_samples: usize,
+    /// How far ahead of this host's clock a sample may be stamped (`TELEMETRY_MAX_FUTURE`);
+    /// samples stamped later are rejected and counted, never stored.
+    pub max_future: Duration,
 }
 
 impl Default for StoreConfig {
@@ -68,6 +71,7 @@ impl Default for StoreConfig {
             retention: Duration::from_secs(24 * 3600),
             bucket: Duration::from_secs(3600),
             chunk_max_samples: 1200,
+            max_future: telemetry_model::DEFAULT_MAX_FUTURE,
         }
     }
 }

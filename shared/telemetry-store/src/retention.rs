@@ -66,8 +66,11 @@ impl RetentionLeases {
         if let Some(lease) = cache.get(&bucket) {
             return Ok(*lease);
         }
-        let ttl_us = self.expiry_of(bucket) - now_us();
-        let ttl_secs = (ttl_us / 1_000_000).max(1) + 1;
+        let ttl_secs = lease_ttl_secs(
+            self.expiry_of(bucket),
+            now_us(),
+            self.retention + self.bucket,
+        );
         let mut client = self.client.clone();
         let granted = client
             .lease_grant(ttl_secs, None)
@@ -118,9 +121,46 @@ impl RetentionLeases {
     }
 }
 
+/// The TTL (seconds) of a lease granted at `now_us` for data that expires at `expiry_us`: until
+/// then plus a second, so it is never short, but never more than `cap` (retention plus one
+/// bucket). The cap keeps a lease from depending on the granting host's clock more than it must:
+/// data of a bucket that starts after `now_us` (this clock behind the writers', or a sample
+/// stamped ahead within the future bound) still expires at most retention plus one bucket after
+/// its lease was granted.
+fn lease_ttl_secs(expiry_us: i64, now_us: i64, cap: Duration) -> i64 {
+    let until_expiry = (expiry_us - now_us) / 1_000_000;
+    let cap = i64::try_from(cap.as_secs()).unwrap_or(i64::MAX).max(1);
+    (until_expiry.max(1) + 1).min(cap)
+}
+
 pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000;
+
+    #[test]
+    fn a_lease_lasts_until_its_data_expires_but_never_more_than_retention_plus_a_bucket() {
+        // Retention 2 min, buckets of 1 min: at most 180 s.
+        let cap = Duration::from_secs(180);
+        let now = 1_000 * 60 * SECOND;
+        // The current bucket started 10 s ago and ends in 50 s; its data expires 120 s later.
+        let current = now - 10 * SECOND + 60 * SECOND + 120 * SECOND;
+        assert_eq!(lease_ttl_secs(current, now, cap), 171);
+        // A bucket starting 4 minutes ahead (a clock behind the writer's) is capped.
+        let ahead = now + 240 * SECOND + 180 * SECOND;
+        assert_eq!(lease_ttl_secs(ahead, now, cap), 180);
+        // Centuries ahead: still capped, never a TTL etcd would refuse.
+        assert_eq!(lease_ttl_secs(i64::MAX / 2, now, cap), 180);
+        // Data about to expire (or already past it) gets a short lease, never zero.
+        assert_eq!(lease_ttl_secs(now + SECOND / 2, now, cap), 2);
+        assert_eq!(lease_ttl_secs(now - 60 * SECOND, now, cap), 2);
+    }
 }

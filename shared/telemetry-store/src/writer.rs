@@ -27,7 +27,7 @@ use futures::future::try_join_all;
 use telemetry_model::{GpuUuid, SampleBatch};
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{live_samples, GpuSamples, LeasedPut, LiveSample};
+use crate::chunk_write::{admitted, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::open_chunk::{self, Applied};
@@ -54,6 +54,8 @@ pub struct PreparedWrite {
     pub samples: usize,
     /// Samples dropped because they were already past retention when they arrived.
     pub expired: usize,
+    /// Samples rejected because they were stamped beyond the future bound.
+    pub future: usize,
     /// Bytes of chunk values written (open and sealed).
     pub chunk_bytes: usize,
     open: Vec<(GpuUuid, OpenState)>,
@@ -72,6 +74,7 @@ impl PreparedWrite {
             fence: Fence::default(),
             samples: 0,
             expired: 0,
+            future: 0,
             chunk_bytes: 0,
             open: Vec::new(),
             records: Vec::new(),
@@ -84,6 +87,7 @@ impl PreparedWrite {
         self.fence.bytes += gpu.bytes;
         self.samples += gpu.samples;
         self.expired += gpu.expired;
+        self.future += gpu.future;
         self.chunk_bytes += gpu.chunk_bytes;
         self.open.extend(gpu.open);
         self.records.extend(gpu.record);
@@ -105,6 +109,7 @@ struct GpuWrite {
     bytes: usize,
     samples: usize,
     expired: usize,
+    future: usize,
     chunk_bytes: usize,
     open: Option<(GpuUuid, OpenState)>,
     record: Option<(GpuUuid, GpuRecord, RegistryWrite)>,
@@ -260,13 +265,16 @@ impl StoreWriter {
             bytes: 0,
             samples: 0,
             expired: 0,
+            future: 0,
             chunk_bytes: 0,
             open: None,
             record: None,
         };
         write.compares.extend(stored.compares(keys, uuid));
-        let (live, expired) = live_samples(leases, batch);
-        write.expired = expired;
+        let admitted = admitted(&self.store, batch);
+        let live = admitted.live;
+        write.expired = admitted.expired;
+        write.future = admitted.future;
         write.samples = live.len();
         let add_chunk = |write: &mut GpuWrite, put: LeasedPut| {
             write.chunk_bytes += put.value_bytes;

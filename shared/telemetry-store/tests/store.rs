@@ -1,6 +1,6 @@
 //! The telemetry store against a real etcd: the collector write path, sealing, reads with inclusive
-//! windows and cursors, idempotent writes, retention, stale caches, bytes per sample, and how
-//! often each registry key is rewritten.
+//! windows and cursors, idempotent writes, retention, samples beyond the future bound, stale
+//! caches, bytes per sample, and how often each registry key is rewritten.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -1018,4 +1018,95 @@ async fn the_registry_is_listed_in_pages_in_uuid_order() {
         resumed,
         ["GPU-nest-1", "GPU-nest-1-1", "GPU-nest-2", "GPU-nesu"]
     );
+}
+
+/// Samples stamped further ahead of the clock than the future bound are rejected and counted on
+/// both write paths, never stored (nor seen by the registry), while the rest of the batch is
+/// stored exactly; and no retention lease outlives retention plus one bucket, even for a bucket
+/// that starts ahead of the clock.
+#[tokio::test]
+async fn samples_beyond_the_future_bound_are_rejected_and_leases_are_capped() {
+    let etcd = EtcdHarness::start().await;
+    let client = etcd.client().await;
+    let store = TelemetryStore::new(
+        client.clone(),
+        StoreConfig {
+            prefix: unique_prefix("future"),
+            retention: Duration::from_secs(120),
+            bucket: Duration::from_secs(60),
+            max_future: Duration::from_secs(300),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = real_rows();
+    let now = now_us();
+    let (past, ahead) = (now - 1_000_000, now + 60_000_000);
+    let stamps = [
+        past,
+        ahead,
+        now + 600_000_000,                    // ten minutes ahead
+        now + 300 * 365 * 86_400 * 1_000_000, // three centuries ahead
+    ];
+    let batch = |gpu: usize| {
+        let (info, metric, value) = &rows[gpu * 10];
+        let samples = stamps
+            .iter()
+            .map(|t| (metric.clone(), TimestampMicros(*t), *value))
+            .collect();
+        BTreeMap::from([(
+            info.uuid.clone(),
+            GpuSamples {
+                info: info.clone(),
+                samples,
+            },
+        )])
+    };
+
+    let mut writer = StoreWriter::new(store.clone());
+    let fenced = batch(0);
+    let prepared = writer.prepare(&fenced).await.unwrap();
+    assert_eq!(
+        (prepared.samples, prepared.expired, prepared.future),
+        (2, 0, 2)
+    );
+    assert!(apply(&client, &mut writer, prepared).await);
+    let idempotent = batch(1);
+    let stats = store
+        .write_idempotent(event("future"), &idempotent)
+        .await
+        .unwrap();
+    assert_eq!((stats.samples, stats.expired, stats.future), (2, 0, 2));
+
+    for written in [&fenced, &idempotent] {
+        let uuid = written.keys().next().unwrap();
+        let stored: Vec<i64> = store
+            .query(uuid, &SampleQuery::default())
+            .await
+            .unwrap()
+            .samples
+            .iter()
+            .map(|s| s.timestamp.0)
+            .collect();
+        assert_eq!(stored, [past, ahead], "{uuid}");
+        let record = store.gpu(uuid).await.unwrap().unwrap();
+        assert_eq!(record.last_seen, TimestampMicros(ahead), "{uuid}");
+    }
+    // The bucket of the sample a minute ahead starts after the clock: uncapped, its lease would
+    // last more than retention plus a bucket (180 s).
+    let lease = bucket_lease(&store, store.leases().bucket_of(ahead)).await;
+    let granted = client
+        .clone()
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap()
+        .granted_ttl();
+    assert_eq!(granted, 180);
+    let current = bucket_lease(&store, store.leases().bucket_of(past)).await;
+    let granted = client
+        .clone()
+        .lease_time_to_live(current, None)
+        .await
+        .unwrap()
+        .granted_ttl();
+    assert!((120..=180).contains(&granted), "{granted}");
 }

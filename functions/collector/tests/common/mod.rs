@@ -66,6 +66,24 @@ pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
     producer.close().await.unwrap();
 }
 
+/// A queue message carrying `batch` as the CloudEvent `id` from `source`.
+pub fn event_message(
+    partition: u32,
+    id: &str,
+    source: &str,
+    batch: SampleBatch,
+) -> OutgoingMessage {
+    OutgoingMessage {
+        partition,
+        payload: BatchEvent::new(id, source, batch).to_json(),
+    }
+}
+
+/// Messages committed so far over every partition.
+pub async fn committed_messages(queue: &Queue) -> u64 {
+    queue.progress().await.unwrap().offsets.values().sum()
+}
+
 /// Streams `passes` passes of the real CSV with the real streamer (one instance, no pause).
 pub async fn stream_passes(client: etcd_client::Client, prefix: &str, passes: u64) {
     let mut config = streamer::StreamerConfig::new(testdata(REAL_CSV), queue_config(prefix));
@@ -82,6 +100,11 @@ pub async fn stream_passes(client: etcd_client::Client, prefix: &str, passes: u6
 
 /// A collector process of the real binary.
 pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
+    spawn_collector_with(endpoint, prefix, id, &[])
+}
+
+/// A collector process of the real binary, with `env` added to (or replacing) the defaults.
+pub fn spawn_collector_with(endpoint: &str, prefix: &str, id: &str, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_collector"))
         .arg("run")
         .env("ETCD_ENDPOINTS", endpoint)
@@ -91,20 +114,43 @@ pub fn spawn_collector(endpoint: &str, prefix: &str, id: &str) -> Child {
         .env("QUEUE_LEASE_TTL", "2s")
         .env("COLLECTOR_GRACE_PERIOD", "10s")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn the collector binary")
 }
 
+/// The value of the un-labelled metric `name` served on `port`, if it answers.
+pub async fn scrape(port: u16, name: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let response = http_request("GET", &url, &[], Vec::new()).await.ok()?;
+    response
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+/// `/readyz` on `port`: the status and the JSON body, if it answers.
+pub async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let response = http_request("GET", &url, &[], Vec::new()).await.ok()?;
+    Some((response.status, response.json()))
+}
+
+/// The etcd at `endpoint`, keys under `prefix`.
+pub fn etcd_config(endpoint: &str, prefix: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        prefix: prefix.to_string(),
+        ..EtcdConfig::default()
+    }
+}
+
 /// The configuration of a collector of the etcd at `endpoint`, under `prefix`, with a short lease.
 pub fn config_for(endpoint: &str, prefix: &str, id: &str) -> collector::Config {
     collector::Config {
-        etcd: EtcdConfig {
-            endpoints: vec![endpoint.to_string()],
-            prefix: prefix.to_string(),
-            ..EtcdConfig::default()
-        },
+        etcd: etcd_config(endpoint, prefix),
         queue: QueueSettings {
             lease_ttl: Duration::from_secs(2),
             ..QueueSettings::default()
@@ -237,17 +283,29 @@ pub fn store_for(client: etcd_client::Client, prefix: &str) -> TelemetryStore {
     )
 }
 
-/// Drains the queue through one `DeliveryProcessor`, one delivery at a time, as a collector
-/// does; returns what each delivery committed as (messages, samples, dead letters).
-pub async fn drain_deliveries(
-    queue: &Queue,
+/// A processor of deliveries into `store`, and the registry its metrics are in.
+pub fn processor_for(
     store: &TelemetryStore,
-    consumer: etcd_queue::ConsumerConfig,
-) -> Vec<(usize, usize, usize)> {
+) -> (
+    collector::DeliveryProcessor,
+    prometheus_client::registry::Registry,
+) {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = std::sync::Arc::new(collector::CollectorMetrics::register(&mut registry));
-    let mut processor = collector::DeliveryProcessor::new(store.clone(), metrics);
-    let mut consumer = queue.consumer(consumer).await.unwrap();
+    (
+        collector::DeliveryProcessor::new(store.clone(), metrics),
+        registry,
+    )
+}
+
+/// Persists `consumer`'s deliveries through `processor` until the queue is empty, as a
+/// collector does (every delivery must persist without error); returns what each delivery
+/// committed as (messages, samples, dead letters).
+pub async fn drain_with(
+    queue: &Queue,
+    consumer: &mut etcd_queue::Consumer,
+    processor: &mut collector::DeliveryProcessor,
+) -> Vec<(usize, usize, usize)> {
     let mut committed = Vec::new();
     while queue.depth().await.unwrap() > 0 {
         let delivery = consumer
@@ -255,9 +313,22 @@ pub async fn drain_deliveries(
             .await
             .unwrap()
             .expect("a delivery while messages remain");
-        let done = processor.process(&mut consumer, delivery).await.unwrap();
+        let done = processor.process(consumer, delivery).await.unwrap();
         committed.push((done.messages, done.samples, done.dead_letters));
     }
+    committed
+}
+
+/// Drains the queue through one `DeliveryProcessor`, one delivery at a time, as a collector
+/// does; returns what each delivery committed as (messages, samples, dead letters).
+pub async fn drain_deliveries(
+    queue: &Queue,
+    store: &TelemetryStore,
+    consumer: etcd_queue::ConsumerConfig,
+) -> Vec<(usize, usize, usize)> {
+    let (mut processor, _registry) = processor_for(store);
+    let mut consumer = queue.consumer(consumer).await.unwrap();
+    let committed = drain_with(queue, &mut consumer, &mut processor).await;
     consumer.leave().await.unwrap();
     committed
 }

@@ -117,9 +117,10 @@ impl Fixture {
         let rows = csv_rows(csv);
         let total = passes * rows.len();
 
+        // Boxed: in debug builds the two futures together outgrow a test thread's stack.
         let (report, collected) = tokio::join!(
-            stream(client.clone(), &prefix, csv, passes),
-            collect(client.clone(), &prefix, total),
+            Box::pin(stream(client.clone(), &prefix, csv, passes)),
+            Box::pin(collect(client.clone(), &prefix, total)),
         );
         assert!(report.passes_reached, "the streamer stopped early");
         assert_eq!(report.samples_published, total as u64, "samples streamed");
@@ -339,10 +340,19 @@ async fn read_back(
     (gpus, pass_bounds)
 }
 
+/// The application with no etcd behind it: every API call answers 503.
+pub fn unconnected_router() -> Router {
+    app(
+        ApiState::connecting(),
+        Readiness::new("/gpu-telemetry", Duration::from_secs(1)),
+        &HttpSettings::default(),
+    )
+}
+
 /// The application connected to `etcd` with `config`'s prefix and timeouts.
 pub async fn router_for(etcd: &EtcdHarness, config: &Config, settings: &HttpSettings) -> Router {
     let client = etcd.client().await;
-    let readiness = Readiness::new(config.etcd_read_timeout);
+    let readiness = Readiness::new(&config.etcd.prefix, config.etcd_read_timeout);
     readiness.set_client(client.clone());
     let state = ApiState::connected(Backend::new(client, config));
     app(state, readiness, settings)
