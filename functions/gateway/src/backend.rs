@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use etcd_client::Client;
-use telemetry_model::{GpuUuid, TimestampMicros};
+use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 use telemetry_store::{Aggregator, GpuPages, GpuRecord, TelemetryStore};
 
 use crate::config::Config;
@@ -21,6 +21,7 @@ use crate::dto::{
     TelemetryEntry, TelemetryPage,
 };
 use crate::error::ApiError;
+use crate::fleet_latest::GpuLatest;
 use crate::params::{GpuListRequest, TelemetryRequest};
 use crate::queue_view::QueueView;
 
@@ -81,11 +82,17 @@ impl Backend {
     }
 
     /// The GPUs with telemetry matching the filters, in UUID order, as a JSON body written page
-    /// by page as the registry is read: memory stays one registry page whatever the fleet. The
-    /// first page is read here, so that a failure to read it is an error answer; a failure
-    /// later ends the body early (the client sees a broken response, never a short list).
-    pub async fn list_gpus(&self, request: &GpuListRequest) -> Result<GpuListing, ApiError> {
+    /// by page as the registry is read, `entry` for each GPU: memory stays one registry page
+    /// whatever the fleet. The first page is read here, so that a failure to read it is an error
+    /// answer; a failure later ends the body early (the client sees a broken response, never a
+    /// short list).
+    pub async fn list_gpus(
+        &self,
+        request: &GpuListRequest,
+        entry: ListingEntry,
+    ) -> Result<GpuListing, ApiError> {
         let mut listing = GpuListing {
+            entry,
             // Once the answer has started it cannot become an error answer any more, so pages
             // after the first retry etcd's transient failures (each bounded by the client's
             // request timeout) until the request's own deadline.
@@ -323,9 +330,31 @@ enum ListingState {
     Done,
 }
 
-/// A `GET /api/v1/gpus` body in the making: `{"gpus":[...],"count":n,"next_cursor":...}`, written
+/// What a GPU listing writes for each GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingEntry {
+    /// Its summary (`GET /api/v1/gpus`).
+    Summary,
+    /// Its newest values, of these metrics (`None`: every metric; `GET /api/v1/latest`).
+    Latest(Option<Vec<MetricName>>),
+}
+
+impl ListingEntry {
+    fn write(&self, record: &GpuRecord, out: &mut Vec<u8>) {
+        match self {
+            ListingEntry::Summary => serde_json::to_writer(out, &GpuSummary::from(record)),
+            ListingEntry::Latest(metrics) => {
+                serde_json::to_writer(out, &GpuLatest::new(record, metrics.as_deref()))
+            }
+        }
+        .expect("an entry serializes");
+    }
+}
+
+/// A GPU listing's body in the making: `{"gpus":[...],"count":n,"next_cursor":...}`, written
 /// from the registry's pages as they are read. Each piece is one page's GPUs.
 pub struct GpuListing {
+    entry: ListingEntry,
     pages: GpuPages,
     request: GpuListRequest,
     etcd_timeout: Duration,
@@ -400,8 +429,7 @@ impl GpuListing {
                         if self.written > 0 {
                             out.push(b',');
                         }
-                        serde_json::to_writer(&mut out, &GpuSummary::from(&record))
-                            .expect("a summary serializes");
+                        self.entry.write(&record, &mut out);
                         self.written += 1;
                         self.last = Some(record.info.uuid);
                     }

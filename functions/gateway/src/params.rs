@@ -182,15 +182,24 @@ impl ListGpusParams {
     pub fn from_query(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut params = ListGpusParams::default();
         for (name, value) in query_pairs(raw) {
-            match name.as_str() {
-                "hostname" => set_once(&mut params.hostname, "hostname", value)?,
-                "model_name" => set_once(&mut params.model_name, "model_name", value)?,
-                "limit" => set_once(&mut params.limit, "limit", value)?,
-                "cursor" => set_once(&mut params.cursor, "cursor", value)?,
-                _ => return Err(ApiError::unknown_parameter(&name, Self::NAMES)),
+            if !params.take(&name, value)? {
+                return Err(ApiError::unknown_parameter(&name, Self::NAMES));
             }
         }
         Ok(params)
+    }
+
+    /// Takes the value of one listing parameter (filters and page, which every GPU listing
+    /// shares); `false` if `name` is none of them.
+    pub(crate) fn take(&mut self, name: &str, value: String) -> Result<bool, ApiError> {
+        match name {
+            "hostname" => set_once(&mut self.hostname, "hostname", value)?,
+            "model_name" => set_once(&mut self.model_name, "model_name", value)?,
+            "limit" => set_once(&mut self.limit, "limit", value)?,
+            "cursor" => set_once(&mut self.cursor, "cursor", value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     pub fn validate(&self) -> Result<GpuListRequest, ApiError> {

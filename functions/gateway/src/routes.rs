@@ -11,7 +11,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::backend::ApiState;
+use crate::backend::{ApiState, GpuListing, ListingEntry};
 use crate::dto::{GpuDetail, GpuList, LatestValues, MetricList, QueueInfo, TelemetryPage};
 use crate::error::{ApiError, BadGateway, BadRequest, NotFound, Unavailable};
 use crate::params::{no_query_parameters, GpuId, GpuIdPath, ListGpusParams, TelemetryParams};
@@ -55,9 +55,17 @@ pub async fn list_gpus(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let request = ListGpusParams::from_query(query.as_deref())?.validate()?;
-    let listing = state.backend()?.list_gpus(&request).await?;
+    let listing = state
+        .backend()?
+        .list_gpus(&request, ListingEntry::Summary)
+        .await?;
+    Ok(listing_response(listing))
+}
+
+/// A GPU listing as a JSON body streamed as it is written.
+pub(crate) fn listing_response(listing: GpuListing) -> Response {
     let body = Body::from_stream(listing.into_stream());
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One GPU: its summary, placement and exporter labels.
