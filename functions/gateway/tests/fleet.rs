@@ -1,8 +1,8 @@
 //! The gateway at fleet size: 10,000 GPUs (the real export's rows repeated with fresh UUIDs and
 //! host names, generated at run time), streamed twice by the real streamer and persisted by the
 //! collector. Every sample is stored exactly; the GPU list is whole and pages without a GPU
-//! missing or repeated; hostile queries are refused or bounded, on a real gateway process whose
-//! peak memory (`VmHWM`) stays under the chart's memory limit.
+//! missing or repeated, and so do the newest values; hostile queries are refused or bounded, on a
+//! real gateway process whose peak memory (`VmHWM`) stays under the chart's memory limit.
 
 mod common;
 
@@ -98,6 +98,32 @@ async fn a_fleet_of_10000_gpus_is_stored_listed_and_served_in_bounded_memory() {
         assert_eq!(distinct.len(), seen.len(), "limit {limit}: no GPU repeated");
         assert_eq!(seen, all, "limit {limit}: every GPU, in order");
     }
+    // The newest values of every GPU, in the dashboard's pages of the default size.
+    let mut latest = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = gateway
+            .json(&format!(
+                "/api/v1/latest?metric_name=DCGM_FI_DEV_GPU_TEMP{cursor}"
+            ))
+            .await;
+        for gpu in page["gpus"].as_array().unwrap() {
+            let uuid = gpu["uuid"].as_str().unwrap().to_string();
+            let newest = fixture.gpus[&uuid]
+                .samples
+                .iter()
+                .rfind(|s| s.metric == "DCGM_FI_DEV_GPU_TEMP")
+                .unwrap()
+                .value;
+            assert_eq!(gpu["metrics"][0]["value"], newest, "{uuid}");
+            latest.push(uuid);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(latest, all, "GET /api/v1/latest: every GPU once, in order");
     let host = fixture.gpus[&all[0]].info.hostname.clone().unwrap();
     let on_host = gateway
         .json(&format!("/api/v1/gpus?hostname={}", encode(&host)))
