@@ -63,6 +63,22 @@ enum Retry {
     Fail(CollectorError),
 }
 
+impl Retry {
+    /// How the prefix ends, `landed` samples having been stored by its transactions before the
+    /// failure; `None` to prepare its writes again.
+    fn end(self, landed: usize) -> Option<Result<PrefixOutcome, CollectorError>> {
+        match self {
+            Retry::Again => None,
+            Retry::Moved => Some(Ok(PrefixOutcome::Committed(Processed {
+                samples: landed,
+                ..Processed::default()
+            }))),
+            Retry::Poisoned(reason) => Some(Ok(PrefixOutcome::Poisoned(reason))),
+            Retry::Fail(e) => Some(Err(e)),
+        }
+    }
+}
+
 /// What one processed delivery did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Processed {
@@ -246,16 +262,13 @@ impl DeliveryProcessor {
                         self.metrics.rejected_future(write.future);
                         self.writer.committed(write, revision);
                     }
-                    Err(e) => match self.after_failed_write(consumer, delivery, e).await {
-                        Retry::Again => continue 'attempts,
-                        Retry::Moved => {
-                            return Ok(PrefixOutcome::Committed(Processed {
-                                samples: landed,
-                                ..Processed::default()
-                            }))
-                        }
-                        Retry::Poisoned(reason) => return Ok(PrefixOutcome::Poisoned(reason)),
-                        Retry::Fail(e) => return Err(e),
+                    Err(e) => match self
+                        .after_failed_write(consumer, delivery, e)
+                        .await
+                        .end(landed)
+                    {
+                        None => continue 'attempts,
+                        Some(end) => return end,
                     },
                 }
             }
@@ -282,16 +295,13 @@ impl DeliveryProcessor {
                         dead_letters: dead.len(),
                     }));
                 }
-                Err(e) => match self.after_failed_write(consumer, delivery, e).await {
-                    Retry::Again => tracing::debug!(attempt, "store fence failed; reloading"),
-                    Retry::Moved => {
-                        return Ok(PrefixOutcome::Committed(Processed {
-                            samples: landed,
-                            ..Processed::default()
-                        }))
-                    }
-                    Retry::Poisoned(reason) => return Ok(PrefixOutcome::Poisoned(reason)),
-                    Retry::Fail(e) => return Err(e),
+                Err(e) => match self
+                    .after_failed_write(consumer, delivery, e)
+                    .await
+                    .end(landed)
+                {
+                    None => tracing::debug!(attempt, "store fence failed; reloading"),
+                    Some(end) => return end,
                 },
             }
         }

@@ -145,14 +145,9 @@ impl Backend {
                     .max(record.first_seen);
                 let hi = query.end.unwrap_or(record.last_seen).min(record.last_seen);
                 let buckets = buckets_per_series(lo, hi, step);
+                let refused = || too_many_points(lo, hi, step, buckets, self.max_points_per_series);
                 if buckets > self.max_points_per_series {
-                    return Err(too_many_points(
-                        lo,
-                        hi,
-                        step,
-                        buckets,
-                        self.max_points_per_series,
-                    ));
+                    return Err(refused());
                 }
                 let series = match &query.metrics {
                     Some(names) => names
@@ -171,13 +166,7 @@ impl Backend {
                         .await?;
                 }
                 if aggregator.overflowed() {
-                    return Err(too_many_points(
-                        lo,
-                        hi,
-                        step,
-                        buckets,
-                        self.max_points_per_series,
-                    ));
+                    return Err(refused());
                 }
                 query.page(aggregator.finish(query.start))
             }

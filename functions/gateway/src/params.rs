@@ -225,17 +225,7 @@ impl ListGpusParams {
         let after = self
             .cursor
             .as_deref()
-            .map(|text| {
-                GpuUuid::parse(text).map_err(|_| {
-                    ApiError::invalid(
-                        "cursor",
-                        format!(
-                            "{:?} is not a cursor returned as next_cursor",
-                            text.chars().take(80).collect::<String>()
-                        ),
-                    )
-                })
-            })
+            .map(|text| GpuUuid::parse(text).map_err(|_| invalid_cursor(text)))
             .transpose()?;
         Ok(GpuListRequest {
             hostname: self.hostname.clone(),
@@ -244,6 +234,17 @@ impl ListGpusParams {
             after,
         })
     }
+}
+
+/// The answer to a cursor that no `next_cursor` gave.
+fn invalid_cursor(text: &str) -> ApiError {
+    ApiError::invalid(
+        "cursor",
+        format!(
+            "{:?} is not a cursor returned as next_cursor",
+            text.chars().take(80).collect::<String>()
+        ),
+    )
 }
 
 /// A page size from 1 to `max`, as decimal digits only.
@@ -405,15 +406,7 @@ impl TelemetryParams {
                 } else {
                     None
                 };
-                decoded.ok_or_else(|| {
-                    ApiError::invalid(
-                        "cursor",
-                        format!(
-                            "{:?} is not a cursor returned as next_cursor",
-                            text.chars().take(80).collect::<String>()
-                        ),
-                    )
-                })
+                decoded.ok_or_else(|| invalid_cursor(text))
             })
             .transpose()?;
         let order = match self.order.as_deref() {

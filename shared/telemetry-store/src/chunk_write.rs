@@ -26,20 +26,25 @@ pub struct GpuSamples {
 pub fn group_by_gpu<'a>(
     batches: impl IntoIterator<Item = &'a SampleBatch>,
 ) -> BTreeMap<GpuUuid, GpuSamples> {
+    group_samples(batches.into_iter().flat_map(SampleBatch::samples))
+}
+
+/// Groups `samples` by GPU (the last metadata seen for a GPU wins).
+pub(crate) fn group_samples<'a>(
+    samples: impl IntoIterator<Item = (&'a GpuInfo, &'a MetricName, TimestampMicros, f64)>,
+) -> BTreeMap<GpuUuid, GpuSamples> {
     let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
-    for batch in batches {
-        for (info, metric, timestamp, value) in batch.samples() {
-            let entry = by_gpu
-                .entry(info.uuid.clone())
-                .or_insert_with(|| GpuSamples {
-                    info: info.clone(),
-                    samples: Vec::new(),
-                });
-            if &entry.info != info {
-                entry.info = info.clone();
-            }
-            entry.samples.push((metric.clone(), timestamp, value));
+    for (info, metric, timestamp, value) in samples {
+        let entry = by_gpu
+            .entry(info.uuid.clone())
+            .or_insert_with(|| GpuSamples {
+                info: info.clone(),
+                samples: Vec::new(),
+            });
+        if &entry.info != info {
+            entry.info = info.clone();
         }
+        entry.samples.push((metric.clone(), timestamp, value));
     }
     by_gpu
 }

@@ -27,7 +27,7 @@ use futures::future::try_join_all;
 use telemetry_model::{GpuUuid, SampleBatch};
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{admitted, GpuSamples, LeasedPut, LiveSample};
+use crate::chunk_write::{admitted, group_samples, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::open_chunk::{self, Applied};
@@ -196,25 +196,14 @@ impl StoreWriter {
         uuids.sort();
         uuids.dedup();
         self.load(uuids.into_iter()).await?;
-        let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
-        for (offset, batch) in messages {
-            for (info, metric, timestamp, value) in batch.samples() {
-                let applied = self.open.get(&info.uuid).and_then(|open| open.applied);
-                if applied.is_some_and(|a| a.covers(partition, *offset)) {
-                    continue;
-                }
-                let entry = by_gpu
-                    .entry(info.uuid.clone())
-                    .or_insert_with(|| GpuSamples {
-                        info: info.clone(),
-                        samples: Vec::new(),
-                    });
-                if &entry.info != info {
-                    entry.info = info.clone();
-                }
-                entry.samples.push((metric.clone(), timestamp, value));
-            }
-        }
+        // Samples of messages a GPU's mark covers are stored already.
+        let open = &self.open;
+        let by_gpu = group_samples(messages.iter().flat_map(|(offset, batch)| {
+            batch.samples().filter(move |(info, ..)| {
+                let applied = open.get(&info.uuid).and_then(|open| open.applied);
+                !applied.is_some_and(|a| a.covers(partition, *offset))
+            })
+        }));
         let applied = Applied {
             partition,
             offset: last,
