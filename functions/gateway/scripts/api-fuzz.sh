@@ -72,9 +72,15 @@ PEER_PORT="$(free_port)"
   --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
   --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
   --initial-cluster "api-fuzz=http://127.0.0.1:$PEER_PORT" --experimental-enable-lease-checkpoint \
-  --log-level warn >"$WORK/etcd.log" 2>&1 &
+  --logger zap --log-level warn >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
-wait_for "http://127.0.0.1:$CLIENT_PORT/health" 30 etcd
+# etcd 3.4 needs `--logger zap` here: with its default (capnslog) logger, the lease checkpoint flag
+# makes it crash at start-up.
+wait_for "http://127.0.0.1:$CLIENT_PORT/health" 30 etcd || {
+  echo "--- etcd log (last 40 lines)"
+  tail -n 40 "$WORK/etcd.log"
+  exit 1
+}
 
 export ETCD_ENDPOINTS="http://127.0.0.1:$CLIENT_PORT"
 export TELEMETRY_PREFIX="/api-fuzz"
@@ -83,7 +89,11 @@ export TELEMETRY_PREFIX="/api-fuzz"
 PORT="$(free_port)"
 PORT="$PORT" RUST_LOG="${RUST_LOG:-warn}" "$GATEWAY" run >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
-wait_for "http://127.0.0.1:$PORT/readyz" 30 gateway
+wait_for "http://127.0.0.1:$PORT/readyz" 30 gateway || {
+  echo "--- gateway log (last 40 lines)"
+  tail -n 40 "$WORK/gateway.log"
+  exit 1
+}
 BASE="http://127.0.0.1:$PORT"
 
 # Real ids, times and steps (each drawn half of the time, the other half generated from the
