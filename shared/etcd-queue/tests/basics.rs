@@ -510,3 +510,48 @@ async fn the_status_of_the_largest_topic_is_read_in_pages() {
     );
     assert_eq!(queue.progress().await.unwrap().offsets.len(), 4096);
 }
+
+/// A range of thousands of keys read in pages of a few keys each (a large stated value bound):
+/// the pages narrow their window of the range as they go, and every key comes exactly once, in
+/// order, with a limit as without, keys that extend others included.
+#[tokio::test]
+async fn a_large_range_is_read_in_windows_with_every_key_once_in_order() {
+    use etcd_queue::{RangePages, RangeRead};
+
+    let etcd = EtcdHarness::start().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("range-windows");
+    let mut keys: Vec<String> = (0..3_000u32)
+        .map(|i| format!("{prefix}/k/{:08x}", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    keys.extend(["a", "a\u{7f}", "a\u{7f}\u{7f}", "b"].map(|t| format!("{prefix}/k/{t}")));
+    for group in keys.chunks(100) {
+        let ops: Vec<TxnOp> = group
+            .iter()
+            .map(|k| TxnOp::put(k.clone(), "v", None))
+            .collect();
+        client
+            .clone()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    keys.sort();
+    let read = |range: RangeRead| async {
+        let mut pages = RangePages::new(client.clone(), "read", range, Duration::from_secs(5));
+        let mut read = Vec::new();
+        let mut count = 0;
+        while let Some(page) = pages.next_page().await.unwrap() {
+            count += 1;
+            read.extend(page.iter().map(|kv| kv.key_str().unwrap().to_string()));
+        }
+        (read, count)
+    };
+    // About 15 keys per page at a stated 64 KiB per value.
+    let range = RangeRead::prefix(format!("{prefix}/k/"), 64 * 1024);
+    let (all, pages) = read(range.clone()).await;
+    assert_eq!(all, keys);
+    assert!(pages > 100, "{pages} pages");
+    let (first, _) = read(range.limit(1_234)).await;
+    assert_eq!(first, keys[..1_234]);
+}
