@@ -3,7 +3,8 @@
 //! test, waiting on conditions, an ownership log for exclusivity checks, a small HTTP
 //! client, building other workspace binaries, paths of the repository's test data, deterministic
 //! pseudo-random numbers, the JSON report writer used by every benchmark, and a real Prometheus
-//! serving backfilled data (`PrometheusHarness`).
+//! serving backfilled data (`PrometheusHarness`) with the PromQL table the differential tests run
+//! against it (`promql_table`).
 
 mod bench_report;
 mod cargo_build;
@@ -12,6 +13,7 @@ mod etcd_cluster;
 mod http;
 mod ownership;
 mod prometheus;
+pub mod promql_table;
 mod split_mix;
 mod testdata;
 mod wait;
