@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use etcd_client::Client;
+use promql_engine::Engine;
 use telemetry_model::{GpuUuid, TimestampMicros};
 use telemetry_store::{aggregate, GpuRecord, TelemetryStore};
 
@@ -26,6 +27,7 @@ pub struct Backend {
     store: TelemetryStore,
     queue: QueueView,
     etcd_timeout: Duration,
+    engine: Engine,
 }
 
 impl Backend {
@@ -44,11 +46,17 @@ impl Backend {
             store,
             queue: QueueView::new(client, queue_config),
             etcd_timeout,
+            engine: Engine::new(config.promql.clone()),
         }
     }
 
     pub fn store(&self) -> &TelemetryStore {
         &self.store
+    }
+
+    /// The PromQL engine of the Prometheus API.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Runs one etcd-backed call, answering 503 if etcd does not answer in time.

@@ -9,6 +9,7 @@ use function_runtime::args::{ByteSize, EtcdArgs, LogArgs, QueueArgs, ServeArgs, 
 use function_runtime::{ports, DurationArg};
 use gateway::seed::SeedConfig;
 use gateway::{Config, HttpSettings};
+use promql_engine::{EngineConfig, QueryLimits};
 
 /// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
@@ -56,6 +57,41 @@ pub struct RunArgs {
     /// Largest request body accepted, in bytes (suffixes KiB and MiB allowed).
     #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = ByteSize(HttpSettings::default().body_limit))]
     pub body_limit: ByteSize,
+
+    #[command(flatten)]
+    pub promql: PromqlArgs,
+}
+
+/// Limits of the Prometheus API's queries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromqlArgs {
+    /// Longest time one PromQL query may take (fetching included); keep it below
+    /// GATEWAY_REQUEST_TIMEOUT. A request's `timeout` parameter can only shorten it.
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", default_value_t = DurationArg(Config::default().promql.timeout))]
+    pub query_timeout: DurationArg,
+
+    /// Series one PromQL query may select, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SERIES", default_value_t = Config::default().promql.limits.max_series)]
+    pub query_max_series: usize,
+
+    /// Samples one PromQL query may load, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SAMPLES", default_value_t = Config::default().promql.limits.max_samples)]
+    pub query_max_samples: usize,
+}
+
+impl PromqlArgs {
+    fn into_config(self) -> EngineConfig {
+        let defaults = Config::default().promql;
+        EngineConfig {
+            timeout: self.query_timeout.into(),
+            limits: QueryLimits {
+                max_series: self.query_max_series,
+                max_samples: self.query_max_samples,
+                ..defaults.limits
+            },
+            ..defaults
+        }
+    }
 }
 
 impl RunArgs {
@@ -76,6 +112,7 @@ impl RunArgs {
             etcd_read_timeout: self.etcd_read_timeout.into(),
             queue: self.queue.into(),
             store: self.store.into(),
+            promql: self.promql.into_config(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The gateway's settings as plain data: the HTTP server's limits, the etcd connection, key
-//! prefix and read timeout, and the queue and store settings (to read the queue status and the
-//! store). Built by `main` from flags and environment variables, or directly by tests.
+//! prefix and read timeout, the queue and store settings (to read the queue status and the
+//! store) and the PromQL engine's limits. Built by `main` from flags and environment variables, or directly by tests.
 
 use std::time::Duration;
 
 use function_runtime::{EtcdConfig, QueueSettings, StoreSettings};
+use promql_engine::EngineConfig;
 
 /// Everything `gateway run` needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +21,13 @@ pub struct Config {
     pub queue: QueueSettings,
     /// The store's settings; the bucket must be the collectors' (reads look one bucket back).
     pub store: StoreSettings,
+    /// The Prometheus API's PromQL engine: query timeout, lookback, series and sample limits.
+    pub promql: EngineConfig,
 }
+
+/// The Prometheus API's default query timeout: below the default request timeout, so a slow
+/// query gets Prometheus' `timeout` error rather than the request timeout's problem document.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(9);
 
 impl Default for Config {
     fn default() -> Self {
@@ -30,6 +37,10 @@ impl Default for Config {
             etcd_read_timeout: Duration::from_secs(2),
             queue: QueueSettings::default(),
             store: StoreSettings::default(),
+            promql: EngineConfig {
+                timeout: DEFAULT_QUERY_TIMEOUT,
+                ..EngineConfig::default()
+            },
         }
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use telemetry_model::{series_labels, CsvRow, DcgmCsvReader, GpuInfo};
+use telemetry_model::{
+    series_labels, CsvRow, DcgmCsvReader, GpuInfo, MetricName, SampleBatch, TimestampMicros,
+};
 
 use crate::testdata::{testdata, REAL_CSV};
 
@@ -116,6 +118,23 @@ impl Dataset {
     /// Time of the last pass.
     pub fn end_ms(&self) -> i64 {
         self.start_ms + (PASSES - 1) * PASS_SPACING_MS
+    }
+
+    /// Every sample as one batch, as the pipeline carries them (for writing into the store).
+    pub fn sample_batch(&self) -> SampleBatch {
+        let mut builder = SampleBatch::builder();
+        for series in &self.series {
+            let metric = MetricName::parse(&series.metric).expect("a valid metric name");
+            for &(t_ms, value) in &series.points {
+                builder.push(&series.info, &metric, TimestampMicros(t_ms * 1000), value);
+            }
+        }
+        builder.build()
+    }
+
+    /// Samples in the dataset.
+    pub fn sample_count(&self) -> usize {
+        self.series.iter().map(|s| s.points.len()).sum()
     }
 
     /// The samples as OpenMetrics text.
