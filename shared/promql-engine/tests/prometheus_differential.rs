@@ -12,8 +12,8 @@ use promql_engine::{
     QueryError, QueryOptions, Series, SeriesSource, Value,
 };
 use test_support::promql_table::{
-    assert_no_differences, compare_answers, dashboard_cases, instants, json_labels, operator_cases,
-    ranges, seconds_param, series_selectors, variable_queries, Dataset,
+    assert_no_differences, compare_answers, json_labels, seconds_param, series_selectors, table,
+    variable_queries, Dataset, Evaluation,
 };
 use test_support::PrometheusHarness;
 
@@ -50,51 +50,34 @@ async fn engine_answers_as_prometheus_does() {
     let options = QueryOptions::default();
     let (start, end) = (data.start_ms, data.end_ms());
 
-    let mut cases = dashboard_cases(&data);
-    let dashboard_count = cases.len();
-    cases.extend(operator_cases(&data));
+    let table = table(&data);
     let mut compared = 0;
     let mut failures = Vec::new();
-    for case in &cases {
-        for t in instants(&data) {
-            let time = seconds_param(t);
-            // Prometheus answers while the engine evaluates.
-            let params = [("query", case.query.as_str()), ("time", &time)];
-            let (response, got) = tokio::join!(
-                prometheus.get("/api/v1/query", &params),
-                engine.instant_query(&source, &case.query, t, &options)
-            );
-            let at = format!("{} @ {t}", case.query);
-            compare_answers(
-                &at,
-                &envelope(got),
-                &response.text(),
-                case.check,
-                &mut failures,
-            );
-            compared += 1;
-        }
-        for (from, to, step) in ranges(&data) {
-            let params = [
-                ("query", case.query.as_str()),
-                ("start", &seconds_param(from)),
-                ("end", &seconds_param(to)),
-                ("step", &seconds_param(step)),
-            ];
-            let (response, got) = tokio::join!(
-                prometheus.get("/api/v1/query_range", &params),
-                engine.range_query(&source, &case.query, from, to, step, &options)
-            );
-            let over = format!("{} over {from}..{to}/{step}", case.query);
-            compare_answers(
-                &over,
-                &envelope(got),
-                &response.text(),
-                case.check,
-                &mut failures,
-            );
-            compared += 1;
-        }
+    for query in table.queries() {
+        let params = query.params();
+        let params: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let text = query.case.query.as_str();
+        let got = async {
+            match query.evaluation {
+                Evaluation::Instant(t) => engine.instant_query(&source, text, t, &options).await,
+                Evaluation::Range { start, end, step } => {
+                    engine
+                        .range_query(&source, text, start, end, step, &options)
+                        .await
+                }
+            }
+        };
+        // Prometheus answers while the engine evaluates.
+        let (response, got) = tokio::join!(prometheus.get(query.path(), &params), got);
+        let what = query.describe();
+        compare_answers(
+            &what,
+            &envelope(got),
+            &response.text(),
+            query.case.check,
+            &mut failures,
+        );
+        compared += 1;
     }
 
     // The dashboards' variable queries, as Grafana sends them to the metadata endpoints.
@@ -153,13 +136,8 @@ async fn engine_answers_as_prometheus_does() {
     }
 
     eprintln!(
-        "compared {compared} query results ({} queries: {dashboard_count} from the dashboard, {} \
-         operator and function cases; {} instants and {} ranges each) and {metadata_compared} \
-         metadata answers; {} differences",
-        cases.len(),
-        cases.len() - dashboard_count,
-        instants(&data).len(),
-        ranges(&data).len(),
+        "{} and {metadata_compared} metadata answers; {} differences",
+        table.summary(compared),
         failures.len()
     );
     assert_no_differences(&failures, compared);

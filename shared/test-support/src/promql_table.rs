@@ -465,6 +465,107 @@ pub fn ranges(data: &Dataset) -> [(i64, i64, i64); 2] {
     ]
 }
 
+/// Where one query of the table is evaluated: at an instant, or over a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evaluation {
+    Instant(i64),
+    Range { start: i64, end: i64, step: i64 },
+}
+
+/// One request of the differential run: a case of the table at one evaluation.
+#[derive(Clone, Debug)]
+pub struct TableQuery<'a> {
+    pub case: &'a Case,
+    pub evaluation: Evaluation,
+}
+
+impl TableQuery<'_> {
+    /// The API path: `/api/v1/query` or `/api/v1/query_range`.
+    pub fn path(&self) -> &'static str {
+        match self.evaluation {
+            Evaluation::Instant(_) => "/api/v1/query",
+            Evaluation::Range { .. } => "/api/v1/query_range",
+        }
+    }
+
+    /// The request's parameters, as Prometheus' HTTP API takes them.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = vec![("query", self.case.query.clone())];
+        match self.evaluation {
+            Evaluation::Instant(t) => params.push(("time", seconds_param(t))),
+            Evaluation::Range { start, end, step } => params.extend([
+                ("start", seconds_param(start)),
+                ("end", seconds_param(end)),
+                ("step", seconds_param(step)),
+            ]),
+        }
+        params
+    }
+
+    /// How a difference is reported: the query and where it was evaluated.
+    pub fn describe(&self) -> String {
+        match self.evaluation {
+            Evaluation::Instant(t) => format!("{} @ {t}", self.case.query),
+            Evaluation::Range { start, end, step } => {
+                format!("{} over {start}..{end}/{step}", self.case.query)
+            }
+        }
+    }
+}
+
+/// The whole table: the dashboard's cases first, then the operator and function cases.
+pub fn table(data: &Dataset) -> Table {
+    let dashboard = dashboard_cases(data);
+    let dashboard_count = dashboard.len();
+    let mut cases = dashboard;
+    cases.extend(operator_cases(data));
+    Table {
+        cases,
+        dashboard_count,
+        instants: instants(data),
+        ranges: ranges(data),
+    }
+}
+
+/// The cases and where each is evaluated.
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub cases: Vec<Case>,
+    /// How many of the cases come from the dashboard.
+    pub dashboard_count: usize,
+    pub instants: [i64; 5],
+    pub ranges: [(i64, i64, i64); 2],
+}
+
+impl Table {
+    /// Every case at every instant, then over every range.
+    pub fn queries(&self) -> impl Iterator<Item = TableQuery<'_>> {
+        self.cases.iter().flat_map(move |case| {
+            let instants = self.instants.iter().map(|&t| Evaluation::Instant(t));
+            let ranges = self
+                .ranges
+                .iter()
+                .map(|&(start, end, step)| Evaluation::Range { start, end, step });
+            instants
+                .chain(ranges)
+                .map(move |evaluation| TableQuery { case, evaluation })
+        })
+    }
+
+    /// One line on what was compared.
+    pub fn summary(&self, compared: usize) -> String {
+        format!(
+            "compared {compared} query results ({} queries: {} from the dashboard, {} operator \
+             and function cases; {} instants and {} ranges each)",
+            self.cases.len(),
+            self.dashboard_count,
+            self.cases.len() - self.dashboard_count,
+            self.instants.len(),
+            self.ranges.len()
+        )
+    }
+}
+
 /// Milliseconds as the seconds of an API parameter.
 pub fn seconds_param(t_ms: i64) -> String {
     format!("{}", t_ms as f64 / 1000.0)
