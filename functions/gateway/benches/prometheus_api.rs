@@ -8,9 +8,12 @@
 //!
 //! `PROM_BENCH_ITERATIONS` (default 20) sets the requests per query and side.
 
-use std::time::{Duration, Instant};
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use function_runtime::{EtcdConfig, Shutdown};
+use std::time::Instant;
+
+use common::{config_for, Served};
 use serde_json::{json, Value};
 use telemetry_model::TimestampMicros;
 use telemetry_store::{group_by_gpu, ChunkTag, TelemetryStore};
@@ -62,14 +65,7 @@ async fn bench() {
     let data = Dataset::generate();
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("prometheus-api-bench");
-    let config = gateway::Config {
-        etcd: EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            prefix: prefix.clone(),
-            ..EtcdConfig::default()
-        },
-        ..gateway::Config::default()
-    };
+    let config = config_for(&etcd, &prefix);
     let store = TelemetryStore::new(etcd.client().await, config.store.store_config(&prefix));
     let stats = store
         .write_idempotent(
@@ -83,24 +79,8 @@ async fn bench() {
     assert_eq!(stats.samples, data.sample_count());
     let prometheus = PrometheusHarness::start_with_openmetrics(&data.openmetrics()).await;
 
-    let shutdown = Shutdown::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(gateway::run(config, listener, async move {
-            shutdown.wait().await
-        }))
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http_request("GET", &format!("{gateway}/readyz"), &[], Vec::new()).await;
-        if ready.is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let served = Served::start(config).await;
+    let gateway = served.base.clone();
 
     let (start, end) = (seconds_param(data.start_ms), seconds_param(data.end_ms()));
     let step = seconds_param(PASS_SPACING_MS);
@@ -147,9 +127,4 @@ async fn bench() {
         }
     }
     report.write();
-    shutdown.trigger();
-    server
-        .await
-        .expect("server task")
-        .expect("server stopped cleanly");
 }
