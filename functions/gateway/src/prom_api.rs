@@ -39,6 +39,9 @@ pub const PROMETHEUS_COMPATIBLE_VERSION: &str = "2.42.0";
 /// engine's window arithmetic cannot overflow.
 const TIME_LIMIT_MS: i64 = i64::MAX / 2;
 
+/// The largest `limit` of the metadata endpoints (0 means no limit).
+const MAX_LIMIT: usize = 1_000_000_000;
+
 /// A selector matching every series (the metadata endpoints without `match[]`).
 const EVERY_SERIES: &str = r#"{__name__=~".+"}"#;
 
@@ -213,16 +216,13 @@ impl Form {
 
     /// The `limit` parameter (0 or absent: no limit).
     fn limit(&self) -> Result<usize, PromError> {
-        match self.get("limit") {
-            None => Ok(usize::MAX),
-            Some(text) => match text.parse::<usize>() {
-                Ok(0) => Ok(usize::MAX),
-                Ok(n) => Ok(n),
-                Err(_) => Err(PromError::invalid(
-                    "limit",
-                    "must be a non-negative integer",
-                )),
-            },
+        match self.get("limit").map(str::parse::<usize>) {
+            None | Some(Ok(0)) => Ok(usize::MAX),
+            Some(Ok(n)) if n <= MAX_LIMIT => Ok(n),
+            _ => Err(PromError::invalid(
+                "limit",
+                format!("must be an integer from 0 to {MAX_LIMIT}"),
+            )),
         }
     }
 }
@@ -425,7 +425,7 @@ pub struct SeriesParams {
     /// End of the window; default: all time.
     pub end: Option<String>,
     /// At most this many results (0: all).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
     pub limit: Option<String>,
 }
 
@@ -437,7 +437,7 @@ pub struct MetadataParams {
     #[param(example = "DCGM_FI_DEV_GPU_TEMP")]
     pub metric: Option<String>,
     /// At most this many metrics (0: all).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 1000000000)]
     pub limit: Option<String>,
 }
 
@@ -470,7 +470,8 @@ pub struct PromFailure {
 pub struct PromListSuccess {
     #[schema(example = "success")]
     pub status: String,
-    #[schema(value_type = Vec<Object>)]
+    /// Label sets (objects) for `/series`, strings for the label endpoints.
+    #[schema(value_type = Vec<Value>)]
     pub data: Vec<serde_json::Value>,
 }
 
@@ -720,6 +721,18 @@ mod tests {
         let json = HeaderMap::new();
         let form = Form::parse(Some("query=down"), Some((&json, &body)));
         assert_eq!(form.get("query"), Some("down"));
+    }
+
+    #[test]
+    fn limits_are_bounded_and_zero_means_all() {
+        let limit = |q: &str| Form::parse(Some(q), None).limit().map_err(|e| e.message);
+        assert_eq!(limit(""), Ok(usize::MAX));
+        assert_eq!(limit("limit=0"), Ok(usize::MAX));
+        assert_eq!(limit("limit=5"), Ok(5));
+        assert_eq!(limit("limit=1000000000"), Ok(MAX_LIMIT));
+        for bad in ["limit=1000000001", "limit=-1", "limit=x"] {
+            assert!(limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
