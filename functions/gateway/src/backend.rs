@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use etcd_client::Client;
+use promql_engine::Engine;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 use telemetry_store::{Aggregator, GpuPages, GpuRecord, TelemetryStore};
 
@@ -33,6 +34,7 @@ pub struct Backend {
     etcd_timeout: Duration,
     request_timeout: Duration,
     max_points_per_series: usize,
+    engine: Engine,
 }
 
 impl Backend {
@@ -53,11 +55,17 @@ impl Backend {
             etcd_timeout,
             request_timeout: config.http.request_timeout,
             max_points_per_series: config.max_points_per_series,
+            engine: Engine::new(config.promql.clone()),
         }
     }
 
     pub fn store(&self) -> &TelemetryStore {
         &self.store
+    }
+
+    /// The PromQL engine of the Prometheus API.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Runs one etcd-backed call, answering 503 if etcd does not answer in time.

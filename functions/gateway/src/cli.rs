@@ -9,6 +9,7 @@ use function_runtime::args::{ByteSize, EtcdArgs, LogArgs, QueueArgs, ServeArgs, 
 use function_runtime::{ports, DurationArg};
 use gateway::seed::SeedConfig;
 use gateway::{Config, HttpSettings};
+use promql_engine::{EngineConfig, QueryLimits};
 
 /// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
@@ -64,6 +65,41 @@ pub struct RunArgs {
     /// Most buckets per metric one aggregated query may compute (more: 400).
     #[arg(long, env = "GATEWAY_MAX_POINTS_PER_SERIES", default_value_t = Config::default().max_points_per_series, value_parser = at_least::<3>)]
     pub max_points_per_series: usize,
+
+    #[command(flatten)]
+    pub promql: PromqlArgs,
+}
+
+/// Limits of the Prometheus API's queries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromqlArgs {
+    /// Longest time one PromQL query may take (fetching included); keep it below
+    /// GATEWAY_REQUEST_TIMEOUT. A request's `timeout` parameter can only shorten it.
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", default_value_t = DurationArg(Config::default().promql.timeout))]
+    pub query_timeout: DurationArg,
+
+    /// Series one PromQL query may select, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SERIES", default_value_t = Config::default().promql.limits.max_series)]
+    pub query_max_series: usize,
+
+    /// Samples one PromQL query may load, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SAMPLES", default_value_t = Config::default().promql.limits.max_samples)]
+    pub query_max_samples: usize,
+}
+
+impl PromqlArgs {
+    fn into_config(self) -> EngineConfig {
+        let defaults = Config::default().promql;
+        EngineConfig {
+            timeout: self.query_timeout.into(),
+            limits: QueryLimits {
+                max_series: self.query_max_series,
+                max_samples: self.query_max_samples,
+                ..defaults.limits
+            },
+            ..defaults
+        }
+    }
 }
 
 impl RunArgs {
@@ -86,6 +122,7 @@ impl RunArgs {
             queue: self.queue.into(),
             store: self.store.into(),
             max_points_per_series: self.max_points_per_series,
+            promql: self.promql.into_config(),
         }
     }
 }

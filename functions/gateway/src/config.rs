@@ -1,10 +1,11 @@
 //! The gateway's settings as plain data: the HTTP server's limits, the etcd connection, key
-//! prefix and read timeout, and the queue and store settings (to read the queue status and the
-//! store). Built by `main` from flags and environment variables, or directly by tests.
+//! prefix and read timeout, the queue and store settings (to read the queue status and the
+//! store) and the PromQL engine's limits. Built by `main` from flags and environment variables, or directly by tests.
 
 use std::time::Duration;
 
 use function_runtime::{EtcdConfig, QueueSettings, StoreSettings};
+use promql_engine::EngineConfig;
 
 /// Everything `gateway run` needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +24,13 @@ pub struct Config {
     /// Most buckets one aggregated query may compute per metric (Prometheus allows 11,000
     /// points per series); a query over more is answered 400 with the step that would fit.
     pub max_points_per_series: usize,
+    /// The Prometheus API's PromQL engine: query timeout, lookback, series and sample limits.
+    pub promql: EngineConfig,
 }
+
+/// The Prometheus API's default query timeout: below the default request timeout, so a slow
+/// query gets Prometheus' `timeout` error rather than the request timeout's problem document.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(9);
 
 impl Default for Config {
     fn default() -> Self {
@@ -34,6 +41,10 @@ impl Default for Config {
             queue: QueueSettings::default(),
             store: StoreSettings::default(),
             max_points_per_series: 11_000,
+            promql: EngineConfig {
+                timeout: DEFAULT_QUERY_TIMEOUT,
+                ..EngineConfig::default()
+            },
         }
     }
 }

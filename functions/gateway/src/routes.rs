@@ -30,6 +30,7 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_metrics))
         .routes(routes!(get_queue))
         .routes(routes!(crate::fleet_latest::get_fleet_latest))
+        .merge(crate::prom_api::prometheus_routes())
 }
 
 /// List every GPU that has telemetry.

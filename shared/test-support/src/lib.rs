@@ -4,7 +4,8 @@
 //! client, building other workspace binaries, paths of the repository's test data, a generated
 //! fleet of any number of GPUs, a process's memory, deterministic pseudo-random numbers, the JSON
 //! report writer used by every benchmark, and a real Prometheus serving backfilled data
-//! (`PrometheusHarness`).
+//! (`PrometheusHarness`) with the PromQL table the differential tests run against it
+//! (`promql_table`).
 
 mod bench_report;
 mod cargo_build;
@@ -15,6 +16,7 @@ mod http;
 mod ownership;
 mod process;
 mod prometheus;
+pub mod promql_table;
 mod split_mix;
 mod testdata;
 mod wait;
