@@ -5,22 +5,25 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use etcd_queue::Queue;
 use function_runtime::{NoSpaceWait, Shutdown};
-use telemetry_model::TimestampMicros;
+use telemetry_model::{ReadStats, TimestampMicros};
 use tokio::sync::mpsc;
 
 use crate::buffer::{BufferLimits, ShardBuffer};
 use crate::clock::{Pacer, Stamper};
 use crate::config::StreamerConfig;
-use crate::encode;
+use crate::encode::{self, EventWriter};
 use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::packing::{Packing, Part};
 use crate::publish::{Published, Publisher};
-use crate::reader::{read_pass, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS};
+use crate::reader::{
+    read_pass, replay_pass, ParsedCsv, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS,
+};
 use crate::retry::sleep_or_stop;
 use crate::shard::OwnedShard;
 
@@ -53,6 +56,10 @@ pub struct Passes {
     limits: BufferLimits,
     bad_rows_reported: bool,
     file_passes: u64,
+    /// Files up to this size are parsed once and replayed.
+    parse_once_bytes: u64,
+    /// The file's rows, once a pass parsed it to the end (and it was small enough).
+    parsed: Option<Arc<(ParsedCsv, ReadStats)>>,
 }
 
 impl Passes {
@@ -70,7 +77,13 @@ impl Passes {
         Passes {
             csv: config.csv.clone(),
             limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
-            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone(), nospace),
+            publisher: Publisher::new(
+                producers,
+                EventWriter::new(source, config.encoding),
+                stop.clone(),
+                metrics.clone(),
+                nospace,
+            ),
             stop,
             metrics,
             queue,
@@ -78,6 +91,8 @@ impl Passes {
             pacer: Pacer::new(config.rate),
             bad_rows_reported: false,
             file_passes: 0,
+            parse_once_bytes: config.parse_once_bytes,
+            parsed: None,
         }
     }
 
@@ -126,12 +141,27 @@ impl Passes {
         };
         let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
         let metrics = self.metrics.clone();
-        let reader = tokio::task::spawn_blocking(move || read_pass(plan, tx, metrics));
+        let reader = match self.parsed.clone() {
+            Some(parsed) => tokio::task::spawn_blocking(move || {
+                replay_pass(&parsed.0, parsed.1, plan, tx, metrics);
+                None
+            }),
+            None => {
+                let keep = self.fits_in_memory();
+                tokio::task::spawn_blocking(move || read_pass(plan, tx, metrics, keep))
+            }
+        };
         self.pacer.restart(Instant::now());
         let streamed = self.stream_rows(&mut slots, &mut rx).await;
         drop(rx);
         // The reader notices the closed channel within a few rows.
-        let _ = reader.await;
+        if let Ok(Some(parsed)) = reader.await {
+            tracing::info!(
+                rows = parsed.0.len(),
+                "parsed the CSV once; later passes replay its rows from memory"
+            );
+            self.parsed = Some(Arc::new(parsed));
+        }
         let read_to_end = match streamed {
             Ok(read_to_end) => read_to_end,
             Err(e) => {
@@ -146,6 +176,12 @@ impl Passes {
         }
         self.publisher.drain().await?;
         Ok(read_to_end && self.publisher.all_completed())
+    }
+
+    /// Whether the file is small enough to keep its parsed rows (checked before each read, so a
+    /// file that grows past the limit is streamed).
+    fn fits_in_memory(&self) -> bool {
+        std::fs::metadata(&self.csv).is_ok_and(|m| m.len() <= self.parse_once_bytes)
     }
 
     /// Feeds the reader's rows into the shard buffers. True when the file was read to the end,
