@@ -180,7 +180,7 @@ impl DeliveryProcessor {
                 }
             }
         }
-        let grouped = group_by_gpu(events);
+        let grouped = group_by_gpu(events.iter().copied());
         let started = Instant::now();
         for attempt in 0..=FENCE_RETRIES {
             let mut prepared = match self.writer.prepare(&grouped).await {
@@ -216,6 +216,7 @@ impl DeliveryProcessor {
             let fence = std::mem::take(&mut prepared.fence);
             match consumer.commit(&prefix, fence, &dead).await {
                 Ok(revision) => {
+                    self.metrics.observe_ingest_lag(events.iter().copied());
                     self.writer.committed(prepared, revision);
                     self.metrics.commits.inc();
                     self.metrics
@@ -309,6 +310,7 @@ impl DeliveryProcessor {
         self.writer.invalidate_all();
         match consumer.commit(&single, Fence::default(), &[]).await {
             Ok(_) => {
+                self.metrics.observe_ingest_lag([&event.batch]);
                 self.metrics.commits.inc();
                 self.metrics.batches_persisted.inc();
                 self.metrics.samples_persisted.inc_by(stats.samples as u64);
