@@ -63,6 +63,10 @@ pub struct RunArgs {
     #[arg(long, env = "STREAMER_PARSE_ONCE_BYTES", default_value_t = ByteSize(Config::default().parse_once_bytes as usize))]
     pub parse_once_bytes: ByteSize,
 
+    /// Longest a buffered row waits before it is published when its batch has not filled.
+    #[arg(long, env = "STREAMER_LINGER", default_value_t = DurationArg(Config::default().linger))]
+    pub linger: DurationArg,
+
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
@@ -92,6 +96,7 @@ impl RunArgs {
             member_id: member_id("streamer"),
             max_future: self.clock.max_future.into(),
             parse_once_bytes: self.parse_once_bytes.0 as u64,
+            linger: self.linger.into(),
             encoding: match self.encoding {
                 EncodingArg::Columnar => DataEncoding::Columnar,
                 EncodingArg::Json => DataEncoding::Json,

@@ -43,6 +43,8 @@ pub struct Config {
     /// A CSV no larger than this is parsed once and its rows replayed on later passes; larger
     /// files are read from disk on every pass. 0 always reads from disk.
     pub parse_once_bytes: u64,
+    /// Longest a buffered row waits before it is published (when its buffer has not filled).
+    pub linger: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             max_future: engine.max_future,
             encoding: engine.encoding,
             parse_once_bytes: engine.parse_once_bytes,
+            linger: engine.linger,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Config {
             max_future: self.max_future,
             encoding: self.encoding,
             parse_once_bytes: self.parse_once_bytes,
+            linger: self.linger,
             queue: self.queue.queue_config(&self.etcd.prefix),
         }
     }
@@ -112,6 +116,8 @@ pub struct StreamerConfig {
     pub encoding: DataEncoding,
     /// A CSV no larger than this is parsed once and replayed from memory.
     pub parse_once_bytes: u64,
+    /// Longest a buffered row waits before it is published.
+    pub linger: Duration,
     /// The queue the samples go to.
     pub queue: QueueConfig,
 }
@@ -133,6 +139,9 @@ impl StreamerConfig {
             encoding: DataEncoding::default(),
             // The real 1.1 MB file takes about 4 MB parsed.
             parse_once_bytes: 64 * 1024 * 1024,
+            // Well under the 50 ms a sample may take to become queryable; at full speed buffers
+            // fill (or the pass ends) long before.
+            linger: Duration::from_millis(20),
             queue,
         }
     }

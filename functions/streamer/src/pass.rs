@@ -1,12 +1,13 @@
 //! Streaming passes over the shards this streamer owns: a pass reads the file from the start on a
 //! blocking thread, stamps each row of an owned shard as it is processed (paced to the rate cap),
-//! buffers it, and publishes a shard's buffer alone once it fills one transaction; at the end of
-//! the pass the shards' remaining rows are packed together into as few transactions as fit.
+//! buffers it, and publishes a shard's buffer alone once it fills one transaction; rows that have
+//! waited the linger time are published together (every shard's buffer, packed into as few
+//! transactions as fit), and so are the shards' remaining rows at the end of the pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use etcd_queue::Queue;
 use function_runtime::{NoSpaceWait, Shutdown};
@@ -60,6 +61,10 @@ pub struct Passes {
     parse_once_bytes: u64,
     /// The file's rows, once a pass parsed it to the end (and it was small enough).
     parsed: Option<Arc<(ParsedCsv, ReadStats)>>,
+    /// Longest a buffered row waits before its buffer is published.
+    linger: Duration,
+    /// When the oldest row not yet handed to a publish was buffered.
+    oldest_buffered: Option<Instant>,
 }
 
 impl Passes {
@@ -93,6 +98,8 @@ impl Passes {
             file_passes: 0,
             parse_once_bytes: config.parse_once_bytes,
             parsed: None,
+            linger: config.linger,
+            oldest_buffered: None,
         }
     }
 
@@ -152,6 +159,7 @@ impl Passes {
             }
         };
         self.pacer.restart(Instant::now());
+        self.oldest_buffered = None;
         let streamed = self.stream_rows(&mut slots, &mut rx).await;
         drop(rx);
         // The reader notices the closed channel within a few rows.
@@ -172,7 +180,7 @@ impl Passes {
         if read_to_end {
             self.bad_rows_reported = true;
             self.file_passes += 1;
-            self.finish_shards(&mut slots).await?;
+            self.publish_buffers(&mut slots, true).await?;
         }
         self.publisher.drain().await?;
         Ok(read_to_end && self.publisher.all_completed())
@@ -192,11 +200,19 @@ impl Passes {
         rx: &mut mpsc::Receiver<ReaderEvent>,
     ) -> Result<bool, StreamerError> {
         loop {
+            let linger_end = self
+                .oldest_buffered
+                .map(|oldest| tokio::time::Instant::from_std(oldest + self.linger));
             let event = tokio::select! {
                 biased;
                 _ = self.stop.wait() => return Ok(false),
                 landed = self.publisher.land_next(), if self.publisher.has_flights() => {
                     landed?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(linger_end.unwrap_or_else(tokio::time::Instant::now)),
+                    if linger_end.is_some() => {
+                    self.publish_buffers(slots, false).await?;
                     continue;
                 }
                 event = rx.recv() => event,
@@ -269,17 +285,26 @@ impl Passes {
         }
         if !self.publisher.is_dropped(shard) {
             slot.buffer.push(&row, partition, ts);
+            self.oldest_buffered.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
 
-    /// Ends the pass of every shard still streaming: each publishes its remaining rows and marks
-    /// the pass done. Small shards share transactions (each with its own fence), as many as fit.
-    async fn finish_shards(
+    /// Publishes the shards' buffered rows, small shards sharing transactions (each with its own
+    /// fence), as many as fit. With `end_of_pass`, every shard still streaming publishes (even
+    /// with nothing buffered) and marks its pass done; otherwise (the linger time is up) only
+    /// shards with rows publish, and their passes go on.
+    async fn publish_buffers(
         &mut self,
         slots: &mut HashMap<u32, ShardSlot>,
+        end_of_pass: bool,
     ) -> Result<(), StreamerError> {
-        let mut shards: Vec<u32> = slots.keys().copied().collect();
+        self.oldest_buffered = None;
+        let mut shards: Vec<u32> = slots
+            .iter()
+            .filter(|(_, slot)| end_of_pass || !slot.buffer.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
         shards.sort_unstable();
         let mut packing = Packing::default();
         for shard in shards {
@@ -289,7 +314,7 @@ impl Passes {
             let part = slots
                 .get_mut(&shard)
                 .expect("a streamed shard")
-                .take_part(true);
+                .take_part(end_of_pass);
             if let Some(full) = packing.add(part) {
                 self.publisher.launch(full).await?;
             }
