@@ -83,9 +83,9 @@ install_node_tools() {
   local dir="$CACHE/node" stamp
   stamp="$(digest "$TOOLS/package.json" "$TOOLS/package-lock.json") $(node --version)"
   if [[ -d "$dir/node_modules" && "$(cat "$dir/.stamp" 2>/dev/null)" == "$stamp" ]]; then
-    echo "using cached @kubernetes-models/keda and @kubernetes-models/knative"
+    echo "using cached @kubernetes-models/keda, knative and prometheus-operator"
   else
-    echo "installing @kubernetes-models/keda and @kubernetes-models/knative"
+    echo "installing @kubernetes-models/keda, knative and prometheus-operator"
     rm -rf "$dir"
     mkdir -p "$dir"
     cp "$TOOLS/package.json" "$TOOLS/package-lock.json" "$dir/"
@@ -225,6 +225,11 @@ manifests mutate "$WORK/default.yaml" NetworkPolicy -collector \
   spec.ingress.0.from.0.podSelector '{"matchLabels": {"app.kubernetes.io/instance": "gpu-telemetry"}}' >"$WORK/bad-collector-policy.yaml"
 expect_rejected "collector NetworkPolicy admitting every pod of the release" "admits etcd pods to the collector" \
   manifests validate "$WORK/bad-collector-policy.yaml"
+manifests mutate "$WORK/external-etcd-tls.yaml" Deployment -collector \
+  spec.template.spec.containers.0.env.0 '{"name": "ETCD_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "auth", "key": "password"}}}' \
+  >"$WORK/bad-password-env.yaml"
+expect_rejected "etcd password from a Secret as an env var" "ETCD_PASSWORD comes from a Secret as an env var" \
+  manifests validate "$WORK/bad-password-env.yaml"
 manifests mutate "$WORK/default.yaml" ScaledObject -collector apiVersion '"keda.sh/v1alpha2"' >"$WORK/bad-kind.yaml"
 expect_rejected "unknown apiVersion is an error, not skipped" "Couldn't find schema for kind ScaledObject" \
   manifests validate "$WORK/bad-kind.yaml"

@@ -1,9 +1,10 @@
-// Validates KEDA and Knative custom resources against their CRD schemas, offline.
+// Validates KEDA, Knative and prometheus-operator custom resources against their CRD schemas, offline.
 //
 // Input: a JSON file holding [{id, doc}, ...]. Output (stdout): JSON [{id, errors: [string]}].
-// The schemas are the compiled validators shipped by @kubernetes-models/keda and
-// @kubernetes-models/knative. Those validators do not reject unknown fields, which is how a typo
-// slips through to a cluster that silently drops it, so this script adds a strict mode: it watches
+// The schemas are the compiled validators shipped by @kubernetes-models/keda,
+// @kubernetes-models/knative and @kubernetes-models/prometheus-operator. Those validators do not
+// reject unknown fields, which is how a typo slips through to a cluster that silently drops it, so
+// this script adds a strict mode: it watches
 // which properties the validator reads and reports every property it never looked at, except
 // inside free-form maps (which the validator enumerates) and free-form objects (which it never
 // opens).
@@ -11,11 +12,13 @@ import { readFileSync } from "node:fs";
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject";
 import { TriggerAuthentication } from "@kubernetes-models/keda/keda.sh/v1alpha1/TriggerAuthentication";
 import { Service as KnativeService } from "@kubernetes-models/knative/serving.knative.dev/v1/Service";
+import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 
 const MODELS = new Map([
   ["keda.sh/v1alpha1/ScaledObject", ScaledObject],
   ["keda.sh/v1alpha1/TriggerAuthentication", TriggerAuthentication],
   ["serving.knative.dev/v1/Service", KnativeService],
+  ["monitoring.coreos.com/v1/ServiceMonitor", ServiceMonitor],
 ]);
 
 // Wraps every object and array in a proxy that records how the validator touched it.

@@ -40,6 +40,7 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("serving.knative.dev/v1", "Service"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
 # KEDA's etcd scaler reads these trigger metadata keys and silently ignores any other.
 ETCD_TRIGGER_KEYS = {
@@ -184,6 +185,11 @@ def security_errors(manifest: Manifest, spec: dict[str, Any]) -> list[str]:
             errors.append(f"{where}: securityContext.capabilities.drop must contain ALL")
         if context.get("privileged"):
             errors.append(f"{where}: privileged containers are not allowed")
+        for env in container.get("env") or []:
+            # A password in the environment shows in the pod spec and every process listing.
+            secret = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if secret and env.get("name", "").endswith("PASSWORD"):
+                errors.append(f"{where}: {env['name']} comes from a Secret as an env var; mount it as a file")
     return errors
 
 

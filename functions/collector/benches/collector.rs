@@ -1,6 +1,7 @@
 //! Collector benchmark: samples/s consumed and persisted by one collector from a real etcd, next to
 //! raw etcd writes of the same message bytes in the same run, stored bytes per sample, and the
-//! registry's bytes and puts.
+//! registry's bytes and puts; then the same throughput for generated fleets of 10,000 and 100,000
+//! GPUs (one pass each: every message covers 500 GPUs, as the streamer's batches of a fleet do).
 //! Writes `target/bench/collector.json`. Run with `cargo bench -p collector`.
 
 #[path = "../tests/common/mod.rs"]
@@ -9,16 +10,23 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use collector::{CollectorMetrics, DeliveryProcessor};
 use etcd_client::{GetOptions, Txn, TxnOp};
-use etcd_queue::{ConsumerConfig, Queue};
+use etcd_queue::{ConsumerConfig, OutgoingMessage, Queue};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use telemetry_model::TimestampMicros;
-use test_support::{median, unique_prefix, BenchReport, EtcdHarness};
+use telemetry_model::{BatchEvent, DcgmCsvReader, RowOutcome, SampleBatch, TimestampMicros};
+use test_support::{median, target_dir, unique_prefix, BenchReport, EtcdHarness, Fleet};
 
 const PASSES: usize = 40;
 const RUNS: usize = 3;
+/// Fleet sizes measured besides the real 247 GPUs, and runs of each.
+const FLEETS: [usize; 2] = [10_000, 100_000];
+const FLEET_RUNS: usize = 3;
+/// Samples per queue message, as the streamer's default batch.
+const BATCH_SIZE: usize = 500;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +107,29 @@ fn main() {
                 footprint.registry_value_bytes
             );
         }
+        let rate_247 = median(&rates);
+        for gpus in FLEETS {
+            let dir = target_dir().join("bench-data");
+            std::fs::create_dir_all(&dir).unwrap();
+            let fleet = Fleet::generate(&dir, gpus, 7);
+            let mut fleet_rates = Vec::new();
+            for _ in 0..FLEET_RUNS {
+                // A fresh etcd per run: a first pass over a fleet writes every GPU's records
+                // (over a gigabyte at 100,000 GPUs), which would fill one member's quota.
+                let etcd = EtcdHarness::start_with_args(&["--quota-backend-bytes", "8589934592"]).await;
+                fleet_rates.push(fleet_run(&etcd.client().await, &fleet).await);
+            }
+            report.add(json!({
+                "name": "collector_fleet_throughput",
+                "gpus": gpus,
+                "samples_per_run": fleet.rows,
+                "runs": FLEET_RUNS,
+                "collector_samples_per_s": median(&fleet_rates),
+                "collector_samples_per_s_at_247_gpus": rate_247,
+                "vs_247_gpus": median(&fleet_rates) / rate_247,
+            }));
+            std::fs::remove_file(&fleet.path).ok();
+        }
         report.add(json!({
             "name": "collector_throughput",
             "passes": PASSES,
@@ -114,6 +145,91 @@ fn main() {
         }));
         report.write();
     });
+}
+
+/// One pass of `fleet` published in batches of `BATCH_SIZE` samples per partition, in the file's
+/// order (metric by metric over the fleet), then consumed and persisted by one collector;
+/// returns samples/s. A first pass: every GPU is new, so its records are created (and its
+/// identity rewritten for each of its ten metrics, which arrive in ten messages).
+async fn fleet_run(client: &etcd_client::Client, fleet: &Fleet) -> f64 {
+    let prefix = unique_prefix("bench-collector-fleet");
+    let queue = Queue::open(client.clone(), common::queue_config(&prefix))
+        .await
+        .unwrap();
+    let t0 = TimestampMicros::now().0 - 3_600_000_000;
+    let mut producer = queue.producer();
+    let mut builders: BTreeMap<u32, telemetry_model::SampleBatchBuilder> = BTreeMap::new();
+    let mut outgoing = Vec::new();
+    let mut batches = 0;
+    let reader = DcgmCsvReader::open(&fleet.path).unwrap();
+    for (i, row) in reader.filter_map(RowOutcome::row).enumerate() {
+        let partition = queue.partition_for(row.info.uuid.as_str().as_bytes());
+        let builder = builders
+            .entry(partition)
+            .or_insert_with(SampleBatch::builder);
+        builder.push(
+            &row.info,
+            &row.metric,
+            TimestampMicros(t0 + i as i64),
+            row.value,
+        );
+        if builder.len() >= BATCH_SIZE {
+            let batch = builders.remove(&partition).unwrap().build();
+            outgoing.push(fleet_message(partition, batches, batch));
+            batches += 1;
+        }
+        if outgoing.len() >= 16 {
+            producer
+                .publish_batch(std::mem::take(&mut outgoing))
+                .await
+                .unwrap();
+        }
+    }
+    for (partition, builder) in std::mem::take(&mut builders) {
+        outgoing.push(fleet_message(partition, batches, builder.build()));
+        batches += 1;
+    }
+    producer.publish_batch(outgoing).await.unwrap();
+    producer.close().await.unwrap();
+
+    let store = common::store_for(client.clone(), &prefix);
+    let mut registry = Registry::default();
+    let metrics = Arc::new(CollectorMetrics::register(&mut registry));
+    let mut processor = DeliveryProcessor::new(store, metrics);
+    let mut consumer = queue
+        .consumer(ConsumerConfig::new("bench-fleet"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut samples = 0;
+    while samples < fleet.rows {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("pending");
+        samples += processor
+            .process(&mut consumer, delivery)
+            .await
+            .unwrap()
+            .samples;
+    }
+    let elapsed = started.elapsed();
+    consumer.leave().await.unwrap();
+    assert_eq!(samples, fleet.rows, "every sample persisted once");
+    let rate = samples as f64 / elapsed.as_secs_f64();
+    println!(
+        "fleet of {} GPUs: {samples} samples in {batches} messages persisted in {elapsed:?} ({rate:.0}/s)",
+        fleet.gpus
+    );
+    rate
+}
+
+fn fleet_message(partition: u32, n: usize, batch: SampleBatch) -> OutgoingMessage {
+    OutgoingMessage {
+        partition,
+        payload: BatchEvent::new(format!("fleet-{n}"), "/bench/fleet", batch).to_json(),
+    }
 }
 
 /// Puts made under `prefix`: the sum of its keys' versions.

@@ -3,7 +3,6 @@
 //! so does a message whose samples cannot be persisted for a reason of their own (poison), so
 //! that no message blocks its partition.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +10,8 @@ use etcd_queue::{
     is_lease_not_found, is_request_refused, Consumer, DeadLetter, Delivery, Fence, QueueError,
     COMMIT_RESERVED_OPS, DEAD_LETTER_OPS, MAX_TXN_BYTES, MAX_TXN_OPS,
 };
-use telemetry_model::{BatchEvent, GpuUuid};
-use telemetry_store::{
-    group_by_gpu, ChunkTag, StoreWriter, TelemetryStore, COMPARES_PER_GPU, OPS_PER_GPU,
-};
+use telemetry_model::BatchEvent;
+use telemetry_store::{group_by_gpu, ChunkTag, FenceBudget, StoreWriter, TelemetryStore};
 
 use crate::metrics::CollectorMetrics;
 use crate::CollectorError;
@@ -47,11 +44,39 @@ pub struct DeliveryProcessor {
 /// What committing a prefix of a delivery came to.
 enum PrefixOutcome {
     Committed(Processed),
-    /// Its writes do not fit one transaction; nothing was written.
+    /// The writes of one of its GPUs alone do not fit one transaction; nothing was written.
     TooLarge,
     /// Its samples cannot be persisted for a reason of their own (the reason); nothing was
-    /// written.
+    /// committed.
     Poisoned(String),
+}
+
+/// The next step after a failed write of a delivery.
+enum Retry {
+    /// Reload the cache and prepare the writes again.
+    Again,
+    /// The partition moved to another member: stop; it continues from the committed offset.
+    Moved,
+    /// etcd refused the write for what it writes: the prefix's own data (the reason).
+    Poisoned(String),
+    /// Give the delivery back: it is delivered again.
+    Fail(CollectorError),
+}
+
+impl Retry {
+    /// How the prefix ends, `landed` samples having been stored by its transactions before the
+    /// failure; `None` to prepare its writes again.
+    fn end(self, landed: usize) -> Option<Result<PrefixOutcome, CollectorError>> {
+        match self {
+            Retry::Again => None,
+            Retry::Moved => Some(Ok(PrefixOutcome::Committed(Processed {
+                samples: landed,
+                ..Processed::default()
+            }))),
+            Retry::Poisoned(reason) => Some(Ok(PrefixOutcome::Poisoned(reason))),
+            Retry::Fail(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// What one processed delivery did.
@@ -150,9 +175,12 @@ impl DeliveryProcessor {
         }
     }
 
-    /// Persists and commits the first `take` messages of `delivery`, unless their writes do not
-    /// fit one transaction or cannot be persisted for a reason of their own (then nothing was
-    /// written).
+    /// Persists and commits the first `take` messages of `delivery`, unless the writes of one of
+    /// its GPUs alone do not fit a transaction or its samples cannot be persisted for a reason of
+    /// their own (then nothing is committed). The writes are split by
+    /// GPU into as many transactions as they need: all but the last are written fenced on
+    /// ownership and offset (each GPU's open chunk marked with the prefix's last message, so a
+    /// rewrite after a crash skips what landed), the last goes with the commit.
     async fn commit_prefix(
         &mut self,
         consumer: &mut Consumer,
@@ -168,7 +196,7 @@ impl DeliveryProcessor {
         let mut events = Vec::new();
         for (message, d) in prefix.messages.iter().zip(decoded) {
             match d {
-                Decoded::Event(event) => events.push(&event.batch),
+                Decoded::Event(event) => events.push((message.offset, &event.batch)),
                 Decoded::Undecodable(reason) => {
                     // The commit copies the payload into the dead-letter record.
                     dead_bytes += message.payload.len() + reason.len();
@@ -180,44 +208,78 @@ impl DeliveryProcessor {
                 }
             }
         }
-        let grouped = group_by_gpu(events.iter().copied());
+        // What the store's writes may spend in each transaction: the commit's budget, less the
+        // queue's own operations and compares and the dead letters it carries.
+        let queue_ops = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead.len();
+        let budget = FenceBudget {
+            ops: MAX_TXN_OPS.saturating_sub(queue_ops),
+            compares: MAX_TXN_OPS - COMMIT_RESERVED_COMPARES,
+            bytes: COMMIT_MAX_BYTES.saturating_sub(dead_bytes),
+        };
+        // One undecodable message alone cannot be split further: it is committed as it is (its
+        // payload is within the queue's message limit).
+        let lone_dead_letter = take == 1 && dead.len() == 1;
+        if (queue_ops > MAX_TXN_OPS || dead_bytes > COMMIT_MAX_BYTES) && !lone_dead_letter {
+            return Ok(PrefixOutcome::TooLarge);
+        }
         let started = Instant::now();
-        for attempt in 0..=FENCE_RETRIES {
-            let mut prepared = match self.writer.prepare(&grouped).await {
-                Ok(p) => p,
+        // Samples of transactions that landed before the commit (they stay stored whatever
+        // happens to the commit).
+        let mut landed = 0;
+        'attempts: for attempt in 0..=FENCE_RETRIES {
+            let writes = match self
+                .writer
+                .prepare_delivery(delivery.partition, &events, budget)
+                .await
+            {
+                Ok(Some(writes)) => writes,
+                Ok(None) => {
+                    tracing::debug!(
+                        messages = take,
+                        "one GPU's writes exceed a transaction; committing a shorter prefix"
+                    );
+                    return Ok(PrefixOutcome::TooLarge);
+                }
                 Err(e) if e.is_caused_by_data() => {
                     self.writer.invalidate_all();
                     return Ok(PrefixOutcome::Poisoned(format!("not persistable: {e}")));
                 }
                 Err(e) => {
                     consumer.abandon(delivery);
+                    self.writer.invalidate_all();
                     return Err(e.into());
                 }
             };
-            let fence = &prepared.fence;
-            let fits = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead.len() + fence.ops.len()
-                <= MAX_TXN_OPS
-                && COMMIT_RESERVED_COMPARES + fence.compares.len() <= MAX_TXN_OPS
-                && fence.bytes + dead_bytes <= COMMIT_MAX_BYTES;
-            // One undecodable message alone cannot be split further: it is committed as it is
-            // (its payload is within the queue's message limit).
-            let lone_dead_letter = take == 1 && dead.len() == 1;
-            if !fits && !lone_dead_letter {
-                tracing::debug!(
-                    messages = take,
-                    ops = fence.ops.len(),
-                    bytes = fence.bytes,
-                    "prepared writes exceed one transaction; committing a shorter prefix"
-                );
-                return Ok(PrefixOutcome::TooLarge);
+            let mut writes = writes.into_iter();
+            let mut last = writes.next_back().unwrap_or_default();
+            for mut write in writes {
+                let fence = std::mem::take(&mut write.fence);
+                match consumer.write_fenced(&prefix, fence).await {
+                    Ok(revision) => {
+                        landed += write.samples;
+                        self.metrics.samples_persisted.inc_by(write.samples as u64);
+                        self.metrics.samples_expired.inc_by(write.expired as u64);
+                        self.metrics.rejected_future(write.future);
+                        self.writer.committed(write, revision);
+                    }
+                    Err(e) => match self
+                        .after_failed_write(consumer, delivery, e)
+                        .await
+                        .end(landed)
+                    {
+                        None => continue 'attempts,
+                        Some(end) => return end,
+                    },
+                }
             }
-            let (samples, expired, future) = (prepared.samples, prepared.expired, prepared.future);
-            // The fence moves into the commit; the rest of `prepared` updates the cache after it.
-            let fence = std::mem::take(&mut prepared.fence);
+            let (samples, expired, future) = (last.samples, last.expired, last.future);
+            // The fence moves into the commit; the rest of `last` updates the cache after it.
+            let fence = std::mem::take(&mut last.fence);
             match consumer.commit(&prefix, fence, &dead).await {
                 Ok(revision) => {
-                    self.metrics.observe_ingest_lag(events.iter().copied());
-                    self.writer.committed(prepared, revision);
+                    self.metrics
+                        .observe_ingest_lag(events.iter().map(|(_, batch)| *batch));
+                    self.writer.committed(last, revision);
                     self.metrics.commits.inc();
                     self.metrics
                         .batches_persisted
@@ -231,44 +293,18 @@ impl DeliveryProcessor {
                         .observe(started.elapsed().as_secs_f64());
                     return Ok(PrefixOutcome::Committed(Processed {
                         messages: take,
-                        samples,
+                        samples: landed + samples,
                         dead_letters: dead.len(),
                     }));
                 }
-                Err(QueueError::FenceFailed) => {
-                    // Our cached chunks or records are stale: reload and try again.
-                    self.metrics.commit_conflicts.inc();
-                    self.writer.invalidate_all();
-                    tracing::debug!(attempt, "store fence failed; reloading");
-                }
-                Err(
-                    QueueError::LostOwnership { partition }
-                    | QueueError::StaleDelivery { partition, .. },
-                ) => {
-                    tracing::info!(
-                        partition,
-                        "partition moved away mid-delivery; its new owner continues"
-                    );
-                    self.writer.invalidate_all();
-                    return Ok(PrefixOutcome::Committed(Processed::default()));
-                }
-                Err(QueueError::Etcd { source, .. }) if is_lease_not_found(&source) => {
-                    // A retention lease expired between preparing and committing.
-                    self.store.leases().forget_all().await;
-                    self.writer.invalidate_all();
-                }
-                // etcd refused the commit for what it writes: the prefix's own data.
-                Err(QueueError::Etcd { source, .. }) if is_request_refused(&source) => {
-                    self.writer.invalidate_all();
-                    return Ok(PrefixOutcome::Poisoned(format!(
-                        "not persistable: etcd refused the commit: {source}"
-                    )));
-                }
-                Err(e) => {
-                    consumer.abandon(delivery);
-                    self.writer.invalidate_all();
-                    return Err(e.into());
-                }
+                Err(e) => match self
+                    .after_failed_write(consumer, delivery, e)
+                    .await
+                    .end(landed)
+                {
+                    None => tracing::debug!(attempt, "store fence failed; reloading"),
+                    Some(end) => return end,
+                },
             }
         }
         self.metrics.commit_conflicts.inc();
@@ -276,6 +312,43 @@ impl DeliveryProcessor {
         Err(CollectorError::CommitConflict {
             partition: delivery.partition,
         })
+    }
+
+    /// What to do after a write or commit for `delivery` failed with `error`.
+    async fn after_failed_write(
+        &mut self,
+        consumer: &mut Consumer,
+        delivery: &Delivery,
+        error: QueueError,
+    ) -> Retry {
+        self.writer.invalidate_all();
+        match error {
+            QueueError::FenceFailed => {
+                // Our cached chunks or records are stale: reload and try again.
+                self.metrics.commit_conflicts.inc();
+                Retry::Again
+            }
+            QueueError::LostOwnership { partition }
+            | QueueError::StaleDelivery { partition, .. } => {
+                tracing::info!(
+                    partition,
+                    "partition moved away mid-delivery; its new owner continues"
+                );
+                Retry::Moved
+            }
+            QueueError::Etcd { source, .. } if is_lease_not_found(&source) => {
+                // A retention lease expired between preparing and committing.
+                self.store.leases().forget_all().await;
+                Retry::Again
+            }
+            QueueError::Etcd { source, .. } if is_request_refused(&source) => Retry::Poisoned(
+                format!("not persistable: etcd refused the commit: {source}"),
+            ),
+            e => {
+                consumer.abandon(delivery);
+                Retry::Fail(e.into())
+            }
+        }
     }
 
     async fn process_oversized(
@@ -334,32 +407,36 @@ impl DeliveryProcessor {
     }
 }
 
-/// How many leading messages fit one commit transaction (0: not even the first).
+/// How many leading messages a commit can take (0: not even the first). The store's writes are
+/// split by GPU over as many transactions as they need (checked against the prepared writes), so
+/// what limits a commit here is what only the commit itself can carry: the dead letters (two
+/// operations and the payload each) and the messages of a batch too large to be stored through
+/// the open chunks. A batch of more samples than [`MAX_SAMPLES_PER_COMMIT`] ends the prefix
+/// before it, or alone makes it 0 (it is then written idempotently).
 fn fitting_prefix(decoded: &[Decoded]) -> usize {
-    let mut gpus: BTreeSet<&GpuUuid> = BTreeSet::new();
     let mut dead = 0;
-    let mut bytes = 0;
+    let mut dead_bytes = 0;
+    let mut samples = 0;
     for (i, d) in decoded.iter().enumerate() {
         match d {
-            Decoded::Event(event) => {
-                for gpu in &event.batch.gpus {
-                    gpus.insert(&gpu.uuid);
-                }
-                bytes += event.batch.len() * 16;
+            Decoded::Event(event) => samples += event.batch.len(),
+            Decoded::Undecodable(reason) => {
+                dead += 1;
+                dead_bytes += reason.len() + MAX_KEY_BYTES;
             }
-            Decoded::Undecodable(_) => dead += 1,
         }
-        let ops = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead + OPS_PER_GPU * gpus.len();
-        let compares = COMMIT_RESERVED_COMPARES + COMPARES_PER_GPU * gpus.len();
-        // Each GPU rewrites its open chunk and seen value and may seal one chunk and rewrite its
-        // identity: ~24 KiB worst case. At 4 operations per GPU a commit holds up to 31 GPUs.
-        let request = bytes + gpus.len() * 24 * 1024;
-        if ops > MAX_TXN_OPS || compares > MAX_TXN_OPS || request > COMMIT_MAX_BYTES {
+        let ops = COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead;
+        if ops > MAX_TXN_OPS || dead_bytes > COMMIT_MAX_BYTES || samples > MAX_SAMPLES_PER_COMMIT {
             return i;
         }
     }
     decoded.len()
 }
+
+/// Most samples one commit writes through the open chunks, however many transactions that takes:
+/// beyond it a delivery is cut (the rest comes again), which bounds the memory a prepared
+/// delivery holds.
+const MAX_SAMPLES_PER_COMMIT: usize = 256 * 1024;
 
 /// How long one poll waits for a delivery before the loop looks at ownership and shutdown again.
 pub const POLL_WAIT: Duration = Duration::from_millis(500);

@@ -352,35 +352,139 @@ async fn health_is_served_before_etcd_is_reachable_and_work_starts_once_it_is() 
     assert!(queue.status().await.unwrap().members.is_empty());
 }
 
+/// One event with every GPU of the real CSV: 247 GPUs need far more operations than one
+/// transaction allows, so the collector splits the writes by GPU over several transactions, the
+/// last of them the commit. Stored exactly once, committed once.
+#[tokio::test]
+async fn a_message_covering_more_gpus_than_a_transaction_is_split_by_gpu() {
+    use collector::DeliveryProcessor;
+    use etcd_queue::ConsumerConfig;
+
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-wide");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = store_for(etcd.client().await, &prefix);
+    let event = all_gpus_event(now_us() - 60_000_000);
+    publish_one(&queue, 5, &event).await;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
+    let mut processor = DeliveryProcessor::new(store.clone(), metrics);
+    let mut consumer = queue.consumer(ConsumerConfig::new("wide")).await.unwrap();
+    let delivery = consumer
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message");
+    let done = processor.process(&mut consumer, delivery).await.unwrap();
+    assert_eq!(
+        (done.messages, done.samples, done.dead_letters),
+        (1, ROWS, 0)
+    );
+    assert_eq!(queue.depth().await.unwrap(), 0, "committed");
+    consumer.leave().await.unwrap();
+    assert_store_exact(&store, 1).await;
+    // Through the open chunks, not one immutable chunk per GPU and message.
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(footprint.chunks, 247, "one open chunk per GPU");
+}
+
+/// A collector that wrote some of a wide delivery's transactions and died before the commit:
+/// the next one writes the delivery again, and the marks on the open chunks make the GPUs
+/// already written skip the samples they hold.
+#[tokio::test]
+async fn a_wide_delivery_rewritten_after_a_crash_between_its_transactions_is_stored_once() {
+    use etcd_queue::{ConsumerConfig, COMMIT_RESERVED_OPS};
+    use telemetry_store::{FenceBudget, StoreWriter};
+
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("collector-wide-crash");
+    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+        .await
+        .unwrap();
+    let store = store_for(etcd.client().await, &prefix);
+    let event = all_gpus_event(now_us() - 60_000_000);
+    publish_one(&queue, 3, &event).await;
+
+    // The first collector: prepares the delivery, writes two of its transactions, then "dies"
+    // (leaves the group without committing).
+    let mut crashed = queue
+        .consumer(ConsumerConfig::new("crashed"))
+        .await
+        .unwrap();
+    let delivery = crashed
+        .poll(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message");
+    let mut writer = StoreWriter::new(store.clone());
+    let budget = FenceBudget {
+        ops: etcd_queue::MAX_TXN_OPS - COMMIT_RESERVED_OPS,
+        compares: etcd_queue::MAX_TXN_OPS - 2,
+        bytes: 1024 * 1024,
+    };
+    let writes = writer
+        .prepare_delivery(
+            delivery.partition,
+            &[(delivery.messages[0].offset, &event.batch)],
+            budget,
+        )
+        .await
+        .unwrap()
+        .expect("every GPU fits a transaction");
+    assert!(writes.len() > 3, "{} transactions", writes.len());
+    let mut landed = 0;
+    for mut write in writes.into_iter().take(2) {
+        landed += write.samples;
+        let fence = std::mem::take(&mut write.fence);
+        crashed.write_fenced(&delivery, fence).await.unwrap();
+    }
+    assert!(landed > 0 && landed < ROWS);
+    assert_eq!(store.footprint().await.unwrap().samples, landed as u64);
+    crashed.abandon(&delivery);
+    crashed.leave().await.unwrap();
+
+    // The next collector gets the same delivery and finishes it.
+    let committed = drain_deliveries(&queue, &store, ConsumerConfig::new("next")).await;
+    assert_eq!(committed, vec![(1, ROWS - landed, 0)]);
+    assert_store_exact(&store, 1).await;
+}
+
+/// A message whose single GPU needs more operations than one transaction allows (here: more
+/// seals than fit, with 2-sample chunks) is written with idempotent keys and then committed. A
+/// previous attempt that crashed after writing but before committing leaves the same keys.
 #[tokio::test]
 async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committed() {
     use collector::DeliveryProcessor;
     use etcd_queue::ConsumerConfig;
-    use telemetry_store::{group_by_gpu, ChunkTag};
+    use telemetry_model::{GpuInfo, GpuUuid, MetricName};
+    use telemetry_store::{group_by_gpu, ChunkTag, SampleQuery, StoreConfig, TelemetryStore};
 
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("collector-oversized");
     let queue = Queue::open(etcd.client().await, queue_config(&prefix))
         .await
         .unwrap();
-    let store = store_for(etcd.client().await, &prefix);
-    // One event with every GPU of the real CSV: 247 GPUs need more operations than one
-    // transaction allows, so the collector takes the idempotent path for it.
-    let mut builder = SampleBatch::builder();
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: prefix.clone(),
+            chunk_max_samples: 2,
+            ..StoreConfig::default()
+        },
+    );
+    // 300 samples of one GPU: 150 chunks of 2, over the 128 operations of a transaction.
+    let gpu = GpuInfo::new(GpuUuid::parse("GPU-oversized").unwrap());
+    let metric = MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap();
     let t0 = now_us() - 60_000_000;
-    for (i, (info, metric, value)) in real_rows().iter().enumerate() {
-        builder.push(info, metric, TimestampMicros(t0 + i as i64), *value);
+    let mut builder = SampleBatch::builder();
+    for i in 0..300 {
+        builder.push(&gpu, &metric, TimestampMicros(t0 + i), i as f64);
     }
-    let event = BatchEvent::new("all-gpus", "/test/oversized", builder.build());
-    let mut producer = queue.producer();
-    let position = producer
-        .publish_batch(vec![OutgoingMessage {
-            partition: 5,
-            payload: event.to_json(),
-        }])
-        .await
-        .unwrap()[0];
-    producer.close().await.unwrap();
+    let event = BatchEvent::new("one-gpu", "/test/oversized", builder.build());
+    let position = publish_one(&queue, 5, &event).await;
     // A previous attempt crashed after writing but before committing: the same keys exist already.
     let tag = ChunkTag::Message {
         partition: position.partition,
@@ -406,7 +510,7 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
     let done = processor.process(&mut consumer, delivery).await.unwrap();
     assert_eq!(
         (done.messages, done.samples, done.dead_letters),
-        (1, ROWS, 0)
+        (1, 300, 0)
     );
     assert_eq!(
         queue.depth().await.unwrap(),
@@ -414,12 +518,48 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
         "committed after the writes"
     );
     consumer.leave().await.unwrap();
-    assert_store_exact(&store, 1).await;
+    let samples = store
+        .query(
+            &gpu.uuid,
+            &SampleQuery {
+                limit: 1_000,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .samples;
+    let times: Vec<i64> = samples.iter().map(|s| s.timestamp.0 - t0).collect();
+    assert_eq!(times, (0..300).collect::<Vec<i64>>(), "each sample once");
 }
 
-/// GPUs with more samples in one delivery than a chunk holds seal several chunks each; when the
-/// estimate's prefix needs more operations than a transaction allows, the collector commits a
-/// shorter prefix and the rest on the next delivery: everything stored once, nothing stuck.
+/// One event with every row of the real CSV, stamped from `t0` on.
+fn all_gpus_event(t0: i64) -> BatchEvent {
+    let mut builder = SampleBatch::builder();
+    for (i, (info, metric, value)) in real_rows().iter().enumerate() {
+        builder.push(info, metric, TimestampMicros(t0 + i as i64), *value);
+    }
+    BatchEvent::new("all-gpus", "/test/wide", builder.build())
+}
+
+/// Publishes `event` alone on `partition`.
+async fn publish_one(queue: &Queue, partition: u32, event: &BatchEvent) -> etcd_queue::Position {
+    let mut producer = queue.producer();
+    let position = producer
+        .publish_batch(vec![OutgoingMessage {
+            partition,
+            payload: event.to_json(),
+        }])
+        .await
+        .unwrap()[0];
+    producer.close().await.unwrap();
+    position
+}
+
+/// GPUs with more samples in one delivery than a chunk holds seal several chunks each. Writes
+/// that need more operations than a transaction allows are split by GPU; when a single GPU's
+/// writes alone do not fit, the collector commits a shorter prefix and the rest on the next
+/// delivery: everything stored once, nothing stuck.
 #[tokio::test]
 async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
     use etcd_queue::ConsumerConfig;
@@ -441,7 +581,9 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
     );
     // 4 messages on one partition, each with 8 GPUs x 10 metrics x 5 timestamps (50 samples per
     // GPU). All 4 together: 200 samples per GPU, 19 seals + open, seen and identity = 22
-    // operations x 8 GPUs = 176, over etcd's 128. Two messages: 9 seals + 3 = 12 x 8 = 96.
+    // operations x 8 GPUs = 176, over etcd's 128: two transactions of GPUs. Then a ninth GPU
+    // with 1,300 samples in each of two messages, 130 seals each: too many for one transaction
+    // alone.
     let gpus: Vec<GpuInfo> = (0..8)
         .map(|g| GpuInfo::new(GpuUuid::parse(&format!("GPU-seals-{g}")).unwrap()))
         .collect();
@@ -469,10 +611,35 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
             .await
             .unwrap();
     }
+    let wide = GpuInfo::new(GpuUuid::parse("GPU-seals-wide").unwrap());
+    for message in 0..2i64 {
+        let mut builder = SampleBatch::builder();
+        for step in 0..130 {
+            let at = TimestampMicros(t0 + 100_000 + (message * 130 + step) * 1_000);
+            for (m, metric) in metrics.iter().enumerate() {
+                builder.push(&wide, metric, at, m as f64);
+            }
+        }
+        let event = BatchEvent::new(format!("wide-{message}"), "/test/seals", builder.build());
+        producer
+            .publish_batch(vec![OutgoingMessage {
+                partition: 0,
+                payload: event.to_json(),
+            }])
+            .await
+            .unwrap();
+    }
     producer.close().await.unwrap();
 
     let committed = drain_deliveries(&queue, &store, ConsumerConfig::new("seals")).await;
-    assert_eq!(committed, vec![(2, 800, 0), (2, 800, 0)]);
+    // The six messages come in one delivery: the wide GPU's writes do not fit a transaction, so
+    // the prefix is halved to the first three messages (the 8 GPUs' writes split over two
+    // transactions), then the next delivery is halved to one; the wide GPU's messages go one
+    // commit each (130 seals exceed a transaction even alone: written idempotently).
+    assert_eq!(
+        committed,
+        vec![(3, 1200, 0), (1, 400, 0), (1, 1300, 0), (1, 1300, 0)]
+    );
     for gpu in &gpus {
         let samples = store
             .query(
@@ -495,7 +662,19 @@ async fn a_delivery_that_seals_many_chunks_is_committed_in_shorter_prefixes() {
         sorted.dedup();
         assert_eq!(keys, sorted, "{}: ordered, no duplicates", gpu.uuid);
     }
-    assert_eq!(store.footprint().await.unwrap().samples, 1_600);
+    let wide_samples = store
+        .query(
+            &wide.uuid,
+            &SampleQuery {
+                limit: 10_000,
+                ..SampleQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .samples;
+    assert_eq!(wide_samples.len(), 2_600);
+    assert_eq!(store.footprint().await.unwrap().samples, 1_600 + 2_600);
 }
 
 /// Undecodable messages are copied into their dead-letter records: two large ones that together

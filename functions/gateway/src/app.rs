@@ -1,18 +1,23 @@
 //! The whole HTTP application: API routes, `/openapi.json`, the Swagger UI and the dashboard
-//! (assets compiled into the binary), `/healthz` `/readyz` `/metrics`, and the layers every
-//! request goes through (tracing, metrics, CORS, gzip, problem documents for bare errors, request
-//! timeout, body limit).
+//! (assets compiled into the binary), `/healthz` `/readyz` `/metrics`, the layers every request
+//! goes through (tracing, metrics, CORS, gzip, problem documents for bare errors, request timeout,
+//! body limit), and the API's concurrency limit.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{from_fn_with_state, map_response, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use function_runtime::{ops_router, Readiness};
+use http_body::{Frame, SizeHint};
 use prometheus_client::registry::Registry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
@@ -46,7 +51,9 @@ pub fn app(state: ApiState, readiness: Readiness, settings: &HttpSettings) -> Ro
             .and(NotForContentType::IMAGES)
             .and(NotForContentType::SSE),
     );
+    let limiter = ConcurrencyLimit::new(settings.max_concurrency);
     api.with_state(state)
+        .layer(from_fn_with_state(limiter, limit_concurrency))
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", spec))
         .merge(crate::ui::router())
         .merge(ops_router(Arc::new(registry), readiness))
@@ -73,6 +80,67 @@ async fn route_not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// The API's admission control: a fixed number of requests in flight.
+#[derive(Clone)]
+struct ConcurrencyLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConcurrencyLimit {
+    fn new(max: usize) -> Self {
+        ConcurrencyLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+/// Admits an API request if fewer than the limit are in flight, else answers 503 with
+/// `Retry-After` at once (a queue would only grow under overload). The permit is held until the
+/// response body has been sent: a streamed GPU list counts while it streams.
+async fn limit_concurrency(
+    State(limit): State<ConcurrencyLimit>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
+        return ApiError::Overloaded(limit.max).into_response();
+    };
+    next.run(request).await.map(|body| {
+        Body::new(PermitBody {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+/// A response body that holds a concurrency permit until it is dropped (sent or abandoned).
+struct PermitBody {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Answers 503 when the handler takes longer than the request timeout.

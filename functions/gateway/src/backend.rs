@@ -1,23 +1,29 @@
 //! What the API does, without HTTP: reads from the telemetry store and the queue, each etcd call
-//! bounded by the etcd timeout, shaped into the response DTOs.
+//! bounded by the etcd timeout, shaped into the response DTOs. Work per request is bounded: the
+//! GPU list is written page by page as the registry is read ([`GpuListing`]), and aggregations
+//! are folded as chunks are decoded, after a check that their buckets stay within the points per
+//! series.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use etcd_client::Client;
-use telemetry_model::{GpuUuid, TimestampMicros};
-use telemetry_store::{aggregate, GpuRecord, TelemetryStore};
+use promql_engine::Engine;
+use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
+use telemetry_store::{Aggregator, GpuPages, GpuRecord, TelemetryStore};
 
 use crate::config::Config;
 use crate::dcgm_fields::dcgm_field;
 use crate::dto::{
-    GpuDetail, GpuList, GpuSummary, LatestValues, MetricInfo, MetricList, PartitionInfo, QueueInfo,
+    GpuDetail, GpuSummary, LatestValues, MetricInfo, MetricList, PartitionInfo, QueueInfo,
     TelemetryEntry, TelemetryPage,
 };
 use crate::error::ApiError;
-use crate::params::{ListGpusParams, TelemetryRequest};
+use crate::fleet_latest::GpuLatest;
+use crate::params::{GpuListRequest, TelemetryRequest};
 use crate::queue_view::QueueView;
 
 /// The store and queue readers of one deployment (one key prefix).
@@ -26,6 +32,9 @@ pub struct Backend {
     store: TelemetryStore,
     queue: QueueView,
     etcd_timeout: Duration,
+    request_timeout: Duration,
+    max_points_per_series: usize,
+    engine: Engine,
 }
 
 impl Backend {
@@ -44,11 +53,19 @@ impl Backend {
             store,
             queue: QueueView::new(client, queue_config),
             etcd_timeout,
+            request_timeout: config.http.request_timeout,
+            max_points_per_series: config.max_points_per_series,
+            engine: Engine::new(config.promql.clone()),
         }
     }
 
     pub fn store(&self) -> &TelemetryStore {
         &self.store
+    }
+
+    /// The PromQL engine of the Prometheus API.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Runs one etcd-backed call, answering 503 if etcd does not answer in time.
@@ -72,36 +89,37 @@ impl Backend {
             .ok_or_else(|| ApiError::GpuNotFound(id.to_string()))
     }
 
-    /// Every GPU with telemetry matching the filters, sorted by hostname, GPU index, UUID.
-    pub async fn list_gpus(&self, filter: &ListGpusParams) -> Result<GpuList, ApiError> {
-        let records = self.bounded("list GPUs", self.store.list_gpus()).await?;
-        let mut gpus: Vec<GpuSummary> = records
-            .iter()
-            .filter(|r| {
-                filter
-                    .hostname
-                    .as_ref()
-                    .is_none_or(|h| r.info.hostname.as_ref() == Some(h))
-                    && filter
-                        .model_name
-                        .as_ref()
-                        .is_none_or(|m| r.info.model_name.as_ref() == Some(m))
-            })
-            .map(GpuSummary::from)
-            .collect();
-        // GPUs without an index sort after the indexed ones of their host.
-        gpus.sort_by(|a, b| {
-            (&a.hostname, a.gpu_id.is_none(), a.gpu_id, &a.uuid).cmp(&(
-                &b.hostname,
-                b.gpu_id.is_none(),
-                b.gpu_id,
-                &b.uuid,
-            ))
-        });
-        Ok(GpuList {
-            count: gpus.len(),
-            gpus,
-        })
+    /// The GPUs with telemetry matching the filters, in UUID order, as a JSON body written page
+    /// by page as the registry is read, `entry` for each GPU: memory stays one registry page
+    /// whatever the fleet. The first page is read here, so that a failure to read it is an error
+    /// answer; a failure later ends the body early (the client sees a broken response, never a
+    /// short list).
+    pub async fn list_gpus(
+        &self,
+        request: &GpuListRequest,
+        entry: ListingEntry,
+    ) -> Result<GpuListing, ApiError> {
+        let mut listing = GpuListing {
+            entry,
+            // Once the answer has started it cannot become an error answer any more, so pages
+            // after the first retry etcd's transient failures (each bounded by the client's
+            // request timeout) until the request's own deadline.
+            pages: self
+                .store
+                .gpu_pages(request.after.as_ref())
+                .retrying_for(self.request_timeout),
+            request: request.clone(),
+            etcd_timeout: self.etcd_timeout,
+            request_timeout: self.request_timeout,
+            deadline: Instant::now() + self.request_timeout,
+            buffered: Vec::new(),
+            written: 0,
+            last: None,
+            state: ListingState::Opening,
+            started: false,
+        };
+        listing.fill().await?;
+        Ok(listing)
     }
 
     pub async fn gpu(&self, id: &GpuUuid) -> Result<GpuDetail, ApiError> {
@@ -112,7 +130,7 @@ impl Backend {
         Ok(LatestValues::from(&self.record(id).await?))
     }
 
-    /// One page of a GPU's samples (or of its downsampled buckets).
+    /// One page of a GPU's samples (or of its aggregated buckets).
     pub async fn telemetry(
         &self,
         id: &GpuUuid,
@@ -127,17 +145,38 @@ impl Backend {
                     .await?;
                 (page.samples, page.next_cursor)
             }
-            Some((step_us, aggregation)) => {
-                let start = query.start.unwrap_or(TimestampMicros(i64::MIN));
-                let end = query.end.unwrap_or(TimestampMicros(i64::MAX));
-                let samples = self
-                    .bounded(
-                        "read telemetry",
-                        self.store
-                            .read_window(id, start, end, query.metrics.as_deref()),
-                    )
-                    .await?;
-                query.page(aggregate(&samples, step_us, aggregation))
+            Some((step, aggregation)) => {
+                // Every stored sample of the GPU lies between its first and last sighting.
+                let lo = query
+                    .start
+                    .unwrap_or(record.first_seen)
+                    .max(record.first_seen);
+                let hi = query.end.unwrap_or(record.last_seen).min(record.last_seen);
+                let buckets = buckets_per_series(lo, hi, step);
+                let refused = || too_many_points(lo, hi, step, buckets, self.max_points_per_series);
+                if buckets > self.max_points_per_series {
+                    return Err(refused());
+                }
+                let series = match &query.metrics {
+                    Some(names) => names
+                        .iter()
+                        .filter(|m| record.latest.contains_key(*m))
+                        .count(),
+                    None => record.latest.len(),
+                };
+                let mut aggregator =
+                    Aggregator::new(step, aggregation, buckets.saturating_mul(series.max(1)));
+                if lo <= hi {
+                    self.store
+                        .for_each_sample(id, lo, hi, query.metrics.as_deref(), |sample| {
+                            aggregator.add(&sample)
+                        })
+                        .await?;
+                }
+                if aggregator.overflowed() {
+                    return Err(refused());
+                }
+                query.page(aggregator.finish(query.start))
             }
         };
         let entries: Vec<TelemetryEntry> = samples.iter().map(TelemetryEntry::from).collect();
@@ -149,13 +188,16 @@ impl Backend {
         })
     }
 
-    /// Metric names seen on any GPU, with the DCGM description and unit where known.
+    /// Metric names seen on any GPU, with the DCGM description and unit where known (the
+    /// registry is read page by page; only the counts per name are kept).
     pub async fn metrics(&self) -> Result<MetricList, ApiError> {
-        let records = self.bounded("list GPUs", self.store.list_gpus()).await?;
         let mut gpu_counts: BTreeMap<String, usize> = BTreeMap::new();
-        for record in &records {
-            for metric in record.metrics() {
-                *gpu_counts.entry(metric.to_string()).or_default() += 1;
+        let mut pages = self.store.gpu_pages(None);
+        while let Some(records) = self.bounded("list GPUs", pages.next_page()).await? {
+            for record in &records {
+                for metric in record.metrics() {
+                    *gpu_counts.entry(metric.to_string()).or_default() += 1;
+                }
             }
         }
         let metrics: Vec<MetricInfo> = gpu_counts
@@ -211,6 +253,225 @@ impl Backend {
                     .collect(),
                 members: status.members,
             },
+        })
+    }
+}
+
+/// Step-aligned buckets (one without a step) that the inclusive window `[lo, hi]` touches.
+fn buckets_per_series(lo: TimestampMicros, hi: TimestampMicros, step: Option<i64>) -> usize {
+    if lo > hi {
+        return 0;
+    }
+    match step {
+        None => 1,
+        Some(step) => {
+            let buckets = hi.0.div_euclid(step) as i128 - lo.0.div_euclid(step) as i128 + 1;
+            usize::try_from(buckets).unwrap_or(usize::MAX)
+        }
+    }
+}
+
+/// The 400 for a step too fine for the window, saying what would fit.
+fn too_many_points(
+    lo: TimestampMicros,
+    hi: TimestampMicros,
+    step: Option<i64>,
+    buckets: usize,
+    max: usize,
+) -> ApiError {
+    let span = (hi.0 as i128 - lo.0 as i128 + 1).max(1);
+    // With this step the window touches at most span / step + 2 buckets.
+    let fitting = div_ceil(span, max.saturating_sub(2).max(1) as i128).max(1);
+    ApiError::TooManyPoints(format!(
+        "step={} over the {} of data in the window ({} to {}) makes {buckets} buckets per metric, more than the {max} points per series a query may have: use step={} or more, or a shorter window",
+        step.map_or_else(|| "none".into(), format_step),
+        format_step(span.min(i64::MAX as i128) as i64),
+        lo.to_rfc3339(),
+        hi.to_rfc3339(),
+        format_step(fitting.min(i64::MAX as i128) as i64),
+    ))
+}
+
+/// `a / b` rounded up, for positive `a` and `b`.
+fn div_ceil(a: i128, b: i128) -> i128 {
+    (a + b - 1) / b
+}
+
+/// `us` microseconds as a step the API accepts, rounded up to a whole unit.
+fn format_step(us: i64) -> String {
+    const UNITS: [(i64, &str); 5] = [
+        (86_400_000_000, "d"),
+        (3_600_000_000, "h"),
+        (60_000_000, "m"),
+        (1_000_000, "s"),
+        (1_000, "ms"),
+    ];
+    for (unit_us, unit) in UNITS {
+        if us >= unit_us {
+            return format!("{}{unit}", div_ceil(us as i128, unit_us as i128));
+        }
+    }
+    format!("{}us", us.max(1))
+}
+
+/// Where a streamed GPU list is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListingState {
+    /// `{"gpus":[` not written yet.
+    Opening,
+    /// Writing GPUs.
+    Listing,
+    /// The limit is reached; looking for one more matching GPU to know whether to give a cursor.
+    Full,
+    /// Everything written.
+    Done,
+}
+
+/// What a GPU listing writes for each GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingEntry {
+    /// Its summary (`GET /api/v1/gpus`).
+    Summary,
+    /// Its newest values, of these metrics (`None`: every metric; `GET /api/v1/latest`).
+    Latest(Option<Vec<MetricName>>),
+}
+
+impl ListingEntry {
+    fn write(&self, record: &GpuRecord, out: &mut Vec<u8>) {
+        match self {
+            ListingEntry::Summary => serde_json::to_writer(out, &GpuSummary::from(record)),
+            ListingEntry::Latest(metrics) => {
+                serde_json::to_writer(out, &GpuLatest::new(record, metrics.as_deref()))
+            }
+        }
+        .expect("an entry serializes");
+    }
+}
+
+/// A GPU listing's body in the making: `{"gpus":[...],"count":n,"next_cursor":...}`, written
+/// from the registry's pages as they are read. Each piece is one page's GPUs.
+pub struct GpuListing {
+    entry: ListingEntry,
+    pages: GpuPages,
+    request: GpuListRequest,
+    etcd_timeout: Duration,
+    request_timeout: Duration,
+    /// The body ends with an error once this passes: the work of a request never outlives its
+    /// timeout, even after the answer has started.
+    deadline: Instant,
+    buffered: Vec<GpuRecord>,
+    written: usize,
+    last: Option<GpuUuid>,
+    state: ListingState,
+    /// Whether a page has been read: the first is bounded by the etcd timeout.
+    started: bool,
+}
+
+impl GpuListing {
+    /// Reads registry pages until one has a GPU or the registry ends.
+    async fn fill(&mut self) -> Result<(), ApiError> {
+        while self.buffered.is_empty() {
+            if Instant::now() >= self.deadline {
+                return Err(ApiError::RequestTimeout(self.request_timeout));
+            }
+            let page = if self.started {
+                tokio::time::timeout_at(self.deadline.into(), self.pages.next_page())
+                    .await
+                    .map_err(|_| ApiError::RequestTimeout(self.request_timeout))??
+            } else {
+                // Dropping the read here drops the whole listing, so it is safe to cut short.
+                self.started = true;
+                tokio::time::timeout(self.etcd_timeout, self.pages.next_page())
+                    .await
+                    .map_err(|_| ApiError::EtcdTimeout {
+                        operation: "list GPUs",
+                        waited: self.etcd_timeout,
+                    })??
+            };
+            let Some(records) = page else {
+                return Ok(());
+            };
+            self.buffered = records
+                .into_iter()
+                .filter(|r| self.request.matches(&r.info))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// The next piece of the body; `None` once it is complete.
+    pub async fn next_piece(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let mut out = Vec::new();
+        loop {
+            match self.state {
+                ListingState::Done => return Ok(None),
+                ListingState::Opening => {
+                    out.extend_from_slice(b"{\"gpus\":[");
+                    self.state = ListingState::Listing;
+                }
+                ListingState::Listing => {
+                    if self.buffered.is_empty() {
+                        self.fill().await?;
+                    }
+                    if self.buffered.is_empty() {
+                        self.close(&mut out, false);
+                        return Ok(Some(Bytes::from(out)));
+                    }
+                    let room = self
+                        .request
+                        .limit
+                        .map_or(usize::MAX, |limit| limit - self.written);
+                    let take = room.min(self.buffered.len());
+                    for record in self.buffered.drain(..take) {
+                        if self.written > 0 {
+                            out.push(b',');
+                        }
+                        self.entry.write(&record, &mut out);
+                        self.written += 1;
+                        self.last = Some(record.info.uuid);
+                    }
+                    if Some(self.written) == self.request.limit {
+                        self.state = ListingState::Full;
+                    }
+                    if !out.is_empty() && self.state == ListingState::Listing {
+                        return Ok(Some(Bytes::from(out)));
+                    }
+                }
+                ListingState::Full => {
+                    if self.buffered.is_empty() {
+                        self.fill().await?;
+                    }
+                    let more = !self.buffered.is_empty();
+                    self.close(&mut out, more);
+                    return Ok(Some(Bytes::from(out)));
+                }
+            }
+        }
+    }
+
+    /// Writes the end of the body: the count and the cursor (when more GPUs follow).
+    fn close(&mut self, out: &mut Vec<u8>, more: bool) {
+        let cursor = match (&self.last, more) {
+            (Some(last), true) => serde_json::to_string(last.as_str()).expect("a string"),
+            _ => "null".to_string(),
+        };
+        out.extend_from_slice(
+            format!("],\"count\":{},\"next_cursor\":{cursor}}}", self.written).as_bytes(),
+        );
+        self.state = ListingState::Done;
+    }
+
+    /// The body as a stream of pieces. A failure ends the body early, and is logged: the client
+    /// only sees a broken response.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, ApiError>> + Send {
+        futures::stream::try_unfold(self, |mut listing| async move {
+            match listing.next_piece().await {
+                Ok(piece) => Ok(piece.map(|piece| (piece, listing))),
+                Err(e) => {
+                    tracing::warn!(error = %e, written = listing.written, "the GPU list stopped part-way");
+                    Err(e)
+                }
+            }
         })
     }
 }

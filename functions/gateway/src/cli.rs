@@ -9,6 +9,7 @@ use function_runtime::args::{ByteSize, EtcdArgs, LogArgs, QueueArgs, ServeArgs, 
 use function_runtime::{ports, DurationArg};
 use gateway::seed::SeedConfig;
 use gateway::{Config, HttpSettings};
+use promql_engine::{EngineConfig, QueryLimits};
 
 /// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
@@ -56,6 +57,49 @@ pub struct RunArgs {
     /// Largest request body accepted, in bytes (suffixes KiB and MiB allowed).
     #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = ByteSize(HttpSettings::default().body_limit))]
     pub body_limit: ByteSize,
+
+    /// Most API requests answered at once; more get 503 with Retry-After.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENCY", default_value_t = HttpSettings::default().max_concurrency, value_parser = at_least::<1>)]
+    pub max_concurrency: usize,
+
+    /// Most buckets per metric one aggregated query may compute (more: 400).
+    #[arg(long, env = "GATEWAY_MAX_POINTS_PER_SERIES", default_value_t = Config::default().max_points_per_series, value_parser = at_least::<3>)]
+    pub max_points_per_series: usize,
+
+    #[command(flatten)]
+    pub promql: PromqlArgs,
+}
+
+/// Limits of the Prometheus API's queries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromqlArgs {
+    /// Longest time one PromQL query may take (fetching included); keep it below
+    /// GATEWAY_REQUEST_TIMEOUT. A request's `timeout` parameter can only shorten it.
+    #[arg(long, env = "GATEWAY_QUERY_TIMEOUT", default_value_t = DurationArg(Config::default().promql.timeout))]
+    pub query_timeout: DurationArg,
+
+    /// Series one PromQL query may select, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SERIES", default_value_t = Config::default().promql.limits.max_series)]
+    pub query_max_series: usize,
+
+    /// Samples one PromQL query may load, all selectors together.
+    #[arg(long, env = "GATEWAY_QUERY_MAX_SAMPLES", default_value_t = Config::default().promql.limits.max_samples)]
+    pub query_max_samples: usize,
+}
+
+impl PromqlArgs {
+    fn into_config(self) -> EngineConfig {
+        let defaults = Config::default().promql;
+        EngineConfig {
+            timeout: self.query_timeout.into(),
+            limits: QueryLimits {
+                max_series: self.query_max_series,
+                max_samples: self.query_max_samples,
+                ..defaults.limits
+            },
+            ..defaults
+        }
+    }
 }
 
 impl RunArgs {
@@ -71,11 +115,14 @@ impl RunArgs {
                     .map(|o| o.trim().to_string())
                     .filter(|o| !o.is_empty())
                     .collect(),
+                max_concurrency: self.max_concurrency,
             },
             etcd: self.etcd.into(),
             etcd_read_timeout: self.etcd_read_timeout.into(),
             queue: self.queue.into(),
             store: self.store.into(),
+            max_points_per_series: self.max_points_per_series,
+            promql: self.promql.into_config(),
         }
     }
 }
@@ -110,6 +157,16 @@ impl SeedArgs {
             passes: self.passes,
             interval: self.interval.into(),
         }
+    }
+}
+
+/// A count of at least `MIN`.
+fn at_least<const MIN: usize>(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of at least {MIN}, got {text:?}"
+        )),
     }
 }
 
@@ -152,8 +209,14 @@ mod tests {
             "https://a.example,https://b.example",
             "--body-limit",
             "1MiB",
+            "--max-concurrency",
+            "3",
+            "--max-points-per-series",
+            "500",
         ])
         .into_config();
+        assert_eq!(config.http.max_concurrency, 3);
+        assert_eq!(config.max_points_per_series, 500);
         assert_eq!(config.http.request_timeout, Duration::from_secs(3));
         assert_eq!(config.etcd_read_timeout, Duration::from_millis(250));
         assert_eq!(config.http.body_limit, 1024 * 1024);

@@ -52,12 +52,16 @@ impl From<&GpuRecord> for GpuSummary {
     }
 }
 
-/// `GET /api/v1/gpus`.
+/// `GET /api/v1/gpus`: about 400 bytes of JSON per GPU with ten metrics (before gzip).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuList {
-    /// Sorted by hostname, then GPU index, then UUID.
+    /// Sorted by UUID.
     pub gpus: Vec<GpuSummary>,
     pub count: usize,
+    /// Pass as `cursor` (with the same filters) for the GPUs after these; null when no GPU
+    /// follows (always null without `limit`).
+    #[schema(required = true, pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/gpus/{id}`: the summary plus the GPU's placement and exporter labels.

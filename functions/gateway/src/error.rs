@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use etcd_queue::QueueError;
+use etcd_queue::{is_size_limit, QueueError};
 use function_runtime::RuntimeError;
 use telemetry_store::StoreError;
 use utoipa::ToResponse;
@@ -40,6 +40,17 @@ pub enum ApiError {
         parameter: &'static str,
         reason: String,
     },
+
+    /// A query parameter the route does not take (a misspelling, most likely).
+    #[error("unknown query parameter {name:?} ({})", accepted_text(.accepted))]
+    UnknownParameter {
+        name: String,
+        accepted: &'static [&'static str],
+    },
+
+    /// The query's answer would hold more points than the gateway computes for one request.
+    #[error("{0}")]
+    TooManyPoints(String),
 
     /// The GPU id in the path is outside the UUID alphabet or too long.
     #[error("invalid GPU id: {0}")]
@@ -79,6 +90,18 @@ pub enum ApiError {
         detail: String,
     },
 
+    /// etcd refused a request or response for its size. Every read is paged to stay far below
+    /// the limits, so this is a bug to report, not an outage.
+    #[error("etcd refused a request or response for its size ({operation}): {detail}")]
+    EtcdSizeLimit {
+        operation: &'static str,
+        detail: String,
+    },
+
+    /// `GATEWAY_MAX_CONCURRENCY` requests are in flight already.
+    #[error("the gateway is answering {0} requests already; retry in a second")]
+    Overloaded(usize),
+
     /// The whole request took longer than `GATEWAY_REQUEST_TIMEOUT`.
     #[error("the request did not complete within {0:?}")]
     RequestTimeout(Duration),
@@ -92,7 +115,27 @@ pub enum ApiError {
     Other(StatusCode),
 }
 
+/// How an unknown parameter's problem lists what the route accepts.
+fn accepted_text(accepted: &[&str]) -> String {
+    if accepted.is_empty() {
+        "this route takes no query parameters".into()
+    } else {
+        format!("accepted: {}", accepted.join(", "))
+    }
+}
+
+/// What a 503 for overload tells clients to wait before retrying, in seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
 impl ApiError {
+    /// An unknown parameter `name` (truncated for the answer) of a route taking `accepted`.
+    pub fn unknown_parameter(name: &str, accepted: &'static [&'static str]) -> Self {
+        ApiError::UnknownParameter {
+            name: name.chars().take(80).collect(),
+            accepted,
+        }
+    }
+
     pub fn invalid(parameter: &'static str, reason: impl Into<String>) -> Self {
         ApiError::InvalidParameter {
             parameter,
@@ -102,17 +145,21 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidParameter { .. } | ApiError::InvalidGpuId(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidParameter { .. }
+            | ApiError::UnknownParameter { .. }
+            | ApiError::TooManyPoints(_)
+            | ApiError::InvalidGpuId(_) => StatusCode::BAD_REQUEST,
             ApiError::GpuNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotConnected
             | ApiError::EtcdTimeout { .. }
             | ApiError::EtcdUnavailable { .. }
+            | ApiError::Overloaded(_)
             | ApiError::RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::StoredDataUnreadable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::StoredDataUnreadable(_) | ApiError::EtcdSizeLimit { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ApiError::Other(status) => *status,
         }
     }
@@ -121,6 +168,8 @@ impl ApiError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::InvalidParameter { .. } => ("invalid-parameter", "Invalid parameter"),
+            ApiError::UnknownParameter { .. } => ("unknown-parameter", "Unknown parameter"),
+            ApiError::TooManyPoints(_) => ("too-many-points", "Too many points"),
             ApiError::InvalidGpuId(_) => ("invalid-gpu-id", "Invalid GPU id"),
             ApiError::GpuNotFound(_) => ("gpu-not-found", "GPU not found"),
             ApiError::RouteNotFound(_) => ("not-found", "Not found"),
@@ -130,6 +179,8 @@ impl ApiError {
             | ApiError::EtcdTimeout { .. }
             | ApiError::EtcdUnavailable { .. } => ("etcd-unavailable", "Storage unavailable"),
             ApiError::RequestTimeout(_) => ("request-timeout", "Request timed out"),
+            ApiError::Overloaded(_) => ("overloaded", "Gateway overloaded"),
+            ApiError::EtcdSizeLimit { .. } => ("etcd-size-limit", "etcd size limit exceeded"),
             ApiError::StoredDataUnreadable(_) => {
                 ("stored-data-unreadable", "Stored data unreadable")
             }
@@ -162,22 +213,45 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        match &self {
+            ApiError::EtcdSizeLimit { .. } => {
+                tracing::error!(error = %self, "an etcd request exceeded a size limit")
+            }
+            _ if status.is_server_error() => {
+                tracing::warn!(status = status.as_u16(), error = %self, "request failed")
+            }
+            _ => tracing::debug!(status = status.as_u16(), error = %self, "request rejected"),
         }
-        self.problem().into_response()
+        let overloaded = matches!(self, ApiError::Overloaded(_));
+        let mut response = self.problem().into_response();
+        if overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+/// An etcd error of `operation`: a size limit, or etcd being unavailable.
+fn etcd_error(operation: &'static str, source: &etcd_client::Error) -> ApiError {
+    if is_size_limit(source) {
+        ApiError::EtcdSizeLimit {
+            operation,
+            detail: source.to_string(),
+        }
+    } else {
+        ApiError::EtcdUnavailable {
+            operation,
+            detail: source.to_string(),
+        }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Etcd { operation, source } => ApiError::EtcdUnavailable {
-                operation,
-                detail: source.to_string(),
-            },
+            StoreError::Etcd { operation, source } => etcd_error(operation, &source),
             StoreError::Queue(error) => error.into(),
             StoreError::CorruptRecord { .. } | StoreError::CorruptChunk { .. } => {
                 ApiError::StoredDataUnreadable(error.to_string())
@@ -194,10 +268,7 @@ impl From<StoreError> for ApiError {
 impl From<QueueError> for ApiError {
     fn from(error: QueueError) -> Self {
         match error {
-            QueueError::Etcd { operation, source } => ApiError::EtcdUnavailable {
-                operation,
-                detail: source.to_string(),
-            },
+            QueueError::Etcd { operation, source } => etcd_error(operation, &source),
             QueueError::Unavailable {
                 operation,
                 last_error,
@@ -229,7 +300,7 @@ impl From<QueueError> for ApiError {
 /// 400: a parameter or the GPU id is invalid.
 #[derive(ToResponse)]
 #[response(
-    description = "Invalid request: a bad time, a window with start after end, a bad limit, cursor, step, aggregation or metric name, or a GPU id outside the UUID alphabet",
+    description = "Invalid request: an unknown query parameter, a bad time, a window with start after end, a bad limit, cursor, step, aggregation or metric name, a query whose answer would exceed the points per series, or a GPU id outside the UUID alphabet",
     content_type = "application/problem+json"
 )]
 pub struct BadRequest(#[allow(dead_code)] Problem);
@@ -242,18 +313,19 @@ pub struct BadRequest(#[allow(dead_code)] Problem);
 )]
 pub struct NotFound(#[allow(dead_code)] Problem);
 
-/// 502: etcd answered with unreadable data.
+/// 502: etcd answered with unreadable data, or refused a request for its size.
 #[derive(ToResponse)]
 #[response(
-    description = "etcd answered with data the gateway cannot read",
+    description = "etcd answered with data the gateway cannot read, or refused a request or response for its size (a bug to report)",
     content_type = "application/problem+json"
 )]
 pub struct BadGateway(#[allow(dead_code)] Problem);
 
-/// 503: etcd is unreachable or too slow, or the request timed out.
+/// 503: etcd is unreachable or too slow, the request timed out, or the gateway is saturated.
 #[derive(ToResponse)]
 #[response(
-    description = "etcd is unreachable or did not answer in time, or the request timed out",
+    description = "etcd is unreachable or did not answer in time, the request timed out, or the gateway is answering its most requests at once (then with Retry-After)",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying (when saturated)")),
     content_type = "application/problem+json"
 )]
 pub struct Unavailable(#[allow(dead_code)] Problem);
@@ -293,6 +365,21 @@ mod tests {
                 "stored-data-unreadable",
             ),
             (ApiError::Other(StatusCode::IM_A_TEAPOT), 418, "http-error"),
+            (
+                ApiError::unknown_parameter("start_tme", &["start_time"]),
+                400,
+                "unknown-parameter",
+            ),
+            (ApiError::TooManyPoints("x".into()), 400, "too-many-points"),
+            (ApiError::Overloaded(8), 503, "overloaded"),
+            (
+                ApiError::EtcdSizeLimit {
+                    operation: "list GPUs",
+                    detail: "x".into(),
+                },
+                502,
+                "etcd-size-limit",
+            ),
         ];
         for (error, status, slug) in cases {
             let problem = error.problem();
@@ -345,6 +432,41 @@ mod tests {
         assert_eq!(
             ApiError::from_bare_status(StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn a_response_over_the_message_limit_is_not_an_outage() {
+        let too_large = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 8365677 bytes, the limit is: 4194304 bytes",
+        ));
+        let mapped: ApiError = StoreError::Etcd {
+            operation: "list GPUs",
+            source: too_large,
+        }
+        .into();
+        assert_eq!(mapped.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            mapped.problem().problem_type,
+            "urn:gpu-telemetry:problem:etcd-size-limit"
+        );
+        let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader"));
+        let mapped: ApiError = QueueError::Etcd {
+            operation: "read queue status",
+            source: down,
+        }
+        .into();
+        assert_eq!(mapped.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn an_overloaded_answer_says_when_to_retry() {
+        let response = ApiError::Overloaded(4).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            ApiError::unknown_parameter("x", &[]).to_string(),
+            "unknown query parameter \"x\" (this route takes no query parameters)"
         );
     }
 }

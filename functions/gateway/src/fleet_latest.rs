@@ -4,24 +4,23 @@
 //! read.
 
 use axum::extract::{RawQuery, State};
-use axum::Json;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use telemetry_model::{GpuUuid, MetricName};
+use telemetry_model::MetricName;
 use telemetry_store::GpuRecord;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::backend::{ApiState, Backend};
+use crate::backend::{ApiState, ListingEntry};
 use crate::dto::LatestEntry;
 use crate::error::{ApiError, BadGateway, BadRequest, Unavailable};
-use crate::params::{parse_metric_names, query_pairs, set_once, MAX_FILTER_LEN};
-use crate::routes::TAG_GPUS;
+use crate::params::{parse_metric_names, query_pairs, GpuListRequest, ListGpusParams, MetricNames};
+use crate::routes::{listing_response, TAG_GPUS};
 
-/// GPUs per page when `limit` is not given.
+/// GPUs per page when `limit` is not given (at most 10,000, as for `GET /api/v1/gpus`).
 pub const DEFAULT_FLEET_LIMIT: usize = 1000;
-/// Most GPUs per page.
-pub const MAX_FLEET_LIMIT: usize = 10_000;
 
-/// Query of `GET /api/v1/latest`, as received (validated by [`FleetLatestParams::validate`]).
+/// The parameters of `GET /api/v1/latest`, as the OpenAPI document describes them; parsed by
+/// [`FleetLatestRequest::from_query`], with the GPU listing's own parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FleetLatestParams {
@@ -31,9 +30,9 @@ pub struct FleetLatestParams {
     /// Only GPUs of this model (exact match).
     #[param(max_length = 256, example = "NVIDIA H100 80GB HBM3")]
     pub model_name: Option<String>,
-    /// Only these metrics' values: repeat the parameter or separate names with commas (default:
-    /// every metric).
-    #[param(value_type = Option<Vec<String>>, style = Form, explode, example = json!(["DCGM_FI_DEV_GPU_UTIL"]))]
+    /// Only these metrics' values: repeat the parameter or separate names with commas (no
+    /// spaces; default: every metric).
+    #[param(value_type = Option<Vec<MetricNames>>, inline, style = Form, explode, example = json!(["DCGM_FI_DEV_GPU_UTIL"]))]
     pub metric_name: Vec<String>,
     /// GPUs per page (default 1000).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 10000, default = 1000)]
@@ -43,106 +42,38 @@ pub struct FleetLatestParams {
     pub cursor: Option<String>,
 }
 
-/// A validated `GET /api/v1/latest` query.
+/// A validated `GET /api/v1/latest` query: a page of the GPU listing and the metrics to show.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetLatestRequest {
-    pub hostname: Option<String>,
-    pub model_name: Option<String>,
+    /// Filters and page; the limit is always set (`DEFAULT_FLEET_LIMIT` when not given).
+    pub gpus: GpuListRequest,
     /// `None`: every metric.
     pub metrics: Option<Vec<MetricName>>,
-    pub limit: usize,
-    /// Only GPUs whose UUID sorts after this one.
-    pub after: Option<GpuUuid>,
-}
-
-impl FleetLatestParams {
-    /// Collects the parameters; an unknown one is an error, so a misspelt filter cannot silently
-    /// widen the answer.
-    pub fn from_query(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut params = FleetLatestParams::default();
-        for (name, value) in query_pairs(raw) {
-            match name.as_str() {
-                "hostname" => set_once(&mut params.hostname, "hostname", value)?,
-                "model_name" => set_once(&mut params.model_name, "model_name", value)?,
-                "metric_name" => params.metric_name.push(value),
-                "limit" => set_once(&mut params.limit, "limit", value)?,
-                "cursor" => set_once(&mut params.cursor, "cursor", value)?,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "query",
-                        format!(
-                            "unknown parameter {:?} (known: hostname, model_name, metric_name, limit, cursor)",
-                            name.chars().take(40).collect::<String>()
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(params)
-    }
-
-    pub fn validate(&self) -> Result<FleetLatestRequest, ApiError> {
-        for (parameter, value) in [
-            ("hostname", &self.hostname),
-            ("model_name", &self.model_name),
-        ] {
-            if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER_LEN) {
-                return Err(ApiError::invalid(
-                    parameter,
-                    format!("longer than {MAX_FILTER_LEN} bytes"),
-                ));
-            }
-        }
-        let limit = match self.limit.as_deref() {
-            None => DEFAULT_FLEET_LIMIT,
-            Some(text) => text
-                .parse::<usize>()
-                .ok()
-                .filter(|n| {
-                    text.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_FLEET_LIMIT).contains(n)
-                })
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "limit",
-                        format!("must be an integer from 1 to {MAX_FLEET_LIMIT}, got {text:?}"),
-                    )
-                })?,
-        };
-        let after = self
-            .cursor
-            .as_deref()
-            .map(|text| {
-                GpuUuid::parse(text).map_err(|_| {
-                    ApiError::invalid(
-                        "cursor",
-                        format!(
-                            "{:?} is not a cursor returned as next_cursor",
-                            text.chars().take(80).collect::<String>()
-                        ),
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(FleetLatestRequest {
-            hostname: self.hostname.clone(),
-            model_name: self.model_name.clone(),
-            metrics: parse_metric_names(&self.metric_name)?,
-            limit,
-            after,
-        })
-    }
 }
 
 impl FleetLatestRequest {
-    fn admits(&self, record: &GpuRecord) -> bool {
-        let is = |wanted: &Option<String>, have: &Option<String>| {
-            wanted.is_none() || wanted.as_ref() == have.as_ref()
-        };
-        self.after
-            .as_ref()
-            .is_none_or(|after| &record.info.uuid > after)
-            && is(&self.hostname, &record.info.hostname)
-            && is(&self.model_name, &record.info.model_name)
+    const NAMES: &'static [&'static str] =
+        &["hostname", "model_name", "metric_name", "limit", "cursor"];
+
+    /// Parses and validates the query: the listing's parameters as `GET /api/v1/gpus` takes them,
+    /// and `metric_name`; an unknown one is an error, so a misspelt filter cannot silently widen
+    /// the answer.
+    pub fn from_query(raw: Option<&str>) -> Result<Self, ApiError> {
+        let mut listing = ListGpusParams::default();
+        let mut metric_name = Vec::new();
+        for (name, value) in query_pairs(raw) {
+            if name == "metric_name" {
+                metric_name.push(value);
+            } else if !listing.take(&name, value)? {
+                return Err(ApiError::unknown_parameter(&name, Self::NAMES));
+            }
+        }
+        let mut gpus = listing.validate()?;
+        gpus.limit.get_or_insert(DEFAULT_FLEET_LIMIT);
+        Ok(FleetLatestRequest {
+            gpus,
+            metrics: parse_metric_names(&metric_name)?,
+        })
     }
 }
 
@@ -169,7 +100,7 @@ pub struct GpuLatest {
 }
 
 impl GpuLatest {
-    fn new(record: &GpuRecord, metrics: Option<&[MetricName]>) -> Self {
+    pub(crate) fn new(record: &GpuRecord, metrics: Option<&[MetricName]>) -> Self {
         GpuLatest {
             uuid: record.info.uuid.to_string(),
             gpu_id: record.info.gpu_index,
@@ -201,37 +132,12 @@ pub struct FleetLatest {
     pub next_cursor: Option<String>,
 }
 
-impl Backend {
-    /// One page of the GPUs the request admits, in UUID order, with their newest values.
-    pub async fn fleet_latest(
-        &self,
-        request: &FleetLatestRequest,
-    ) -> Result<FleetLatest, ApiError> {
-        // The registry lists GPUs in UUID order, the order pages are cut in.
-        let records = self.bounded("list GPUs", self.store().list_gpus()).await?;
-        let mut admitted = records.iter().filter(|r| request.admits(r));
-        let gpus: Vec<GpuLatest> = admitted
-            .by_ref()
-            .take(request.limit)
-            .map(|r| GpuLatest::new(r, request.metrics.as_deref()))
-            .collect();
-        let next_cursor = match admitted.next() {
-            Some(_) => gpus.last().map(|g| g.uuid.clone()),
-            None => None,
-        };
-        Ok(FleetLatest {
-            count: gpus.len(),
-            gpus,
-            next_cursor,
-        })
-    }
-}
-
 /// The newest values of every GPU, paged.
 ///
 /// One entry per GPU, sorted by UUID, with the newest sample of each metric it reports (or of
 /// the metrics named). Filters are exact matches. Follow `next_cursor` (repeating the other
-/// parameters) until it is null to read every GPU once. Unknown parameters are rejected.
+/// parameters) until it is null to read every GPU once. Unknown parameters are rejected. The page
+/// is streamed as the registry is read, like `GET /api/v1/gpus`.
 #[utoipa::path(
     get,
     path = "/api/v1/latest",
@@ -248,17 +154,23 @@ impl Backend {
 pub async fn get_fleet_latest(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<FleetLatest>, ApiError> {
-    let request = FleetLatestParams::from_query(query.as_deref())?.validate()?;
-    Ok(Json(state.backend()?.fleet_latest(&request).await?))
+) -> Result<Response, ApiError> {
+    let request = FleetLatestRequest::from_query(query.as_deref())?;
+    let listing = state
+        .backend()?
+        .list_gpus(&request.gpus, ListingEntry::Latest(request.metrics))
+        .await?;
+    Ok(listing_response(listing))
 }
 
 #[cfg(test)]
 mod tests {
+    use telemetry_model::GpuUuid;
+
     use super::*;
 
     fn request(query: &str) -> Result<FleetLatestRequest, ApiError> {
-        FleetLatestParams::from_query(Some(query))?.validate()
+        FleetLatestRequest::from_query(Some(query))
     }
 
     fn invalid_parameter(result: Result<FleetLatestRequest, ApiError>) -> &'static str {
@@ -271,16 +183,13 @@ mod tests {
     #[test]
     fn defaults_and_every_parameter() {
         assert_eq!(
-            FleetLatestParams::from_query(None)
-                .unwrap()
-                .validate()
-                .unwrap(),
+            FleetLatestRequest::from_query(None).unwrap(),
             FleetLatestRequest {
-                hostname: None,
-                model_name: None,
+                gpus: GpuListRequest {
+                    limit: Some(DEFAULT_FLEET_LIMIT),
+                    ..GpuListRequest::default()
+                },
                 metrics: None,
-                limit: DEFAULT_FLEET_LIMIT,
-                after: None,
             }
         );
         let all = request(
@@ -290,14 +199,16 @@ mod tests {
         assert_eq!(
             all,
             FleetLatestRequest {
-                hostname: Some("h 1".into()),
-                model_name: Some("NVIDIA H100".into()),
+                gpus: GpuListRequest {
+                    hostname: Some("h 1".into()),
+                    model_name: Some("NVIDIA H100".into()),
+                    limit: Some(10_000),
+                    after: Some(GpuUuid::parse("GPU-1").unwrap()),
+                },
                 metrics: Some(vec![
                     MetricName::parse("A").unwrap(),
                     MetricName::parse("B").unwrap()
                 ]),
-                limit: 10_000,
-                after: Some(GpuUuid::parse("GPU-1").unwrap()),
             }
         );
     }
@@ -316,10 +227,17 @@ mod tests {
             ("metric_name=,", "metric_name"),
             (long.as_str(), "hostname"),
             ("hostname=a&hostname=b", "hostname"),
-            ("step=1m", "query"),
         ];
         for (query, parameter) in cases {
             assert_eq!(invalid_parameter(request(query)), parameter, "{query}");
+        }
+        // An unknown name is named back, with the names the route takes.
+        match request("step=1m") {
+            Err(ApiError::UnknownParameter { name, accepted }) => {
+                assert_eq!(name, "step");
+                assert_eq!(accepted, FleetLatestRequest::NAMES);
+            }
+            other => panic!("expected an unknown parameter, got {other:?}"),
         }
     }
 }

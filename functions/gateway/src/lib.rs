@@ -1,5 +1,6 @@
 //! The gateway: a stateless REST API over the telemetry store (GPUs, telemetry windows, latest
-//! values, metric descriptions) and the queue status, with a generated OpenAPI 3.1 document, an
+//! values, metric descriptions) and the queue status, the Prometheus HTTP API (PromQL) over the
+//! same store, with a generated OpenAPI 3.1 document, an
 //! offline Swagger UI, a dashboard, health, readiness and Prometheus metrics. It reads etcd and
 //! writes nothing.
 //!
@@ -16,6 +17,8 @@ pub mod fleet_latest;
 pub mod http_metrics;
 pub mod openapi;
 pub mod params;
+pub mod prom_api;
+pub mod prom_source;
 pub mod queue_view;
 pub mod routes;
 pub mod seed;

@@ -8,6 +8,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{BadGateway, BadRequest, NotFound, Problem, Unavailable};
 use crate::params::{AggregationName, SortOrder};
+use crate::prom_api::TAG_PROMETHEUS;
 use crate::routes::{api_routes, TAG_GPUS, TAG_METRICS, TAG_QUEUE};
 
 const TAG_OPS: &str = "operations";
@@ -29,6 +30,7 @@ const TAG_OPS: &str = "operations";
         (name = TAG_GPUS, description = "GPUs and their telemetry"),
         (name = TAG_METRICS, description = "Metric names and their meaning"),
         (name = TAG_QUEUE, description = "The ingest queue"),
+        (name = TAG_PROMETHEUS, description = "The Prometheus HTTP API (PromQL) over the same store, for Grafana's Prometheus data source and promtool"),
         (name = TAG_OPS, description = "Health, readiness, Prometheus metrics, this document and the dashboard"),
     )
 )]

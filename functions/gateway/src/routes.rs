@@ -3,15 +3,18 @@
 //! [`Backend`](crate::Backend), wrap the DTO. Validation happens in extractors and before
 //! `state.backend()`, so a bad request is answered 400 without touching etcd.
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::backend::ApiState;
+use crate::backend::{ApiState, GpuListing, ListingEntry};
 use crate::dto::{GpuDetail, GpuList, LatestValues, MetricList, QueueInfo, TelemetryPage};
 use crate::error::{ApiError, BadGateway, BadRequest, NotFound, Unavailable};
-use crate::params::{GpuId, GpuIdPath, ListGpusParams, TelemetryParams};
+use crate::params::{no_query_parameters, GpuId, GpuIdPath, ListGpusParams, TelemetryParams};
 
 pub const TAG_GPUS: &str = "gpus";
 pub const TAG_METRICS: &str = "metrics";
@@ -27,11 +30,14 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_metrics))
         .routes(routes!(get_queue))
         .routes(routes!(crate::fleet_latest::get_fleet_latest))
+        .merge(crate::prom_api::prometheus_routes())
 }
 
 /// List every GPU that has telemetry.
 ///
-/// Sorted by hostname, then GPU index on the host, then UUID. Filters are exact matches.
+/// Sorted by UUID (the registry's order, so the list is streamed as the registry is read, in
+/// memory that does not grow with the fleet). Filters are exact matches. Every GPU by default;
+/// with `limit`, follow `next_cursor` until it is null to read each GPU exactly once.
 #[utoipa::path(
     get,
     path = "/api/v1/gpus",
@@ -48,9 +54,19 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
 pub async fn list_gpus(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<GpuList>, ApiError> {
-    let filter = ListGpusParams::from_query(query.as_deref())?;
-    Ok(Json(state.backend()?.list_gpus(&filter).await?))
+) -> Result<Response, ApiError> {
+    let request = ListGpusParams::from_query(query.as_deref())?.validate()?;
+    let listing = state
+        .backend()?
+        .list_gpus(&request, ListingEntry::Summary)
+        .await?;
+    Ok(listing_response(listing))
+}
+
+/// A GPU listing as a JSON body streamed as it is written.
+pub(crate) fn listing_response(listing: GpuListing) -> Response {
+    let body = Body::from_stream(listing.into_stream());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One GPU: its summary, placement and exporter labels.
@@ -71,7 +87,9 @@ pub async fn list_gpus(
 pub async fn get_gpu(
     GpuId(id): GpuId,
     State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<GpuDetail>, ApiError> {
+    no_query_parameters(query.as_deref())?;
     Ok(Json(state.backend()?.gpu(&id).await?))
 }
 
@@ -122,7 +140,9 @@ pub async fn get_telemetry(
 pub async fn get_latest(
     GpuId(id): GpuId,
     State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<LatestValues>, ApiError> {
+    no_query_parameters(query.as_deref())?;
     Ok(Json(state.backend()?.latest(&id).await?))
 }
 
@@ -134,11 +154,16 @@ pub async fn get_latest(
     operation_id = "listMetrics",
     responses(
         (status = 200, description = "The metrics, sorted by name", body = MetricList),
+        (status = 400, response = BadRequest),
         (status = 502, response = BadGateway),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn list_metrics(State(state): State<ApiState>) -> Result<Json<MetricList>, ApiError> {
+pub async fn list_metrics(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<MetricList>, ApiError> {
+    no_query_parameters(query.as_deref())?;
     Ok(Json(state.backend()?.metrics().await?))
 }
 
@@ -150,10 +175,15 @@ pub async fn list_metrics(State(state): State<ApiState>) -> Result<Json<MetricLi
     operation_id = "getQueueStatus",
     responses(
         (status = 200, description = "The queue status (exists = false before the topic is created)", body = QueueInfo),
+        (status = 400, response = BadRequest),
         (status = 502, response = BadGateway),
         (status = 503, response = Unavailable),
     )
 )]
-pub async fn get_queue(State(state): State<ApiState>) -> Result<Json<QueueInfo>, ApiError> {
+pub async fn get_queue(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<QueueInfo>, ApiError> {
+    no_query_parameters(query.as_deref())?;
     Ok(Json(state.backend()?.queue_status().await?))
 }

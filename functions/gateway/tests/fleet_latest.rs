@@ -124,7 +124,6 @@ async fn the_latest_values_of_every_gpu_page_by_page() {
         "cursor=..%2Fx",
         "metric_name=a%2Fb",
         "hostname=a&hostname=b",
-        "step=1m",
     ] {
         assert_eq!(
             get(&router, &format!("/api/v1/latest?{query}"))
@@ -134,6 +133,11 @@ async fn the_latest_values_of_every_gpu_page_by_page() {
             "{query}"
         );
     }
+    // A name the route does not take is the same problem as on every other route.
+    assert_eq!(
+        get(&router, "/api/v1/latest?step=1m").await.problem(400),
+        "unknown-parameter"
+    );
     assert_eq!(
         get(&unconnected_router(), "/api/v1/latest")
             .await

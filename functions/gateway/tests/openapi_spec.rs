@@ -32,6 +32,16 @@ const API_ROUTES: [&str; 7] = [
     "/api/v1/queue",
     "/api/v1/latest",
 ];
+/// The Prometheus HTTP API, with the methods Prometheus serves each on.
+const PROMETHEUS_ROUTES: [(&str, &[&str]); 7] = [
+    ("/api/v1/query", &["get", "post"]),
+    ("/api/v1/query_range", &["get", "post"]),
+    ("/api/v1/series", &["get", "post"]),
+    ("/api/v1/labels", &["get", "post"]),
+    ("/api/v1/label/{name}/values", &["get"]),
+    ("/api/v1/metadata", &["get"]),
+    ("/api/v1/status/buildinfo", &["get"]),
+];
 const OPS_ROUTES: [&str; 6] = [
     "/healthz",
     "/readyz",
@@ -83,7 +93,12 @@ fn spec_is_openapi_3_1_with_every_route_and_resolvable_references() {
         .keys()
         .map(String::as_str)
         .collect();
-    let expected: BTreeSet<&str> = API_ROUTES.iter().chain(&OPS_ROUTES).copied().collect();
+    let expected: BTreeSet<&str> = API_ROUTES
+        .iter()
+        .chain(&OPS_ROUTES)
+        .copied()
+        .chain(PROMETHEUS_ROUTES.iter().map(|(path, _)| *path))
+        .collect();
     assert_eq!(paths, expected);
 
     let mut refs = Vec::new();
@@ -95,19 +110,32 @@ fn spec_is_openapi_3_1_with_every_route_and_resolvable_references() {
 
     let mut operation_ids = BTreeSet::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
-        let methods: Vec<&String> = item.as_object().unwrap().keys().collect();
-        assert_eq!(methods, ["get"], "{path} is read-only");
-        let operation = &item["get"];
-        assert!(
-            operation_ids.insert(operation["operationId"].as_str().unwrap().to_string()),
-            "duplicate operationId at {path}"
-        );
-        assert!(operation["summary"].is_string(), "{path} has a summary");
-        let ok = resolve(&spec, &operation["responses"]["200"]);
-        assert!(
-            ok["content"].as_object().is_some_and(|c| !c.is_empty()),
-            "{path} 200 has a body"
-        );
+        let methods: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        // Only the Prometheus API takes POST, as Prometheus does (a query in a form body); it
+        // reads like every other route.
+        let allowed = PROMETHEUS_ROUTES
+            .iter()
+            .find(|(p, _)| p == path)
+            .map_or(&["get"][..], |(_, methods)| methods);
+        assert_eq!(methods, allowed, "{path} methods");
+        for method in methods {
+            let operation = &item[method];
+            assert!(
+                operation_ids.insert(operation["operationId"].as_str().unwrap().to_string()),
+                "duplicate operationId at {method} {path}"
+            );
+            assert!(operation["summary"].is_string(), "{path} has a summary");
+            let ok = resolve(&spec, &operation["responses"]["200"]);
+            assert!(
+                ok["content"].as_object().is_some_and(|c| !c.is_empty()),
+                "{path} 200 has a body"
+            );
+        }
     }
 }
 
@@ -142,7 +170,12 @@ fn every_parameter_and_error_response_is_documented() {
     let query = |name: &str| (name.to_string(), "query".to_string(), false);
     assert_eq!(
         params_of("/api/v1/gpus"),
-        vec![query("hostname"), query("model_name")]
+        vec![
+            query("hostname"),
+            query("model_name"),
+            query("limit"),
+            query("cursor")
+        ]
     );
     assert_eq!(params_of("/api/v1/gpus/{id}"), vec![id.clone()]);
     assert_eq!(params_of("/api/v1/gpus/{id}/latest"), vec![id.clone()]);
@@ -198,10 +231,8 @@ fn every_parameter_and_error_response_is_documented() {
             .map(String::as_str)
             .collect();
         statuses.sort();
-        let mut expected = vec!["200", "502", "503"];
-        if !params_of(path).is_empty() {
-            expected.push("400");
-        }
+        // Every API route rejects an unknown query parameter with 400.
+        let mut expected = vec!["200", "400", "502", "503"];
         if path.contains("{id}") {
             expected.push("404");
         }

@@ -33,14 +33,8 @@ async fn all_247_gpus_are_listed_with_correct_fields() {
     let gpus = list["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 247);
 
-    let mut expected: Vec<&ExpectedGpu> = fixture.gpus.values().collect();
-    expected.sort_by(|a, b| {
-        (&a.info.hostname, a.info.gpu_index, &a.info.uuid).cmp(&(
-            &b.info.hostname,
-            b.info.gpu_index,
-            &b.info.uuid,
-        ))
-    });
+    // In UUID order (the registry's, so the list streams in bounded memory).
+    let expected: Vec<&ExpectedGpu> = fixture.gpus.values().collect();
     for (got, want) in gpus.iter().zip(&expected) {
         assert_eq!(want.samples.len(), 10 * PASSES);
         let first = want.samples[0].timestamp;
@@ -79,15 +73,15 @@ async fn all_247_gpus_are_listed_with_correct_fields() {
         .filter(|g| g.info.hostname.as_deref() == Some("mtv5-dgx1-hgpu-031"))
         .count();
     assert_eq!(on_host["count"], want_on_host);
-    let indexes: Vec<_> = on_host["gpus"]
+    let uuids: Vec<_> = on_host["gpus"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["gpu_id"].clone())
+        .map(|g| g["uuid"].as_str().unwrap().to_string())
         .collect();
-    let mut sorted = indexes.clone();
-    sorted.sort_by_key(|v| v.as_u64());
-    assert_eq!(indexes, sorted, "sorted by GPU index within a host");
+    let mut sorted = uuids.clone();
+    sorted.sort();
+    assert_eq!(uuids, sorted, "sorted by UUID");
 
     let model = expected[0].info.model_name.clone().unwrap();
     let of_model = ok_json(
@@ -101,7 +95,7 @@ async fn all_247_gpus_are_listed_with_correct_fields() {
         .count();
     assert_eq!(of_model["count"], want_of_model);
     let none = ok_json(&served, "/api/v1/gpus?hostname=no-such-host").await;
-    assert_eq!(none, json!({"gpus": [], "count": 0}));
+    assert_eq!(none, json!({"gpus": [], "count": 0, "next_cursor": null}));
 }
 
 #[tokio::test]
@@ -382,6 +376,40 @@ async fn aggregation_matches_values_computed_here() {
             entries(&page),
             expected_aggregate(&filtered, 10_000_000, "count")
         );
+    }
+
+    // Without a step: one value per metric over the window, timestamped with its start (or the
+    // oldest sample when the window has none).
+    for (uuid, gpu) in fixture.gpus.iter().step_by(60).chain(
+        fixture
+            .gpus
+            .iter()
+            .filter(|(u, _)| u.starts_with("GPU-varying")),
+    ) {
+        for agg in ["avg", "min", "max", "last", "count"] {
+            let page = ok_json(&served, &format!("/api/v1/gpus/{uuid}/telemetry?agg={agg}")).await;
+            let oldest = gpu.samples[0].timestamp;
+            let whole: Vec<_> = expected_aggregate(&gpu.samples, i64::MAX / 4, agg)
+                .into_iter()
+                .map(|(_, metric, value)| (rfc3339(oldest), metric, value))
+                .collect();
+            assert_eq!(entries(&page), whole, "{uuid} agg={agg}");
+        }
+        if uuid.starts_with("GPU-varying") {
+            continue;
+        }
+        let start = fixture.passes[1].first;
+        let page = ok_json(
+            &served,
+            &format!(
+                "/api/v1/gpus/{uuid}/telemetry?agg=count&start_time={}",
+                encode(&rfc3339(start))
+            ),
+        )
+        .await;
+        let counts: Vec<_> = entries(&page).into_iter().map(|(t, _, v)| (t, v)).collect();
+        let per_metric = (2 * gpu.samples.len() / 3 / 10) as f64;
+        assert_eq!(counts, vec![(rfc3339(start), per_metric); 10], "{uuid}");
     }
 
     // Aggregated results page like raw ones.

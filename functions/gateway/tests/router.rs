@@ -194,7 +194,6 @@ async fn every_error_status_is_a_problem_document() {
         format!("{telemetry}?step=soon"),
         format!("{telemetry}?step=0s"),
         format!("{telemetry}?step=1m&agg=median"),
-        format!("{telemetry}?agg=avg"),
         format!("{telemetry}?metric_name=bad-name"),
         "/api/v1/gpus?hostname=a&hostname=b".to_string(),
     ];
@@ -549,7 +548,7 @@ async fn run_serves_on_the_listener_it_is_given_until_shutdown() {
     let gpus = get("/api/v1/gpus").await.unwrap();
     assert_eq!(
         (gpus.status, gpus.json()),
-        (200, json!({"gpus": [], "count": 0}))
+        (200, json!({"gpus": [], "count": 0, "next_cursor": null}))
     );
 
     stop.trigger();
@@ -564,4 +563,139 @@ async fn run_serves_on_the_listener_it_is_given_until_shutdown() {
         .await
         .unwrap();
     assert_eq!(written.count(), 0, "the gateway wrote nothing");
+}
+
+/// A misspelled query parameter is a 400 naming it, on every API route; so is a step too fine
+/// for the window, whose answer says which step would do (and that one is answered).
+#[tokio::test]
+async fn unknown_parameters_and_too_many_points_are_400s_saying_what_to_change() {
+    let fixture = Fixture::filled("gateway-limits", SLICE_CSV).await;
+    let router = fixture.router().await;
+    for uri in [
+        format!("/api/v1/gpus/{UUID_HOST_0}/telemetry?start_tme=10"),
+        "/api/v1/gpus?host=x".to_string(),
+        format!("/api/v1/gpus/{UUID_HOST_0}?verbose=1"),
+        format!("/api/v1/gpus/{UUID_HOST_0}/latest?metric_name=x"),
+        "/api/v1/metrics?limit=1".to_string(),
+        "/api/v1/queue?partition=1".to_string(),
+    ] {
+        let reply = get(&router, &uri).await;
+        assert_eq!(reply.problem(400), "unknown-parameter", "{uri}");
+        let name = uri.split('?').nth(1).unwrap().split('=').next().unwrap();
+        assert!(
+            reply.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{name:?}")),
+            "{uri}: {}",
+            reply.text()
+        );
+    }
+
+    let telemetry = format!("/api/v1/gpus/{UUID_HOST_0}/telemetry");
+    let reply = get(&router, &format!("{telemetry}?step=1us&agg=max")).await;
+    assert_eq!(reply.problem(400), "too-many-points");
+    let detail = reply.json()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("11000 points per series"), "{detail}");
+    let suggested = detail
+        .split("use step=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no step suggested: {detail}"));
+    let fitting = get(
+        &router,
+        &format!("{telemetry}?step={suggested}&agg=count&limit=10000"),
+    )
+    .await;
+    assert_eq!(fitting.status, StatusCode::OK, "{}", fitting.text());
+    let counted: f64 = entries(&fitting.json()).iter().map(|(_, _, n)| n).sum();
+    assert_eq!(counted as usize, fixture.gpu(UUID_HOST_0).samples.len());
+}
+
+/// `limit` and `cursor` page through the GPU list in UUID order: every GPU exactly once, the
+/// last page's cursor null; filters apply across pages.
+#[tokio::test]
+async fn the_gpu_list_pages_with_limit_and_cursor() {
+    let fixture = Fixture::filled("gateway-gpu-pages", SLICE_CSV).await;
+    let router = fixture.router().await;
+    let all: Vec<String> = fixture.gpus.keys().cloned().collect();
+    assert!(all.len() > 5, "{} GPUs", all.len());
+    for limit in [1, 2, 3, all.len(), all.len() + 1] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut uri = format!("/api/v1/gpus?limit={limit}");
+            if let Some(c) = &cursor {
+                uri.push_str(&format!("&cursor={c}"));
+            }
+            let page = get(&router, &uri).await;
+            assert_eq!(page.status, StatusCode::OK, "{uri}: {}", page.text());
+            let page = page.json();
+            let gpus = page["gpus"].as_array().unwrap();
+            assert_eq!(page["count"], gpus.len());
+            assert!(gpus.len() <= limit);
+            seen.extend(gpus.iter().map(|g| g["uuid"].as_str().unwrap().to_string()));
+            pages += 1;
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, all, "limit {limit}");
+        assert_eq!(pages, all.len().div_ceil(limit), "limit {limit}");
+    }
+    let host = fixture.gpus[&all[0]].info.hostname.clone().unwrap();
+    let on_host: Vec<&String> = all
+        .iter()
+        .filter(|u| fixture.gpus[*u].info.hostname.as_deref() == Some(host.as_str()))
+        .collect();
+    let first = get(&router, &format!("/api/v1/gpus?hostname={host}&limit=1"))
+        .await
+        .json();
+    assert_eq!(first["gpus"][0]["uuid"], *on_host[0]);
+    assert_eq!(first["next_cursor"].is_string(), on_host.len() > 1);
+    let everything = get(&router, "/api/v1/gpus").await.json();
+    assert_eq!(everything["count"], all.len());
+    assert_eq!(everything["next_cursor"], serde_json::Value::Null);
+}
+
+/// With `GATEWAY_MAX_CONCURRENCY` requests in flight, another is answered 503 with Retry-After
+/// at once (here: one request held by a stalled etcd); health stays answered.
+#[tokio::test]
+async fn a_saturated_gateway_answers_503_with_retry_after() {
+    let fixture = Fixture::filled("gateway-saturated", SLICE_CSV).await;
+    let mut config = fixture.config();
+    config.etcd_read_timeout = Duration::from_secs(60);
+    config.http = HttpSettings {
+        max_concurrency: 1,
+        request_timeout: Duration::from_secs(60),
+        ..HttpSettings::default()
+    };
+    let served = std::sync::Arc::new(Served::start(config).await);
+    fixture.etcd.stall().await;
+    let request = |served: std::sync::Arc<Served>| {
+        tokio::spawn(async move { served.get(&format!("/api/v1/gpus/{UUID_HOST_0}")).await })
+    };
+    let mut first = request(served.clone());
+    let mut second = request(served.clone());
+    // One of the two holds the only permit, waiting on etcd; the other is refused at once.
+    let (refused, held) = tokio::select! {
+        reply = &mut first => (reply.unwrap(), second),
+        reply = &mut second => (reply.unwrap(), first),
+    };
+    assert_eq!(refused.problem(503), "overloaded");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    assert_eq!(served.get("/healthz").await.status, StatusCode::OK);
+    fixture.etcd.resume();
+    let held = held.await.unwrap();
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text());
+    // The permit is back once that answer is sent.
+    assert_eq!(
+        served
+            .get(&format!("/api/v1/gpus/{UUID_HOST_0}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

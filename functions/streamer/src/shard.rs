@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse};
-use etcd_queue::{Fence, WorkGroupKeys};
+use etcd_client::{Compare, CompareOp, KeyValue, TxnOp, TxnOpResponse};
+use etcd_queue::{Fence, RangeRead, WorkGroupKeys};
 use serde::{Deserialize, Serialize};
 use telemetry_model::GpuUuid;
 
@@ -114,27 +114,25 @@ impl StoredShardState {
     }
 }
 
-/// The read of every shard's state, to run in the transaction that reads the group.
-pub(crate) fn read_states(keys: &WorkGroupKeys) -> TxnOp {
-    TxnOp::get(
-        keys.item_states_prefix(),
-        Some(GetOptions::new().with_prefix()),
-    )
+/// Largest stored shard state: three numbers in JSON.
+const STATE_BYTES: usize = 128;
+
+/// The range of every shard's state, read with the group.
+pub(crate) fn read_states(keys: &WorkGroupKeys) -> RangeRead {
+    RangeRead::prefix(keys.item_states_prefix(), STATE_BYTES)
 }
 
 /// The states [`read_states`] found, by shard; shards without a state are absent.
 pub(crate) fn decode_states(
-    response: Option<&TxnOpResponse>,
+    kvs: &[KeyValue],
 ) -> Result<BTreeMap<u32, StoredShardState>, StreamerError> {
     let mut states = BTreeMap::new();
-    if let Some(TxnOpResponse::Get(get)) = response {
-        for kv in get.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let Some(shard) = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            states.insert(shard, StoredShardState::decode(&key, Some(kv.value()))?);
-        }
+    for kv in kvs {
+        let key = String::from_utf8_lossy(kv.key());
+        let Some(shard) = key.rsplit('/').next().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        states.insert(shard, StoredShardState::decode(&key, Some(kv.value()))?);
     }
     Ok(states)
 }
@@ -306,11 +304,14 @@ mod tests {
         client: &mut Client,
         keys: &WorkGroupKeys,
     ) -> (BTreeMap<u32, StoredShardState>, StoredShardState) {
-        let txn = Txn::new().and_then([read_states(keys), read_state(keys, 4)]);
+        let txn = Txn::new().and_then([read_states(keys).txn_op(2), read_state(keys, 4)]);
         let response = client.txn(txn).await.unwrap();
         let responses = response.op_responses();
+        let Some(TxnOpResponse::Get(states)) = responses.first() else {
+            panic!("a get answers a get");
+        };
         (
-            decode_states(responses.first()).unwrap(),
+            decode_states(states.kvs()).unwrap(),
             decode_state(keys, 4, responses.get(1)).unwrap(),
         )
     }

@@ -205,10 +205,10 @@ impl Session<'_> {
     async fn round(&mut self) -> Result<Step, StreamerError> {
         let (snapshot, responses) = self
             .group
-            .snapshot_with(vec![shard::read_states(&self.keys)])
+            .snapshot_with(&[shard::read_states(&self.keys)])
             .await
             .map_err(StreamerError::queue("read streamer group"))?;
-        let mut states = shard::decode_states(responses.first())?;
+        let mut states = shard::decode_states(responses.first().map_or(&[], Vec::as_slice))?;
         let keys = self.keys.clone();
         let (_, acquired) = self
             .group

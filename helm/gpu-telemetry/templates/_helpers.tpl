@@ -128,6 +128,22 @@ KEDA's operator resolves them from its own namespace.
 /etc/gpu-telemetry/etcd-tls
 {{- end }}
 
+{{/* Where the etcd password is mounted as a file (ETCD_PASSWORD_FILE): no process listing or
+pod spec shows it, as an environment variable's value would be. */}}
+{{- define "gpu-telemetry.etcdAuthMountPath" -}}
+/etc/gpu-telemetry/etcd-auth
+{{- end }}
+
+{{/* The gateway's URL inside the cluster (the Knative Service's or the Deployment's Service). */}}
+{{- define "gpu-telemetry.gatewayUrl" -}}
+{{- $host := printf "%s-gateway.%s.svc.%s" (include "gpu-telemetry.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- if .Values.knative.enabled }}
+{{- printf "http://%s" $host }}
+{{- else }}
+{{- printf "http://%s:%d" $host (int .Values.gateway.service.port) }}
+{{- end }}
+{{- end }}
+
 {{/* Environment of a function container: (dict "ctx" $ "port" true "extra" list) */}}
 {{- define "gpu-telemetry.functionEnv" -}}
 {{- $ctx := .ctx }}
@@ -141,11 +157,6 @@ KEDA's operator resolves them from its own namespace.
     secretKeyRef:
       name: {{ $ctx.Values.externalEtcd.auth.existingSecret }}
       key: {{ $ctx.Values.externalEtcd.auth.usernameKey }}
-- name: ETCD_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $ctx.Values.externalEtcd.auth.existingSecret }}
-      key: {{ $ctx.Values.externalEtcd.auth.passwordKey }}
 {{- end }}
 {{- with .extra }}
 {{ toYaml . }}
@@ -171,6 +182,11 @@ KEDA's operator resolves them from its own namespace.
   mountPath: {{ include "gpu-telemetry.etcdTlsMountPath" .ctx }}
   readOnly: true
 {{- end }}
+{{- if include "gpu-telemetry.etcdAuth" .ctx }}
+- name: etcd-auth
+  mountPath: {{ include "gpu-telemetry.etcdAuthMountPath" .ctx }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
@@ -190,6 +206,15 @@ they are world-readable: 0444. The container runs nothing but the function, as t
 - name: etcd-tls
   secret:
     secretName: {{ .ctx.Values.externalEtcd.tls.existingSecret }}
+    defaultMode: {{ if (.podSecurityContext | default dict).fsGroup }}0440{{ else }}0444{{ end }}
+{{- end }}
+{{- if include "gpu-telemetry.etcdAuth" .ctx }}
+- name: etcd-auth
+  secret:
+    secretName: {{ .ctx.Values.externalEtcd.auth.existingSecret }}
+    items:
+      - key: {{ .ctx.Values.externalEtcd.auth.passwordKey }}
+        path: password
     defaultMode: {{ if (.podSecurityContext | default dict).fsGroup }}0440{{ else }}0444{{ end }}
 {{- end }}
 {{- end }}

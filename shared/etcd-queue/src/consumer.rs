@@ -4,17 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::change_feed::{Change, ChangeFeed};
 use crate::config::{ConsumerConfig, QueueConfig};
 use crate::depth::{DepthReporter, Progress};
 use crate::error::QueueError;
-use crate::keys::{trailing_number, GroupKeys, QueueKeys};
+use crate::keys::{parse_message, trailing_number, GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv};
 use crate::producer::Fence;
+use crate::range::{RangePages, RangeRead};
 use crate::retry::{is_transient, with_retry, Backoff};
 use crate::txn_budget::MAX_TXN_OPS;
 use crate::work_group::WorkGroup;
@@ -271,9 +270,9 @@ impl Consumer {
     /// Re-reads members, owners, heads and offsets at one revision, rebalances, and (re)opens the
     /// change feed from just after that revision so that no change in between is missed.
     async fn refresh(&mut self) -> Result<(), QueueError> {
-        let extra = Progress::read_ops(&self.keys, &self.group_keys).to_vec();
-        let (snapshot, responses) = self.group.snapshot_with(extra).await?;
-        let progress = Progress::from_responses(snapshot.revision, &responses);
+        let ranges = Progress::ranges(&self.keys, &self.group_keys);
+        let (snapshot, kvs) = self.group.snapshot_with(&ranges).await?;
+        let progress = Progress::from_kvs(snapshot.revision, &kvs);
         self.heads = progress.heads;
         self.offsets = progress.offsets;
         self.offset_bytes = progress.offset_bytes;
@@ -350,32 +349,7 @@ impl Consumer {
             if self.heads.get(&partition).copied().unwrap_or(0) <= after {
                 continue;
             }
-            let start = self.keys.message(partition, after + 1);
-            let end = self.keys.message(partition, u64::MAX);
-            let limit = self.config.max_messages as i64;
-            let response = with_retry("fetch messages", self.queue.retry_budget, || {
-                let mut client = self.client.clone();
-                let options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-                let start = start.clone();
-                async move { client.get(start, Some(options)).await }
-            })
-            .await?;
-            let mut messages = Vec::new();
-            let mut bytes = 0;
-            for kv in response.kvs() {
-                let Some(offset) = trailing_number(kv.key()) else {
-                    continue;
-                };
-                if !messages.is_empty() && bytes + kv.value().len() > self.config.max_bytes {
-                    break;
-                }
-                bytes += kv.value().len();
-                messages.push(Message {
-                    partition,
-                    offset,
-                    payload: kv.value().to_vec(),
-                });
-            }
+            let messages = self.read_pending(partition, after).await?;
             if messages.is_empty() {
                 // The head we saw is ahead of what is readable: our view is stale.
                 self.need_snapshot = true;
@@ -390,6 +364,75 @@ impl Consumer {
             }));
         }
         Ok(None)
+    }
+
+    /// The messages of `partition` after `after` that one delivery holds: at most `max_messages`,
+    /// and at most `max_bytes` of payload (but always the first). Bounded before any payload is
+    /// read: a keys-only read lists the pending messages with the payload size each key carries,
+    /// the delivery is cut from those sizes, and its payloads are read in ranges that each fit
+    /// one page.
+    async fn read_pending(&self, partition: u32, after: u64) -> Result<Vec<Message>, QueueError> {
+        let pages = |operation, range| {
+            RangePages::new(
+                self.client.clone(),
+                operation,
+                range,
+                self.queue.retry_budget,
+            )
+        };
+        let listed = RangeRead::between(
+            self.keys.message(partition, after + 1),
+            self.keys.message(partition, u64::MAX),
+            0,
+        )
+        .keys_only()
+        .limit(self.config.max_messages.max(1));
+        let mut chosen: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut bytes = 0;
+        for kv in pages("list messages", listed).collect().await? {
+            let Some((_, size)) = parse_message(kv.key()) else {
+                continue;
+            };
+            // A key without its size holds at most the largest payload allowed.
+            let size = size.unwrap_or(self.queue.max_payload_bytes);
+            if !chosen.is_empty() && bytes + size > self.config.max_bytes {
+                break;
+            }
+            bytes += size;
+            chosen.push((kv.key().to_vec(), size));
+        }
+        let mut messages = Vec::with_capacity(chosen.len());
+        let mut rest = chosen.as_slice();
+        while let Some((first, _)) = rest.first() {
+            // The longest run of keys that one page holds at the largest size among them.
+            let mut take = 0;
+            let mut largest = 0;
+            for (_, size) in rest {
+                let candidate = largest.max(*size);
+                let range = RangeRead::between(first.clone(), Vec::new(), candidate);
+                if take > 0 && take + 1 > range.keys_per_page() {
+                    break;
+                }
+                largest = candidate;
+                take += 1;
+            }
+            let (run, after_run) = rest.split_at(take);
+            rest = after_run;
+            let mut end = run[take - 1].0.clone();
+            end.push(0);
+            let range = RangeRead::between(first.clone(), end, largest).limit(take);
+            for kv in pages("fetch messages", range).collect().await? {
+                let Some((offset, _)) = parse_message(kv.key()) else {
+                    continue;
+                };
+                messages.push(Message {
+                    partition,
+                    offset,
+                    payload: kv.into_key_value().1,
+                });
+            }
+        }
+        Ok(messages)
     }
 
     /// Gives a delivery back uncommitted: its messages will be delivered again.
@@ -530,6 +573,38 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// Writes `fence` for `delivery` without committing it, in one transaction that holds only if
+    /// this member still owns the partition and its offset is still where the delivery started
+    /// (the conditions of [`Consumer::commit`]): a member that lost the partition writes nothing.
+    /// For a delivery whose writes need several transactions, all but the last are written this
+    /// way; the caller makes these writes idempotent, since a delivery that is never committed is
+    /// delivered again, and a write whose answer was lost is sent again (its own compares then
+    /// fail if it had landed). Returns the revision of the write. Errors and books as
+    /// [`Consumer::commit`]'s: the partition is given up only when its owner key is gone or on
+    /// another member's lease, and a failure other than [`QueueError::FenceFailed`] ends the
+    /// delivery (the committed offsets are re-read before the next).
+    pub async fn write_fenced(
+        &mut self,
+        delivery: &Delivery,
+        fence: Fence,
+    ) -> Result<i64, QueueError> {
+        let partition = delivery.partition;
+        if !self.group.owned().contains_key(&partition) {
+            self.in_flight = None;
+            return Err(QueueError::LostOwnership { partition });
+        }
+        let attempt = CommitAttempt::fenced_write(self, delivery, fence);
+        let outcome = self.send_commit(&attempt).await;
+        if let Err(e) = &outcome {
+            if !matches!(e, QueueError::FenceFailed) {
+                self.in_flight = None;
+                self.need_snapshot = true;
+                self.last_snapshot = None;
+            }
+        }
+        outcome
     }
 
     /// What the owner key and the committed offset say about `attempt`. Keeps the books: a
@@ -681,6 +756,23 @@ impl CommitAttempt {
             offset_bytes_key,
             compares: fence.compares,
             ops,
+        }
+    }
+
+    /// `fence` alone, on the conditions of a commit of `delivery`: the offset stays where it is,
+    /// so the attempt never counts as landed by the offset it reads back.
+    fn fenced_write(consumer: &Consumer, delivery: &Delivery, fence: Fence) -> Self {
+        let partition = delivery.partition;
+        CommitAttempt {
+            partition,
+            from: delivery.after,
+            to: delivery.after,
+            to_bytes: consumer.offset_bytes.get(&partition).copied().unwrap_or(0),
+            owner_key: consumer.group_keys.work_group().owner(partition),
+            offset_key: consumer.group_keys.offset(partition),
+            offset_bytes_key: consumer.group_keys.offset_bytes(partition),
+            compares: fence.compares,
+            ops: fence.ops,
         }
     }
 

@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, Txn, TxnOp};
 
 use crate::error::QueueError;
 use crate::keys::{trailing_number, GroupKeys, QueueKeys};
 use crate::kv::decimal_value;
+use crate::range::{read_ranges, RangeRead};
 use crate::retry::with_retry;
 
 /// Heads and committed offsets of every partition, and the payload bytes published to and
@@ -30,21 +31,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// The reads [`Progress::from_responses`] takes, in its order.
-    pub(crate) fn read_ops(keys: &QueueKeys, group: &GroupKeys) -> [TxnOp; PROGRESS_READS] {
-        let prefix = |key: String| TxnOp::get(key, Some(GetOptions::new().with_prefix()));
+    /// The four ranges a progress is read from: heads, committed offsets, bytes published and
+    /// bytes committed (decimal values, one key per partition).
+    pub(crate) fn ranges(keys: &QueueKeys, group: &GroupKeys) -> [RangeRead; PROGRESS_READS] {
         [
-            prefix(keys.heads_prefix()),
-            prefix(group.offsets_prefix()),
-            prefix(keys.head_bytes_prefix()),
-            prefix(group.offset_bytes_prefix()),
+            RangeRead::prefix(keys.heads_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(group.offsets_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(keys.head_bytes_prefix(), DECIMAL_VALUE_BYTES),
+            RangeRead::prefix(group.offset_bytes_prefix(), DECIMAL_VALUE_BYTES),
         ]
     }
 
-    pub(crate) fn from_responses(revision: i64, responses: &[TxnOpResponse]) -> Self {
-        let numbers = |i: usize| match responses.get(i) {
-            Some(TxnOpResponse::Get(get)) => numbers_by_partition(get.kvs()),
-            _ => BTreeMap::new(),
+    /// The progress from the key-values of [`Progress::ranges`], in its order.
+    pub(crate) fn from_kvs(revision: i64, kvs: &[Vec<KeyValue>]) -> Self {
+        let numbers = |i: usize| {
+            kvs.get(i)
+                .map_or_else(BTreeMap::new, |kvs| numbers_by_partition(kvs))
         };
         Progress {
             revision,
@@ -61,15 +63,14 @@ impl Progress {
         group: &GroupKeys,
         budget: Duration,
     ) -> Result<Self, QueueError> {
-        let ops = Self::read_ops(keys, group);
-        let response = with_retry("read queue progress", budget, || {
-            let mut client = client.clone();
-            let txn = Txn::new().and_then(ops.clone());
-            async move { client.txn(txn).await }
-        })
+        let (revision, kvs) = read_ranges(
+            client,
+            "read queue progress",
+            &Self::ranges(keys, group),
+            budget,
+        )
         .await?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(Self::from_responses(revision, &response.op_responses()))
+        Ok(Self::from_kvs(revision, &kvs))
     }
 
     /// Pending messages in `partition`.
@@ -97,7 +98,10 @@ impl Progress {
     }
 }
 
-/// How many reads [`Progress::read_ops`] makes.
+/// Largest value of a key holding a decimal u64 (heads, offsets, byte counters).
+pub(crate) const DECIMAL_VALUE_BYTES: usize = 20;
+
+/// How many ranges [`Progress::ranges`] reads.
 pub(crate) const PROGRESS_READS: usize = 4;
 
 pub(crate) fn numbers_by_partition(kvs: &[etcd_client::KeyValue]) -> BTreeMap<u32, u64> {

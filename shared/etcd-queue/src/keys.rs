@@ -7,7 +7,7 @@
 //! {prefix}/queue/{topic}/depth-rev                 etcd revision the depth value was computed at (20 digits)
 //! {prefix}/queue/{topic}/head/{p:05}               last sequence number published to partition p (decimal)
 //! {prefix}/queue/{topic}/head-bytes/{p:05}         payload bytes ever published to partition p (decimal)
-//! {prefix}/queue/{topic}/msg/{p:05}/{seq:020}      message payload, deleted when its group commits past it
+//! {prefix}/queue/{topic}/msg/{p:05}/{seq:020}/{bytes}  message payload (its size in the key), deleted when its group commits past it
 //! {prefix}/queue/{topic}/dead/{p:05}/{seq:020}     dead-lettered payload
 //! {prefix}/queue/{topic}/dead-reason/{p:05}/{seq:020}  why it was dead-lettered
 //! {prefix}/queue/{topic}/producer/{id}             last transaction number of a producer (ambiguous-retry check)
@@ -17,7 +17,9 @@
 //! {prefix}/queue/{topic}/group/{g}/offset-bytes/{p:05}  payload bytes committed from partition p
 //! ```
 //! Sequence numbers are zero-padded so that key order is sequence order and a partition's pending
-//! messages are one key range.
+//! messages are one key range. A message key ends with its payload's size, so a consumer sizes a
+//! delivery from a keys-only read before it reads any payload; `msg/{p:05}/{seq:020}` without the
+//! size (what producers before that change wrote) counts as the largest payload allowed.
 
 use crate::error::QueueError;
 
@@ -76,8 +78,15 @@ impl QueueKeys {
         format!("{}/msg/", self.root)
     }
 
+    /// Where partition `partition`'s message `seq` starts in key order: the bound of range reads
+    /// and deletes (the message itself is [`QueueKeys::message_entry`], just after it).
     pub(crate) fn message(&self, partition: u32, seq: u64) -> String {
         format!("{}/msg/{partition:05}/{seq:020}", self.root)
+    }
+
+    /// The key message `seq` of `partition` is stored under, carrying its payload's size.
+    pub(crate) fn message_entry(&self, partition: u32, seq: u64, payload_bytes: usize) -> String {
+        format!("{}/msg/{partition:05}/{seq:020}/{payload_bytes}", self.root)
     }
 
     pub(crate) fn dead_prefix(&self) -> String {
@@ -196,6 +205,18 @@ pub(crate) fn trailing_number(key: &[u8]) -> Option<u64> {
     key.rsplit('/').next()?.parse().ok()
 }
 
+/// The sequence number and payload size (`None`: a key written without it) of a message key.
+pub(crate) fn parse_message(key: &[u8]) -> Option<(u64, Option<usize>)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let (rest, last) = key.rsplit_once('/')?;
+    let (_, before_last) = rest.rsplit_once('/')?;
+    // `.../{p:05}/{seq:020}/{bytes}` or `.../{p:05}/{seq:020}`: the sequence is 20 digits.
+    if last.len() == 20 && before_last.len() == 5 {
+        return Some((last.parse().ok()?, None));
+    }
+    Some((before_last.parse().ok()?, Some(last.parse().ok()?)))
+}
+
 /// The last `/`-separated segment of a key.
 pub(crate) fn trailing_segment(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key).ok()?.rsplit('/').next()
@@ -217,10 +238,13 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), QueueError> {
     }
 }
 
+/// Longest member id: the value of a member and an owner key.
+pub const MEMBER_ID_BYTES: usize = 128;
+
 /// Member ids: ASCII letters, digits, `-`, `_`, `.`, 1..=128 characters (host names fit).
 pub fn validate_member_id(id: &str) -> Result<(), QueueError> {
     let ok = !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MEMBER_ID_BYTES
         && id != "."
         && id != ".."
         && id
@@ -280,6 +304,19 @@ mod tests {
         assert!(!keys.head_bytes(3).starts_with(&keys.heads_prefix()));
         assert!(!group.offset_bytes(7).starts_with(&group.offsets_prefix()));
         assert_eq!(trailing_number(keys.message(15, 42).as_bytes()), Some(42));
+        let entry = keys.message_entry(15, 42, 1234);
+        assert_eq!(
+            entry,
+            "/gpu-telemetry/queue/telemetry/msg/00015/00000000000000000042/1234"
+        );
+        assert_eq!(parse_message(entry.as_bytes()), Some((42, Some(1234))));
+        assert_eq!(
+            parse_message(keys.message(15, 42).as_bytes()),
+            Some((42, None))
+        );
+        // The entry sorts after its bound and before the next message's.
+        assert!(keys.message(15, 42) < entry && entry < keys.message(15, 43));
+        assert!(entry < keys.message_entry(15, 43, 1));
         assert_eq!(trailing_number(keys.head(15).as_bytes()), Some(15));
     }
 

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod kv;
 pub mod lease;
 pub mod producer;
+pub mod range;
 pub mod retry;
 pub mod txn_budget;
 pub mod work_group;
@@ -36,12 +37,16 @@ pub use error::QueueError;
 pub use keys::{GroupKeys, QueueKeys, WorkGroupKeys};
 pub use lease::is_lease_not_found;
 pub use producer::{Fence, OutgoingMessage, Position, Producer};
-pub use retry::{is_no_space, is_request_refused, is_transient, with_retry, Backoff};
+pub use range::{RangePages, RangeRead, MAX_RESPONSE_BYTES};
+pub use retry::{
+    is_no_space, is_request_refused, is_size_limit, is_transient, with_retry, Backoff,
+};
 pub use txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 pub use work_group::{GroupSnapshot, ItemOwner, Rebalance, WorkGroup};
 
 use crate::depth::PROGRESS_READS;
-use crate::keys::{trailing_number, trailing_segment};
+use crate::keys::{parse_message, trailing_number, trailing_segment, MEMBER_ID_BYTES};
+use crate::range::complete_ranges;
 use crate::retry::with_retry as retry;
 
 /// Topic metadata stored in etcd when the topic is created.
@@ -198,14 +203,13 @@ impl Queue {
     /// compare on its value.
     async fn ensure_offsets(&self) -> Result<(), QueueError> {
         let existing = self
-            .get_retried(
+            .pages(
                 "read offsets",
-                self.group.offsets_prefix(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
+                RangeRead::prefix(self.group.offsets_prefix(), 0).keys_only(),
             )
+            .collect()
             .await?;
         let present: Vec<u64> = existing
-            .kvs()
             .iter()
             .filter_map(|kv| trailing_number(kv.key()))
             .collect();
@@ -343,48 +347,49 @@ impl Queue {
     /// Partitions with owner, committed offset and lag; members; depth; dead-letter count.
     pub async fn status(&self) -> Result<QueueStatus, QueueError> {
         let wg = self.group.work_group();
-        let mut ops = Progress::read_ops(&self.keys, &self.group).to_vec();
-        ops.extend([
-            TxnOp::get(wg.owners_prefix(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(
-                wg.members_prefix(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-            TxnOp::get(
-                self.keys.dead_prefix(),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            ),
+        let mut ranges = Progress::ranges(&self.keys, &self.group).to_vec();
+        ranges.extend([
+            RangeRead::prefix(wg.owners_prefix(), MEMBER_ID_BYTES),
+            RangeRead::prefix(wg.members_prefix(), 0).keys_only(),
         ]);
+        let mut ops: Vec<TxnOp> = ranges.iter().map(|r| r.txn_op(ranges.len())).collect();
+        // A count answers with no keys, whatever their number.
+        ops.push(TxnOp::get(
+            self.keys.dead_prefix(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ));
         let response = retry("read queue status", self.config.retry_budget, || {
             let mut client = self.client.clone();
             let txn = Txn::new().and_then(ops.clone());
             async move { client.txn(txn).await }
         })
         .await?;
-        let responses = response.op_responses();
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        let (progress_responses, responses) = responses.split_at(PROGRESS_READS);
-        let progress = Progress::from_responses(revision, progress_responses);
+        let mut responses = response.op_responses();
+        let dead_letters = match responses.pop() {
+            Some(TxnOpResponse::Get(get)) => get.count() as u64,
+            _ => 0,
+        };
+        let kvs = complete_ranges(
+            &self.client,
+            "read queue status",
+            &ranges,
+            responses,
+            revision,
+            self.config.retry_budget,
+        )
+        .await?;
+        let progress = Progress::from_kvs(revision, &kvs[..PROGRESS_READS]);
         let mut owners = BTreeMap::new();
-        let mut members = Vec::new();
-        let mut dead_letters = 0;
-        if let Some(TxnOpResponse::Get(get)) = responses.first() {
-            for kv in get.kvs() {
-                if let Some(p) = trailing_number(kv.key()) {
-                    owners.insert(p as u32, String::from_utf8_lossy(kv.value()).into_owned());
-                }
+        for kv in &kvs[PROGRESS_READS] {
+            if let Some(p) = trailing_number(kv.key()) {
+                owners.insert(p as u32, String::from_utf8_lossy(kv.value()).into_owned());
             }
         }
-        if let Some(TxnOpResponse::Get(get)) = responses.get(1) {
-            members = get
-                .kvs()
-                .iter()
-                .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
-                .collect();
-        }
-        if let Some(TxnOpResponse::Get(get)) = responses.get(2) {
-            dead_letters = get.count() as u64;
-        }
+        let members = kvs[PROGRESS_READS + 1]
+            .iter()
+            .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
+            .collect();
         let partitions = (0..self.config.partitions)
             .map(|p| PartitionStatus {
                 partition: p,
@@ -433,14 +438,23 @@ impl Queue {
         .await
     }
 
+    /// A paged read of `range`, retried for the queue's retry budget.
+    fn pages(&self, operation: &'static str, range: RangeRead) -> RangePages {
+        RangePages::new(
+            self.client.clone(),
+            operation,
+            range,
+            self.config.retry_budget,
+        )
+    }
+
     /// Up to `limit` dead letters, in partition then offset order.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, QueueError> {
-        let options = GetOptions::new().with_prefix().with_limit(limit as i64);
-        let response = self
-            .get_retried("list dead letters", self.keys.dead_prefix(), Some(options))
-            .await?;
+        let range =
+            RangeRead::prefix(self.keys.dead_prefix(), self.config.max_payload_bytes).limit(limit);
+        let dead = self.pages("list dead letters", range).collect().await?;
         let mut records = Vec::new();
-        for kv in response.kvs() {
+        for kv in &dead {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let mut segments = key.rsplit('/');
             let offset = segments.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -470,24 +484,21 @@ impl Queue {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, QueueError> {
-        let options = GetOptions::new()
-            .with_range(self.keys.message(partition, u64::MAX))
-            .with_limit(limit as i64);
-        let response = self
-            .get_retried(
-                "peek messages",
-                self.keys.message(partition, after + 1),
-                Some(options),
-            )
-            .await?;
-        Ok(response
-            .kvs()
-            .iter()
+        let range = RangeRead::between(
+            self.keys.message(partition, after + 1),
+            self.keys.message(partition, u64::MAX),
+            self.config.max_payload_bytes,
+        )
+        .limit(limit);
+        let pending = self.pages("peek messages", range).collect().await?;
+        Ok(pending
+            .into_iter()
             .filter_map(|kv| {
+                let (offset, _) = parse_message(kv.key())?;
                 Some(Message {
                     partition,
-                    offset: trailing_number(kv.key())?,
-                    payload: kv.value().to_vec(),
+                    offset,
+                    payload: kv.into_key_value().1,
                 })
             })
             .collect())

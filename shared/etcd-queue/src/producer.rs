@@ -12,14 +12,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::config::QueueConfig;
-use crate::depth::{numbers_by_partition, DepthReporter, Progress};
+use crate::depth::{numbers_by_partition, DepthReporter, Progress, DECIMAL_VALUE_BYTES};
 use crate::error::QueueError;
 use crate::keys::{GroupKeys, QueueKeys};
 use crate::kv::{decimal_value, first_kv, read_decimal};
 use crate::lease::is_lease_not_found;
+use crate::range::{read_ranges, RangeRead};
 use crate::retry::{is_transient, Backoff};
 use crate::txn_budget::{MAX_TXN_BYTES, MAX_TXN_OPS};
 
@@ -276,7 +277,8 @@ impl Producer {
                     offset: head.seq,
                 });
                 ops.push(TxnOp::put(
-                    self.keys.message(message.partition, head.seq),
+                    self.keys
+                        .message_entry(message.partition, head.seq, message.payload.len()),
                     message.payload.clone(),
                     None,
                 ));
@@ -520,18 +522,18 @@ impl Producer {
 
     async fn heads(&mut self) -> Result<&BTreeMap<u32, Head>, QueueError> {
         if self.heads.is_none() {
-            let prefix = |key: String| TxnOp::get(key, Some(GetOptions::new().with_prefix()));
-            let reads = [
-                prefix(self.keys.heads_prefix()),
-                prefix(self.keys.head_bytes_prefix()),
+            let ranges = [
+                RangeRead::prefix(self.keys.heads_prefix(), DECIMAL_VALUE_BYTES),
+                RangeRead::prefix(self.keys.head_bytes_prefix(), DECIMAL_VALUE_BYTES),
             ];
-            let response = crate::retry::with_retry("read heads", self.config.retry_budget, || {
-                let mut client = self.client.clone();
-                let txn = Txn::new().and_then(reads.clone());
-                async move { client.txn(txn).await }
-            })
+            let (_, kvs) = read_ranges(
+                &self.client,
+                "read heads",
+                &ranges,
+                self.config.retry_budget,
+            )
             .await?;
-            self.heads = Some(self.heads_from(&response.op_responses()));
+            self.heads = Some(self.heads_from_kvs(kvs.iter().flatten()));
         }
         Ok(self.heads.get_or_insert_with(BTreeMap::new))
     }
@@ -539,19 +541,26 @@ impl Producer {
     /// The heads that gets of head keys and byte-count keys found (a head whose byte count is
     /// absent, written before byte counts were kept, counts 0 bytes).
     fn heads_from(&self, responses: &[TxnOpResponse]) -> BTreeMap<u32, Head> {
+        self.heads_from_kvs(responses.iter().flat_map(|response| match response {
+            TxnOpResponse::Get(get) => get.kvs(),
+            _ => &[],
+        }))
+    }
+
+    /// Heads from head and head-bytes keys, in any order.
+    fn heads_from_kvs<'a>(
+        &self,
+        kvs: impl IntoIterator<Item = &'a etcd_client::KeyValue>,
+    ) -> BTreeMap<u32, Head> {
         let bytes_prefix = self.keys.head_bytes_prefix();
         let mut seqs = BTreeMap::new();
         let mut bytes = BTreeMap::new();
-        for response in responses {
-            if let TxnOpResponse::Get(get) = response {
-                for kv in get.kvs() {
-                    let found = numbers_by_partition(std::slice::from_ref(kv));
-                    if kv.key().starts_with(bytes_prefix.as_bytes()) {
-                        bytes.extend(found);
-                    } else {
-                        seqs.extend(found);
-                    }
-                }
+        for kv in kvs {
+            let found = numbers_by_partition(std::slice::from_ref(kv));
+            if kv.key().starts_with(bytes_prefix.as_bytes()) {
+                bytes.extend(found);
+            } else {
+                seqs.extend(found);
             }
         }
         seqs.into_iter()

@@ -69,6 +69,26 @@ pub fn is_transient(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether etcd or its client refused a request or a response for its size: a response over
+/// the client's message limit (4 MiB), a request over etcd's `--max-request-bytes`, or a
+/// transaction over `--max-txn-ops`. Never transient, and never a sign that etcd is down: the
+/// request must be made smaller. Recognised here only, by gRPC message.
+pub fn is_size_limit(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            // tonic, decoding a response or encoding a request over its limit.
+            message.contains("message length too large")
+                // grpc-go in etcd, receiving or sending a message over its limit.
+                || message.contains("message larger than max")
+                // etcd's own request checks.
+                || message.contains("etcdserver: request is too large")
+                || message.contains("etcdserver: too many operations in txn request")
+        }
+        _ => false,
+    }
+}
+
 /// What etcd answers to a write while its NOSPACE alarm is raised (its database reached
 /// `--quota-backend-bytes`): gRPC `ResourceExhausted` with this message. Reads, deletes and lease
 /// keep-alives still work; puts, transactions with a put, and lease grants do not, until the
@@ -149,6 +169,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_limits_are_recognised_and_permanent() {
+        let too_large = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 8365677 bytes, the limit is: 4194304 bytes",
+        ));
+        assert!(is_size_limit(&too_large));
+        assert!(!is_transient(&too_large));
+        for message in [
+            "etcdserver: request is too large",
+            "etcdserver: too many operations in txn request",
+        ] {
+            let refused = etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(message));
+            assert!(is_size_limit(&refused), "{message}");
+        }
+        let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("connection refused"));
+        assert!(!is_size_limit(&down));
+    }
 
     #[test]
     fn only_etcds_no_space_status_is_no_space() {

@@ -10,12 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::error::QueueError;
 use crate::hash::rendezvous_owner;
-use crate::keys::{trailing_number, trailing_segment, validate_member_id, WorkGroupKeys};
+use crate::keys::{
+    trailing_number, trailing_segment, validate_member_id, WorkGroupKeys, MEMBER_ID_BYTES,
+};
 use crate::lease::{is_lease_not_found, KeptLease};
+use crate::range::{read_ranges, RangeRead};
 use crate::retry::with_retry;
 
 /// Who owns what, read at one etcd revision.
@@ -164,44 +167,38 @@ impl WorkGroup {
         self.lease.wait_lost().await
     }
 
-    /// Reads members and owners, plus `extra` reads, in one transaction (one revision).
+    /// Reads members and owners, plus the `extra` ranges, at one revision. Returns the keys of
+    /// each extra range, in order.
     pub async fn snapshot_with(
         &self,
-        extra: Vec<TxnOp>,
-    ) -> Result<(GroupSnapshot, Vec<TxnOpResponse>), QueueError> {
-        let mut ops = vec![
-            TxnOp::get(
-                self.keys.members_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-            TxnOp::get(
-                self.keys.owners_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
+        extra: &[RangeRead],
+    ) -> Result<(GroupSnapshot, Vec<Vec<KeyValue>>), QueueError> {
+        let mut ranges = vec![
+            RangeRead::prefix(self.keys.members_prefix(), MEMBER_ID_BYTES),
+            RangeRead::prefix(self.keys.owners_prefix(), MEMBER_ID_BYTES),
         ];
-        ops.extend(extra);
-        let response = with_retry("read group snapshot", self.retry_budget, || {
-            let mut client = self.client.clone();
-            let txn = Txn::new().and_then(ops.clone());
-            async move { client.txn(txn).await }
-        })
+        ranges.extend_from_slice(extra);
+        let (revision, kvs) = read_ranges(
+            &self.client,
+            "read group snapshot",
+            &ranges,
+            self.retry_budget,
+        )
         .await?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        let mut responses = response.op_responses().into_iter();
+        let mut kvs = kvs.into_iter();
         let mut snapshot = GroupSnapshot {
             revision,
             ..GroupSnapshot::default()
         };
-        if let Some(TxnOpResponse::Get(members)) = responses.next() {
+        if let Some(members) = kvs.next() {
             snapshot.members = members
-                .kvs()
                 .iter()
                 .filter_map(|kv| trailing_segment(kv.key()).map(str::to_string))
                 .collect();
             snapshot.members.sort();
         }
-        if let Some(TxnOpResponse::Get(owners)) = responses.next() {
-            for kv in owners.kvs() {
+        if let Some(owners) = kvs.next() {
+            for kv in &owners {
                 if let Some(item) = trailing_number(kv.key()) {
                     let owner = ItemOwner {
                         member: String::from_utf8_lossy(kv.value()).into_owned(),
@@ -212,7 +209,7 @@ impl WorkGroup {
                 }
             }
         }
-        Ok((snapshot, responses.collect()))
+        Ok((snapshot, kvs.collect()))
     }
 
     /// The items this member should own given the live members it last saw.

@@ -423,3 +423,135 @@ async fn a_watch_from_a_compacted_revision_reports_broken_so_consumers_re_list()
     assert_eq!(seen, 5);
     assert_eq!(queue.depth().await.unwrap(), 0);
 }
+
+/// Ten messages near the largest payload (900 KiB each) are pending at once: together 9 MB, over
+/// the client's 4 MiB message limit had they been read in one range. Each delivery is cut from
+/// the sizes the message keys carry before a payload is read: one message per delivery (two
+/// would exceed the 1 MiB `max_bytes`), and every message arrives whole, in order.
+#[tokio::test]
+async fn large_messages_are_delivered_within_the_byte_bound() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("large-fetch");
+    let queue = Queue::open(etcd.client().await, config(&prefix))
+        .await
+        .unwrap();
+    let payload = |i: u8| vec![i; 900 * 1024];
+    let mut producer = queue.producer();
+    for i in 0..10u8 {
+        producer
+            .publish_batch(vec![OutgoingMessage {
+                partition: 0,
+                payload: payload(i),
+            }])
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+    // A peek reads the same range in pages.
+    let peeked = queue.peek(0, 0, 100).await.unwrap();
+    assert_eq!(
+        peeked.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    assert!(peeked
+        .iter()
+        .zip(0u8..)
+        .all(|(m, i)| m.payload == payload(i)));
+
+    let mut consumer = queue.consumer(consumer_config("large")).await.unwrap();
+    for i in 0..10u8 {
+        let delivery = consumer
+            .poll(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a pending message");
+        assert_eq!(delivery.messages.len(), 1, "delivery {i}");
+        assert_eq!(delivery.messages[0].offset, u64::from(i) + 1);
+        assert_eq!(delivery.messages[0].payload, payload(i));
+        consumer
+            .commit(&delivery, Fence::default(), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    consumer.leave().await.unwrap();
+}
+
+/// 4,096 partitions (the most a topic may have) with a member and an owner key each are read in
+/// pages at one revision: the status lists every partition.
+#[tokio::test]
+async fn the_status_of_the_largest_topic_is_read_in_pages() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("status-pages");
+    let queue = Queue::open(
+        etcd.client().await,
+        QueueConfig {
+            partitions: 4096,
+            ..config(&prefix)
+        },
+    )
+    .await
+    .unwrap();
+    let mut producer = queue.producer();
+    let messages: Vec<OutgoingMessage> = (0..100u32)
+        .map(|p| OutgoingMessage {
+            partition: p * 40,
+            payload: vec![1; 10],
+        })
+        .collect();
+    producer.publish_batch(messages).await.unwrap();
+    producer.close().await.unwrap();
+    let status = queue.status().await.unwrap();
+    assert_eq!(status.partitions.len(), 4096);
+    assert_eq!(status.depth, 100);
+    assert_eq!(
+        status.partitions.iter().filter(|p| p.head == 1).count(),
+        100
+    );
+    assert_eq!(queue.progress().await.unwrap().offsets.len(), 4096);
+}
+
+/// A range of thousands of keys read in pages of a few keys each (a large stated value bound):
+/// the pages narrow their window of the range as they go, and every key comes exactly once, in
+/// order, with a limit as without, keys that extend others included.
+#[tokio::test]
+async fn a_large_range_is_read_in_windows_with_every_key_once_in_order() {
+    use etcd_queue::{RangePages, RangeRead};
+
+    let etcd = EtcdHarness::start().await;
+    let client = etcd.client().await;
+    let prefix = unique_prefix("range-windows");
+    let mut keys: Vec<String> = (0..3_000u32)
+        .map(|i| format!("{prefix}/k/{:08x}", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    keys.extend(["a", "a\u{7f}", "a\u{7f}\u{7f}", "b"].map(|t| format!("{prefix}/k/{t}")));
+    for group in keys.chunks(100) {
+        let ops: Vec<TxnOp> = group
+            .iter()
+            .map(|k| TxnOp::put(k.clone(), "v", None))
+            .collect();
+        client
+            .clone()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    keys.sort();
+    let read = |range: RangeRead| async {
+        let mut pages = RangePages::new(client.clone(), "read", range, Duration::from_secs(5));
+        let mut read = Vec::new();
+        let mut count = 0;
+        while let Some(page) = pages.next_page().await.unwrap() {
+            count += 1;
+            read.extend(page.iter().map(|kv| kv.key_str().unwrap().to_string()));
+        }
+        (read, count)
+    };
+    // About 15 keys per page at a stated 64 KiB per value.
+    let range = RangeRead::prefix(format!("{prefix}/k/"), 64 * 1024);
+    let (all, pages) = read(range.clone()).await;
+    assert_eq!(all, keys);
+    assert!(pages > 100, "{pages} pages");
+    let (first, _) = read(range.limit(1_234)).await;
+    assert_eq!(first, keys[..1_234]);
+}

@@ -111,6 +111,9 @@ pub use engine::{Engine, EngineConfig, FetchedQuery, PreparedQuery, QueryLimits,
 pub use error::{ErrorType, QueryError, SourceError};
 pub use labels::{Labels, METRIC_NAME};
 pub use matcher::{parse_series_selector, LabelMatcher, MatchOp, Matchers};
+/// Parses a PromQL duration (`15s`, `1m30s`, `500ms`, `1d`), as the API's `step` and `timeout`
+/// take them.
+pub use promql_parser::util::parse_duration;
 pub use source::{label_names, label_values, InMemorySource, Point, Series, SeriesSource};
 pub use value::{
     format_sample_time, format_scalar_time, format_value, InstantSample, RangeSeries, Value,

@@ -1,5 +1,5 @@
-//! GPU telemetry domain model: validated ids, GPU metadata, timestamps, CloudEvent sample batches
-//! and the streaming DCGM CSV reader.
+//! GPU telemetry domain model: validated ids, GPU metadata, timestamps, CloudEvent sample batches,
+//! the streaming DCGM CSV reader and how a GPU's metric becomes a dcgm-exporter series.
 //!
 //! This crate does no I/O beyond reading a CSV from a [`std::io::Read`] or a file.
 
@@ -8,6 +8,7 @@ pub mod columnar;
 pub mod csv_reader;
 pub mod gpu;
 pub mod ids;
+pub mod series;
 pub mod time;
 
 pub use batch::{
@@ -20,4 +21,5 @@ pub use csv_reader::{
 };
 pub use gpu::{parse_labels, GpuInfo, LabelsError};
 pub use ids::{GpuUuid, InvalidId, MetricName};
+pub use series::{series_labels, METRIC_NAME_LABEL};
 pub use time::{TimeParseError, TimestampMicros, DEFAULT_MAX_FUTURE};

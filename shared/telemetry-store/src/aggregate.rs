@@ -1,5 +1,7 @@
 //! Downsampling: one value per metric per step bucket (bucket start aligned to multiples of the
-//! step since the epoch), with avg, min, max, last or count.
+//! step since the epoch), or per metric over the whole window, with avg, min, max, last or count.
+//! The [`Aggregator`] folds samples as they are decoded, in any order, so its memory is one
+//! accumulator per bucket and metric, never the window's samples.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,52 +47,97 @@ struct Acc {
     count: u64,
 }
 
-/// Aggregates `samples` (any order) into buckets of `step_us`; the result is ordered by
-/// (bucket start, metric name) and each entry's timestamp is its bucket start.
-pub fn aggregate<'a>(
-    samples: impl IntoIterator<Item = &'a StoredSample>,
-    step_us: i64,
+/// A streaming fold of samples into buckets.
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    /// Bucket length in µs; `None`: one bucket for the whole window.
+    step_us: Option<i64>,
     aggregation: Aggregation,
-) -> Vec<StoredSample> {
-    assert!(step_us > 0, "step must be positive");
-    let mut buckets: BTreeMap<(i64, Arc<str>), Acc> = BTreeMap::new();
-    for s in samples {
-        let bucket = s.timestamp.0.div_euclid(step_us) * step_us;
-        buckets
-            .entry((bucket, s.metric.clone()))
-            .and_modify(|acc| {
-                acc.sum += s.value;
-                acc.min = acc.min.min(s.value);
-                acc.max = acc.max.max(s.value);
-                if s.timestamp.0 >= acc.last_ts {
-                    acc.last = s.value;
-                    acc.last_ts = s.timestamp.0;
-                }
-                acc.count += 1;
-            })
-            .or_insert(Acc {
+    buckets: BTreeMap<(i64, Arc<str>), Acc>,
+    /// Most (bucket, metric) accumulators kept; samples that would open more are dropped and
+    /// [`Aggregator::overflowed`] says so.
+    max_buckets: usize,
+    overflowed: bool,
+    earliest: Option<i64>,
+}
+
+impl Aggregator {
+    /// A fold into buckets of `step_us` (`None`: the whole window), keeping at most `max_buckets`
+    /// bucket and metric pairs.
+    pub fn new(step_us: Option<i64>, aggregation: Aggregation, max_buckets: usize) -> Self {
+        assert!(step_us.is_none_or(|s| s > 0), "step must be positive");
+        Aggregator {
+            step_us,
+            aggregation,
+            buckets: BTreeMap::new(),
+            max_buckets,
+            overflowed: false,
+            earliest: None,
+        }
+    }
+
+    /// Folds one sample in.
+    pub fn add(&mut self, s: &StoredSample) {
+        let ts = s.timestamp.0;
+        let bucket = self.step_us.map_or(0, |step| ts.div_euclid(step) * step);
+        self.earliest = Some(self.earliest.map_or(ts, |e| e.min(ts)));
+        if let Some(acc) = self.buckets.get_mut(&(bucket, s.metric.clone())) {
+            acc.sum += s.value;
+            acc.min = acc.min.min(s.value);
+            acc.max = acc.max.max(s.value);
+            if ts >= acc.last_ts {
+                acc.last = s.value;
+                acc.last_ts = ts;
+            }
+            acc.count += 1;
+            return;
+        }
+        if self.buckets.len() >= self.max_buckets {
+            self.overflowed = true;
+            return;
+        }
+        self.buckets.insert(
+            (bucket, s.metric.clone()),
+            Acc {
                 sum: s.value,
                 min: s.value,
                 max: s.value,
                 last: s.value,
-                last_ts: s.timestamp.0,
+                last_ts: ts,
                 count: 1,
-            });
-    }
-    buckets
-        .into_iter()
-        .map(|((bucket, metric), acc)| StoredSample {
-            timestamp: TimestampMicros(bucket),
-            metric,
-            value: match aggregation {
-                Aggregation::Avg => acc.sum / acc.count as f64,
-                Aggregation::Min => acc.min,
-                Aggregation::Max => acc.max,
-                Aggregation::Last => acc.last,
-                Aggregation::Count => acc.count as f64,
             },
-        })
-        .collect()
+        );
+    }
+
+    /// Whether samples were dropped because the bucket limit was reached.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// The aggregates ordered by (bucket start, metric name), each timestamped with its bucket's
+    /// start; without a step, with `window_start`, or the oldest sample's time when the window
+    /// has no start.
+    pub fn finish(self, window_start: Option<TimestampMicros>) -> Vec<StoredSample> {
+        let whole = self
+            .step_us
+            .is_none()
+            .then(|| window_start.map_or(self.earliest.unwrap_or_default(), |t| t.0));
+        let aggregation = self.aggregation;
+        self.buckets
+            .into_iter()
+            .map(|((bucket, metric), acc)| StoredSample {
+                timestamp: TimestampMicros(whole.unwrap_or(bucket)),
+                metric,
+                value: match aggregation {
+                    Aggregation::Avg => acc.sum / acc.count as f64,
+                    Aggregation::Min => acc.min,
+                    Aggregation::Max => acc.max,
+                    Aggregation::Last => acc.last,
+                    Aggregation::Count => acc.count as f64,
+                },
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +152,22 @@ mod tests {
         }
     }
 
+    fn aggregate(
+        samples: &[StoredSample],
+        step: Option<i64>,
+        agg: Aggregation,
+    ) -> Vec<(i64, String, f64)> {
+        let mut aggregator = Aggregator::new(step, agg, usize::MAX);
+        for sample in samples {
+            aggregator.add(sample);
+        }
+        aggregator
+            .finish(None)
+            .into_iter()
+            .map(|s| (s.timestamp.0, s.metric.to_string(), s.value))
+            .collect()
+    }
+
     #[test]
     fn buckets_align_to_the_step_and_each_aggregation_is_exact() {
         let samples = vec![
@@ -114,13 +177,7 @@ mod tests {
             s(10_000_000, "a", 4.0),
             s(2, "b", 7.0),
         ];
-        let step = 10_000_000;
-        let got = |agg| {
-            aggregate(&samples, step, agg)
-                .into_iter()
-                .map(|s| (s.timestamp.0, s.metric.to_string(), s.value))
-                .collect::<Vec<_>>()
-        };
+        let got = |agg| aggregate(&samples, Some(10_000_000), agg);
         assert_eq!(
             got(Aggregation::Avg),
             vec![
@@ -139,5 +196,32 @@ mod tests {
         assert_eq!(got(Aggregation::Count)[0].2, 3.0);
         assert_eq!("avg".parse::<Aggregation>(), Ok(Aggregation::Avg));
         assert!("median".parse::<Aggregation>().is_err());
+    }
+
+    #[test]
+    fn without_a_step_each_metric_has_one_value_over_the_window() {
+        let samples = vec![s(30, "a", 1.0), s(10, "a", 5.0), s(20, "b", 2.0)];
+        assert_eq!(
+            aggregate(&samples, None, Aggregation::Max),
+            vec![(10, "a".into(), 5.0), (10, "b".into(), 2.0)]
+        );
+        let mut aggregator = Aggregator::new(None, Aggregation::Last, 10);
+        samples.iter().for_each(|x| aggregator.add(x));
+        let finished = aggregator.finish(Some(TimestampMicros(0)));
+        assert_eq!(finished[0].timestamp, TimestampMicros(0));
+        assert_eq!(finished[0].value, 1.0, "the latest sample of a");
+    }
+
+    #[test]
+    fn buckets_beyond_the_limit_are_dropped_and_reported() {
+        let mut aggregator = Aggregator::new(Some(1), Aggregation::Count, 2);
+        for t in 0..5 {
+            aggregator.add(&s(t, "a", 1.0));
+        }
+        aggregator.add(&s(1, "a", 1.0));
+        assert!(aggregator.overflowed());
+        let finished = aggregator.finish(None);
+        assert_eq!(finished.len(), 2);
+        assert_eq!(finished[1].value, 2.0, "an existing bucket still counts");
     }
 }

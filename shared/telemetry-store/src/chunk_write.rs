@@ -12,6 +12,7 @@ use telemetry_model::{GpuInfo, GpuUuid, MetricName, SampleBatch, TimestampMicros
 use crate::chunk::Chunk;
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
+use crate::open_chunk::{self, Applied};
 use crate::TelemetryStore;
 
 /// The samples of one GPU gathered from one or more batches.
@@ -27,8 +28,18 @@ pub struct GpuSamples {
 pub fn group_by_gpu<'a>(
     batches: impl IntoIterator<Item = &'a SampleBatch>,
 ) -> BTreeMap<GpuUuid, GpuSamples> {
+    group_where(batches.into_iter().map(|batch| (0, batch)), |_, _| true)
+}
+
+/// Groups the samples of the messages `(offset, batch)` by GPU as [`group_by_gpu`] does, leaving
+/// out each GPU of a message for which `keep(offset, gpu)` is false (its samples of that message
+/// are stored already).
+pub(crate) fn group_where<'a>(
+    messages: impl IntoIterator<Item = (u64, &'a SampleBatch)>,
+    mut keep: impl FnMut(u64, &GpuInfo) -> bool,
+) -> BTreeMap<GpuUuid, GpuSamples> {
     let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
-    for batch in batches {
+    for (offset, batch) in messages {
         let mut rows_of: Vec<Vec<(MetricName, TimestampMicros, f64)>> =
             vec![Vec::new(); batch.gpus.len()];
         for row in &batch.rows {
@@ -39,7 +50,7 @@ pub fn group_by_gpu<'a>(
             ));
         }
         for (info, samples) in batch.gpus.iter().zip(rows_of) {
-            if samples.is_empty() {
+            if samples.is_empty() || !keep(offset, info) {
                 continue;
             }
             match by_gpu.get_mut(&info.uuid) {
@@ -155,26 +166,35 @@ impl TelemetryStore {
             chunk.max_timestamp().unwrap_or_default(),
             tag,
         );
-        self.chunk_put(key, chunk).await
+        self.chunk_put(key, chunk, chunk.encode()).await
     }
 
-    /// The put that rewrites `uuid`'s open chunk.
+    /// The put that rewrites `uuid`'s open chunk, marked with the last message it holds all the
+    /// GPU's samples of.
     pub(crate) async fn put_open(
         &self,
         uuid: &GpuUuid,
         chunk: &Chunk,
+        applied: Option<Applied>,
     ) -> Result<LeasedPut, StoreError> {
-        self.chunk_put(self.keys().open_chunk(uuid), chunk).await
+        let value = open_chunk::encode(chunk, applied);
+        self.chunk_put(self.keys().open_chunk(uuid), chunk, value)
+            .await
     }
 
-    /// `chunk` encoded under `key`, on the lease of the bucket of its first sample: the bucket of
-    /// all of them, as a chunk never spans two.
-    async fn chunk_put(&self, key: String, chunk: &Chunk) -> Result<LeasedPut, StoreError> {
+    /// `value` (`chunk`, encoded) under `key`, on the lease of the bucket of the chunk's first
+    /// sample: the bucket of all of them, as a chunk never spans two.
+    async fn chunk_put(
+        &self,
+        key: String,
+        chunk: &Chunk,
+        value: Vec<u8>,
+    ) -> Result<LeasedPut, StoreError> {
         let lease = self
             .leases()
             .lease_for(chunk.min_timestamp().unwrap_or_default())
             .await?;
-        Ok(LeasedPut::new(key, chunk.encode(), lease))
+        Ok(LeasedPut::new(key, value, lease))
     }
 }
 

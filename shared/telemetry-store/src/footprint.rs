@@ -1,10 +1,13 @@
 //! What the store holds, for the bytes-per-sample figure: chunk and registry bytes and the samples
 //! in the chunks, counted from the chunk headers (no chunk is decoded).
 
-use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_queue::RangeRead;
 
 use crate::chunk::read_chunk_header;
 use crate::error::StoreError;
+use crate::open_chunk;
+use crate::reader::CHUNK_VALUE_BYTES;
+use crate::registry::REGISTRY_VALUE_BYTES;
 use crate::TelemetryStore;
 
 /// Byte accounting of what the store holds, for the bytes-per-sample figure.
@@ -20,36 +23,30 @@ pub struct StoreFootprint {
 
 impl TelemetryStore {
     /// What the store holds: chunk and registry bytes and the number of samples in the chunks.
+    /// Read in pages (the chunks, then the registry), so it is not one snapshot while writers run.
     pub async fn footprint(&self) -> Result<StoreFootprint, StoreError> {
-        let txn = Txn::new().and_then([
-            TxnOp::get(
-                self.keys().chunks_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-            TxnOp::get(
-                self.keys().gpus_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        ]);
-        let response = self.txn("measure store", txn).await?;
         let mut footprint = StoreFootprint::default();
-        let responses = response.op_responses();
-        if let Some(TxnOpResponse::Get(get)) = responses.first() {
-            for kv in get.kvs() {
+        let chunks = RangeRead::prefix(self.keys().chunks_prefix(), CHUNK_VALUE_BYTES);
+        let mut pages = self.pages("measure store", chunks);
+        while let Some(page) = pages.next_page().await? {
+            for kv in page {
                 footprint.chunks += 1;
                 footprint.chunk_value_bytes += kv.value().len() as u64;
                 footprint.chunk_key_bytes += kv.key().len() as u64;
-                let header =
-                    read_chunk_header(kv.value()).map_err(|source| StoreError::CorruptChunk {
+                let header = open_chunk::split(kv.value())
+                    .and_then(|(_, chunk)| read_chunk_header(chunk))
+                    .map_err(|source| StoreError::CorruptChunk {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         source,
                     })?;
                 footprint.samples += u64::from(header.samples);
             }
         }
-        if let Some(TxnOpResponse::Get(get)) = responses.get(1) {
-            footprint.registry_value_bytes =
-                get.kvs().iter().map(|kv| kv.value().len() as u64).sum();
+        let registry = RangeRead::prefix(self.keys().gpus_prefix(), REGISTRY_VALUE_BYTES);
+        let mut pages = self.pages("measure store", registry);
+        while let Some(page) = pages.next_page().await? {
+            footprint.registry_value_bytes +=
+                page.iter().map(|kv| kv.value().len() as u64).sum::<u64>();
         }
         Ok(footprint)
     }

@@ -44,7 +44,12 @@ impl StoreKeys {
 
     /// A GPU's seen value: last seen and latest values.
     pub fn gpu_seen(&self, uuid: &GpuUuid) -> String {
-        format!("{}/gpu/{}/{SEEN_SUFFIX}", self.root, uuid.as_str())
+        self.gpu_seen_of(uuid.as_str())
+    }
+
+    /// The seen key of the GPU whose identity key [`StoreKeys::parse_gpu_key`] named `uuid`.
+    pub(crate) fn gpu_seen_of(&self, uuid: &str) -> String {
+        format!("{}/gpu/{uuid}/{SEEN_SUFFIX}", self.root)
     }
 
     /// Which registry key `key` (from a range read of [`StoreKeys::gpus_prefix`]) is, and the

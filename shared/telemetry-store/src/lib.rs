@@ -22,6 +22,7 @@ mod error;
 mod footprint;
 mod idempotent;
 pub mod keys;
+mod open_chunk;
 mod reader;
 mod record;
 mod registry;
@@ -31,18 +32,21 @@ mod writer;
 use std::time::Duration;
 
 use etcd_client::{Client, Txn, TxnResponse};
+use etcd_queue::{RangePages, RangeRead};
 
-pub use aggregate::{aggregate, Aggregation};
+pub use aggregate::{Aggregation, Aggregator};
 pub use chunk::{Chunk, ChunkError, ChunkSample};
 pub use chunk_write::{group_by_gpu, GpuSamples};
 pub use error::StoreError;
 pub use footprint::StoreFootprint;
 pub use idempotent::WriteStats;
 pub use keys::{ChunkTag, GpuKey, StoreKeys};
-pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample};
+pub use open_chunk::Applied;
+pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample, WindowStats};
 pub use record::{GpuRecord, LatestValue};
+pub use registry::GpuPages;
 pub use retention::RetentionLeases;
-pub use writer::{PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
+pub use writer::{FenceBudget, PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
 
 /// How the store keeps data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +116,12 @@ impl TelemetryStore {
 
     pub fn leases(&self) -> &RetentionLeases {
         &self.leases
+    }
+
+    /// A paged read of `range`. Store reads are not retried (a failure surfaces at once, like
+    /// that of a transaction).
+    pub(crate) fn pages(&self, operation: &'static str, range: RangeRead) -> RangePages {
+        RangePages::new(self.client.clone(), operation, range, Duration::ZERO)
     }
 
     /// Sends one transaction; `operation` names it in the error.

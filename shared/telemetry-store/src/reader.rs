@@ -4,15 +4,18 @@
 //! ones before any value is read, and a page reads them in its direction only until it is full.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Txn, TxnOp, TxnOpResponse};
 use etcd_queue::kv::first_kv;
-use etcd_queue::MAX_TXN_OPS;
+use etcd_queue::{RangeRead, MAX_RESPONSE_BYTES, MAX_TXN_OPS};
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
-use crate::chunk::{Chunk, ChunkError};
+use crate::chunk::ChunkError;
 use crate::error::StoreError;
 use crate::keys::parse_sealed;
+use crate::open_chunk;
+
 use crate::TelemetryStore;
 
 /// Sort direction of a query.
@@ -132,57 +135,92 @@ struct SealedRef {
 }
 
 /// Sealed chunks fetched in the first round trip of a page; later rounds are sized from the
-/// samples per chunk seen so far, up to [`MAX_FETCH`].
+/// samples per chunk seen so far, up to [`max_fetch`].
 const FIRST_FETCH: usize = 2;
-/// At most this many gets in one transaction: half the operation budget, because each get answers
-/// with a whole chunk and the response must stay under the client's 4 MiB message limit (64 of the
-/// collector's chunks, a few KiB each, stay far below it).
-const MAX_FETCH: usize = MAX_TXN_OPS / 2;
+
+/// What a read allows for one chunk's value: a chunk the collector seals holds at most
+/// `chunk_max_samples` (1,200 by default), about 1.5 KiB on the real feed and under 16 KiB with
+/// incompressible values. Chunks written whole from one large message can be larger; reads shrink
+/// their rounds and pages when they meet one.
+pub(crate) const CHUNK_VALUE_BYTES: usize = 16 * 1024;
+
+/// Most gets in one transaction when the largest chunk seen so far is `largest` bytes: half the
+/// operation budget, and as many chunks as one response holds at that size.
+fn max_fetch(largest: usize) -> usize {
+    (MAX_RESPONSE_BYTES / CHUNK_VALUE_BYTES.max(largest)).clamp(1, MAX_TXN_OPS / 2)
+}
+
+/// What a whole-window read visited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Chunks decoded (the open chunk counts as one).
+    pub chunks: usize,
+    /// Samples handed to the visitor.
+    pub samples: usize,
+}
+
+/// The chunks that may hold samples of a window: the open chunk's bytes and the overlapping
+/// sealed chunks, in key (start time) order, read at `revision`.
+struct Scan {
+    revision: i64,
+    open: Option<Vec<u8>>,
+    sealed: Vec<SealedRef>,
+}
 
 impl TelemetryStore {
     /// The chunks that may hold samples of `uuid` in `[start, end]`, from one consistent read: the
     /// open chunk's bytes, and the sealed chunks whose key range overlaps the window, in key
     /// (start time) order. No sealed value is read.
-    async fn scan(
-        &self,
-        uuid: &GpuUuid,
-        start: i64,
-        end: i64,
-    ) -> Result<(Option<Vec<u8>>, Vec<SealedRef>), StoreError> {
+    async fn scan(&self, uuid: &GpuUuid, start: i64, end: i64) -> Result<Scan, StoreError> {
         let keys = self.keys();
         // Sealed chunks never span more than one retention bucket, so any chunk overlapping the
         // window starts no earlier than one bucket before it.
         let scan_from = start.saturating_sub(self.leases().bucket_us());
+        let sealed_range = RangeRead::between(
+            keys.sealed_from(uuid, scan_from),
+            keys.sealed_through(uuid, end),
+            0,
+        )
+        .keys_only();
         let txn = Txn::new().and_then([
             TxnOp::get(keys.open_chunk(uuid), None),
-            TxnOp::get(
-                keys.sealed_from(uuid, scan_from),
-                Some(
-                    GetOptions::new()
-                        .with_range(keys.sealed_through(uuid, end))
-                        .with_keys_only(),
-                ),
-            ),
+            sealed_range.txn_op(2),
         ]);
         let response = self.txn("scan chunks", txn).await?;
-        let responses = response.op_responses();
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        let mut responses = response.op_responses();
+        let sealed_first = responses.pop();
         let open = first_kv(responses.first()).map(|kv| kv.value().to_vec());
-        let sealed = match responses.get(1) {
-            Some(TxnOpResponse::Get(get)) => get
-                .kvs()
-                .iter()
-                .filter_map(|kv| {
-                    let (chunk_start, chunk_end) = parse_sealed(kv.key())?;
-                    (chunk_end >= start && chunk_start <= end).then(|| SealedRef {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        start: chunk_start,
-                        end: chunk_end,
-                    })
-                })
-                .collect(),
+        let sealed_keys = match sealed_first {
+            Some(TxnOpResponse::Get(first)) => {
+                sealed_range
+                    .rest(
+                        self.client(),
+                        "scan chunks",
+                        first,
+                        revision,
+                        Duration::ZERO,
+                    )
+                    .await?
+            }
             _ => Vec::new(),
         };
-        Ok((open, sealed))
+        let sealed = sealed_keys
+            .iter()
+            .filter_map(|kv| {
+                let (chunk_start, chunk_end) = parse_sealed(kv.key())?;
+                (chunk_end >= start && chunk_start <= end).then(|| SealedRef {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    start: chunk_start,
+                    end: chunk_end,
+                })
+            })
+            .collect();
+        Ok(Scan {
+            revision,
+            open,
+            sealed,
+        })
     }
 
     /// The values of `chunks` (one transaction of gets), in their order; `None` for a chunk whose
@@ -200,49 +238,59 @@ impl TelemetryStore {
             .collect())
     }
 
-    /// Samples of `uuid` in the inclusive window `[start, end]`, optionally only `metrics`,
-    /// ordered by (timestamp, metric name). Reads every overlapping chunk: for whole windows
-    /// (aggregation); pages come from [`TelemetryStore::query`].
-    pub async fn read_window(
+    /// Hands every sample of `uuid` in the inclusive window `[start, end]` (optionally only
+    /// `metrics`) to `visit`, chunk by chunk: samples of one chunk in time order, chunks in no
+    /// particular order. The sealed chunks are read in pages (at the revision of the scan that
+    /// found them, so no sample is seen twice) and decoded one at a time, yielding to the runtime
+    /// after each: memory is one page of chunks whatever the window, and dropping the future (a
+    /// request's timeout) stops the work within one chunk's decoding.
+    pub async fn for_each_sample(
         &self,
         uuid: &GpuUuid,
         start: TimestampMicros,
         end: TimestampMicros,
         metrics: Option<&[MetricName]>,
-    ) -> Result<Vec<StoredSample>, StoreError> {
+        mut visit: impl FnMut(StoredSample),
+    ) -> Result<WindowStats, StoreError> {
         let (start, end) = (start.0, end.0);
+        let mut stats = WindowStats::default();
         if start > end {
-            return Ok(Vec::new());
+            return Ok(stats);
         }
-        let (open, sealed) = self.scan(uuid, start, end).await?;
+        let scan = self.scan(uuid, start, end).await?;
         let selection = Selection::new(start, end, metrics);
-        let mut samples = Vec::new();
-        if let Some(bytes) = open {
-            selection.decode_into(&mut samples, self.keys().open_chunk(uuid), &bytes)?;
+        if let Some(bytes) = &scan.open {
+            stats.samples +=
+                selection.decode_each(self.keys().open_chunk(uuid), bytes, &mut visit)?;
+            stats.chunks += 1;
+            tokio::task::yield_now().await;
         }
-        if let (Some(first), Some(_)) = (sealed.first(), sealed.last()) {
-            // One range read from the first overlapping chunk to the window's end; the few
-            // chunks in it that end before the window are skipped.
-            let mut client = self.client().clone();
-            let got = client
-                .get(
-                    first.key.clone(),
-                    Some(GetOptions::new().with_range(self.keys().sealed_through(uuid, end))),
-                )
-                .await
-                .map_err(StoreError::etcd("read chunks"))?;
-            for kv in got.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                if sealed
-                    .binary_search_by(|c| c.key.as_str().cmp(&key))
-                    .is_ok()
-                {
-                    selection.decode_into(&mut samples, key, kv.value())?;
+        let Some(first) = scan.sealed.first() else {
+            return Ok(stats);
+        };
+        // From the first overlapping chunk to the window's end; the few chunks in that range
+        // that end before the window are skipped.
+        let range = RangeRead::between(
+            first.key.clone(),
+            self.keys().sealed_through(uuid, end),
+            CHUNK_VALUE_BYTES,
+        );
+        let mut pages = self.pages("read chunks", range).at_revision(scan.revision);
+        while let Some(page) = pages.next_page().await? {
+            for kv in page {
+                let overlaps = parse_sealed(kv.key()).is_some_and(|(chunk_start, chunk_end)| {
+                    chunk_end >= start && chunk_start <= end
+                });
+                if !overlaps {
+                    continue;
                 }
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                stats.samples += selection.decode_each(key, kv.value(), &mut visit)?;
+                stats.chunks += 1;
+                tokio::task::yield_now().await;
             }
         }
-        sort_by_time(&mut samples);
-        Ok(samples)
+        Ok(stats)
     }
 
     /// One page of a query. Sealed chunks are read in the page's direction, in rounds sized from
@@ -278,7 +326,9 @@ impl TelemetryStore {
                 .as_ref()
                 .is_none_or(|cursor| cursor.precedes(sample, order))
         };
-        let (open, mut sealed) = self.scan(uuid, start, end).await?;
+        let Scan {
+            open, mut sealed, ..
+        } = self.scan(uuid, start, end).await?;
         // Ascending, no unread chunk holds a sample before the next one's start; descending, none
         // holds one after the next one's end.
         if order == Order::Desc {
@@ -302,6 +352,7 @@ impl TelemetryStore {
         }
         let mut next = 0;
         let mut round = FIRST_FETCH;
+        let mut largest = 0;
         // The most samples a chunk lying wholly inside the window gave: how full the chunks
         // ahead probably are (chunks cut by the window's ends, or sparse ones written over HTTP,
         // would underestimate it).
@@ -322,13 +373,14 @@ impl TelemetryStore {
                 // As many chunks as the missing samples need at that fill, plus one; without an
                 // estimate yet, twice the last round.
                 round = match per_chunk {
-                    0 => (round * 2).min(MAX_FETCH),
+                    0 => round * 2,
                     full => (query.limit.saturating_add(1) - ready).div_ceil(full) + 1,
                 };
             }
-            let batch = &sealed[next..(next + round.min(MAX_FETCH)).min(sealed.len())];
+            let batch = &sealed[next..(next + round.min(max_fetch(largest))).min(sealed.len())];
             for (bytes, chunk) in self.fetch(batch).await?.into_iter().zip(batch) {
                 let Some(bytes) = bytes else { continue };
+                largest = largest.max(bytes.len());
                 let added = selection.decode_into(&mut samples, chunk.key.clone(), &bytes)?;
                 if chunk.start >= start && chunk.end <= end {
                     per_chunk = per_chunk.max(added);
@@ -373,7 +425,18 @@ impl<'a> Selection<'a> {
         key: String,
         bytes: &[u8],
     ) -> Result<usize, StoreError> {
-        let chunk = Chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
+        self.decode_each(key, bytes, &mut |sample| samples.push(sample))
+    }
+
+    /// Decodes one chunk and hands each selected sample to `visit`; returns how many.
+    fn decode_each(
+        &self,
+        key: String,
+        bytes: &[u8],
+        visit: &mut impl FnMut(StoredSample),
+    ) -> Result<usize, StoreError> {
+        let chunk = open_chunk::decode(bytes).map(|(chunk, _)| chunk);
+        let chunk = chunk.map_err(|source| StoreError::CorruptChunk {
             key: key.clone(),
             source,
         })?;
@@ -385,18 +448,16 @@ impl<'a> Selection<'a> {
                 source: ChunkError::Corrupt("series name is not a metric name"),
             });
         }
-        let before = samples.len();
-        samples.extend(
-            chunk
-                .samples_in(self.start, self.end, self.names.as_deref())
-                .into_iter()
-                .map(|s| StoredSample {
-                    timestamp: TimestampMicros(s.timestamp_us),
-                    metric: s.metric,
-                    value: s.value,
-                }),
-        );
-        Ok(samples.len() - before)
+        let mut count = 0;
+        for s in chunk.samples_in(self.start, self.end, self.names.as_deref()) {
+            visit(StoredSample {
+                timestamp: TimestampMicros(s.timestamp_us),
+                metric: s.metric,
+                value: s.value,
+            });
+            count += 1;
+        }
+        Ok(count)
     }
 }
 

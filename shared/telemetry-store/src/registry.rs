@@ -1,12 +1,15 @@
 //! Registry persistence: how a GPU's record ([`GpuRecord`]) is kept in its two etcd keys, read
-//! back (one GPU in one transaction, every GPU in one range read), and brought up to date, either
+//! back (one GPU in one transaction, every GPU page by page in UUID order), and brought up to date, either
 //! inside the collector's fence ([`StoredRegistry::write_for`]) or by a compare-and-swap of its
 //! own on the idempotent path.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use etcd_queue::kv::first_kv;
+use etcd_queue::range::prefix_end;
+use etcd_queue::{RangePages, RangeRead};
 use telemetry_model::{GpuInfo, GpuUuid, MetricName};
 
 use crate::chunk_write::{LeasedPut, LiveSample};
@@ -17,17 +20,54 @@ use crate::retention::RetentionLeases;
 use crate::TelemetryStore;
 
 impl TelemetryStore {
-    /// Every GPU in the registry (one range read over both registry keys), in UUID order.
+    /// Every GPU in the registry, in UUID order, collected. Memory grows with the fleet: servers
+    /// walk [`TelemetryStore::gpu_pages`] instead.
     pub async fn list_gpus(&self) -> Result<Vec<GpuRecord>, StoreError> {
+        let mut pages = self.gpu_pages(None);
+        let mut records = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            records.extend(page);
+        }
+        Ok(records)
+    }
+
+    /// The registry page by page, in UUID order, starting after the GPU `after` (none: from the
+    /// first): one consistent snapshot, each page a bounded etcd response.
+    pub fn gpu_pages(&self, after: Option<&GpuUuid>) -> GpuPages {
+        let range = match after {
+            None => RangeRead::prefix(self.keys().gpus_prefix(), REGISTRY_VALUE_BYTES),
+            Some(uuid) => {
+                // Just past the identity of `after`: the GPUs whose UUID extends it come next.
+                let mut start = self.keys().gpu(uuid).into_bytes();
+                start.push(0);
+                RangeRead::between(
+                    start,
+                    prefix_end(self.keys().gpus_prefix().as_bytes()),
+                    REGISTRY_VALUE_BYTES,
+                )
+            }
+        };
+        GpuPages {
+            store: self.clone(),
+            pages: self.pages("list GPUs", range),
+            pending: None,
+            resolved: BTreeSet::new(),
+        }
+    }
+
+    /// One GPU's seen value at `revision`.
+    async fn seen_at(&self, uuid: &str, revision: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.keys().gpu_seen_of(uuid);
         let mut client = self.client().clone();
-        let response = client
-            .get(
-                self.keys().gpus_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            )
+        let mut response = client
+            .get(key, Some(GetOptions::new().with_revision(revision)))
             .await
             .map_err(StoreError::etcd("list GPUs"))?;
-        self.records_from(response.kvs())
+        Ok(response
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.into_key_value().1))
     }
 
     /// One GPU's record, if it has telemetry (one transaction reading both registry keys).
@@ -49,31 +89,6 @@ impl TelemetryStore {
             TxnOp::get(self.keys().gpu(uuid), None),
             TxnOp::get(self.keys().gpu_seen(uuid), None),
         ]
-    }
-
-    /// Merges the registry keys of a range read into records, in UUID order. A seen value without
-    /// its identity record says nothing on its own and is skipped.
-    fn records_from(&self, kvs: &[KeyValue]) -> Result<Vec<GpuRecord>, StoreError> {
-        let mut parts: BTreeMap<&str, (Option<&KeyValue>, Option<&[u8]>)> = BTreeMap::new();
-        for kv in kvs {
-            match self.keys().parse_gpu_key(kv.key()) {
-                Some((uuid, GpuKey::Identity)) => parts.entry(uuid).or_default().0 = Some(kv),
-                Some((uuid, GpuKey::Seen)) => parts.entry(uuid).or_default().1 = Some(kv.value()),
-                None => {}
-            }
-        }
-        parts
-            .into_values()
-            .filter_map(|(identity, seen)| Some((identity?, seen)))
-            .map(|(identity, seen)| {
-                let key = || String::from_utf8_lossy(identity.key()).into_owned();
-                let identity = parse_identity(identity.value(), key)?;
-                GpuRecord::from_parts(identity, seen).map_err(|reason| StoreError::CorruptRecord {
-                    key: format!("{}/seen", key()),
-                    reason,
-                })
-            })
-            .collect()
     }
 
     /// Metric names seen on any GPU, sorted.
@@ -123,6 +138,89 @@ impl TelemetryStore {
             }
         }
     }
+}
+
+/// What a page of the registry allows for one value: an identity is about 1 KB on the real data
+/// (metadata, labels, ten metric names), a seen value under 100 bytes. Pages shrink when larger
+/// values are met.
+pub(crate) const REGISTRY_VALUE_BYTES: usize = 4096;
+
+/// The registry read page by page ([`TelemetryStore::gpu_pages`]).
+///
+/// A GPU's two keys are usually adjacent, but a UUID that extends another (`GPU-1-2` after
+/// `GPU-1`) sorts between that one's identity and its seen key. An identity whose seen key does
+/// not follow it is completed by reading the seen key alone, at the pages' revision; the seen key
+/// is then skipped when the range reaches it. A call to [`GpuPages::next_page`] must not be
+/// dropped before it completes (it may be part-way through a page): bound it with retries, not
+/// with a timeout around it, except to give up on the whole read.
+pub struct GpuPages {
+    store: TelemetryStore,
+    pages: RangePages,
+    /// An identity read whose seen key may come next: (UUID, identity key-value).
+    pending: Option<(String, KeyValue)>,
+    /// GPUs completed before the range reached their seen key.
+    resolved: BTreeSet<String>,
+}
+
+impl GpuPages {
+    /// Retries a page's transient etcd failures for `budget` (by default a failure surfaces at
+    /// once): for a reader that cannot start over, such as an answer already being sent.
+    pub fn retrying_for(mut self, budget: Duration) -> Self {
+        self.pages = self.pages.retrying_for(budget);
+        self
+    }
+
+    /// The records of the next page, in UUID order; `None` at the end of the registry. A page may
+    /// be empty (its keys complete a record of the next one).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<GpuRecord>>, StoreError> {
+        let Some(kvs) = self.pages.next_page().await? else {
+            return Ok(match self.pending.take() {
+                Some((uuid, identity)) => Some(vec![self.complete(&uuid, &identity).await?]),
+                None => None,
+            });
+        };
+        let mut records = Vec::with_capacity(kvs.len() / 2 + 1);
+        for kv in kvs {
+            match self.store.keys().parse_gpu_key(kv.key()) {
+                Some((uuid, GpuKey::Identity)) => {
+                    let uuid = uuid.to_string();
+                    if let Some((before, identity)) = self.pending.take() {
+                        records.push(self.complete(&before, &identity).await?);
+                        self.resolved.insert(before);
+                    }
+                    self.pending = Some((uuid, kv));
+                }
+                Some((uuid, GpuKey::Seen)) => match self.pending.take() {
+                    Some((pending, identity)) if pending == uuid => {
+                        records.push(record_from(&identity, Some(kv.value()))?);
+                    }
+                    other => {
+                        self.pending = other;
+                        // Completed earlier, or a seen value without identity: nothing to add.
+                        self.resolved.remove(uuid);
+                    }
+                },
+                None => {}
+            }
+        }
+        Ok(Some(records))
+    }
+
+    /// The record of `identity` with its seen value read alone.
+    async fn complete(&self, uuid: &str, identity: &KeyValue) -> Result<GpuRecord, StoreError> {
+        let seen = self.store.seen_at(uuid, self.pages.revision()).await?;
+        record_from(identity, seen.as_deref())
+    }
+}
+
+/// Merges a GPU's identity key-value and seen value into its record.
+fn record_from(identity: &KeyValue, seen: Option<&[u8]>) -> Result<GpuRecord, StoreError> {
+    let key = || String::from_utf8_lossy(identity.key()).into_owned();
+    let parsed = parse_identity(identity.value(), key)?;
+    GpuRecord::from_parts(parsed, seen).map_err(|reason| StoreError::CorruptRecord {
+        key: format!("{}/seen", key()),
+        reason,
+    })
 }
 
 fn parse_identity(bytes: &[u8], key: impl FnOnce() -> String) -> Result<GpuIdentity, StoreError> {

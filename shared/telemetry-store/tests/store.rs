@@ -937,6 +937,89 @@ async fn a_record_without_its_seen_value_reads_as_seen_once_and_heals_on_write()
     assert_eq!(store.gpu(&uuid).await.unwrap(), Some(healed));
 }
 
+/// The registry is read in pages (600 GPUs, more than one page holds) and in UUID order, even
+/// where a UUID extends another one (`GPU-nest` .. `GPU-nest-1-1`: their keys interleave with
+/// the shorter UUID's seen key); listing after a GPU resumes right after it.
+#[tokio::test]
+async fn the_registry_is_listed_in_pages_in_uuid_order() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("registry-pages"),
+            ..StoreConfig::default()
+        },
+    );
+    let metric = MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap();
+    let t0 = now_us() - 60_000_000;
+    let mut names: Vec<String> = (0..600).map(|i| format!("GPU-{i:04}")).collect();
+    names.extend(
+        [
+            "GPU-nest",
+            "GPU-nest-1",
+            "GPU-nest-1-1",
+            "GPU-nest-2",
+            "GPU-nesu",
+        ]
+        .map(String::from),
+    );
+    let gpus: Vec<(GpuUuid, GpuSamples)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let uuid = GpuUuid::parse(name).unwrap();
+            let samples = GpuSamples {
+                info: GpuInfo::new(uuid.clone()),
+                samples: vec![(metric.clone(), TimestampMicros(t0 + i as i64), i as f64)],
+            };
+            (uuid, samples)
+        })
+        .collect();
+    let mut writer = StoreWriter::new(store.clone());
+    for group in gpus.chunks(GPUS_PER_COMMIT) {
+        let group: BTreeMap<_, _> = group.iter().cloned().collect();
+        let prepared = writer.prepare(&group).await.unwrap();
+        assert!(apply(store.client(), &mut writer, prepared).await);
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+
+    let mut pages = store.gpu_pages(None);
+    let mut listed = Vec::new();
+    let mut page_count = 0;
+    while let Some(page) = pages.next_page().await.unwrap() {
+        page_count += 1;
+        listed.extend(page);
+    }
+    assert!(page_count > 1, "{page_count} pages");
+    let uuids: Vec<&str> = listed.iter().map(|r| r.info.uuid.as_str()).collect();
+    assert_eq!(uuids, sorted.iter().map(String::as_str).collect::<Vec<_>>());
+    // Every record has its seen value (last value) merged in, nested UUIDs included.
+    for record in &listed {
+        let i = names
+            .iter()
+            .position(|n| n == record.info.uuid.as_str())
+            .unwrap();
+        assert_eq!(
+            record.latest[&metric].value, i as f64,
+            "{}",
+            record.info.uuid
+        );
+    }
+    assert_eq!(store.list_gpus().await.unwrap(), listed);
+
+    let after = GpuUuid::parse("GPU-nest").unwrap();
+    let mut resumed = Vec::new();
+    let mut pages = store.gpu_pages(Some(&after));
+    while let Some(page) = pages.next_page().await.unwrap() {
+        resumed.extend(page.into_iter().map(|r| r.info.uuid.to_string()));
+    }
+    assert_eq!(
+        resumed,
+        ["GPU-nest-1", "GPU-nest-1-1", "GPU-nest-2", "GPU-nesu"]
+    );
+}
+
 /// Samples stamped further ahead of the clock than the future bound are rejected and counted on
 /// both write paths, never stored (nor seen by the registry), while the rest of the batch is
 /// stored exactly; and no retention lease outlives retention plus one bucket, even for a bucket

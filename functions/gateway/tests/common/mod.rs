@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ pub const PASSES: usize = 3;
 /// The streamer's pause between passes, so the passes fall into different seconds.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the fixture's collector may take to persist everything the streamer published.
-const COLLECT_LIMIT: Duration = Duration::from_secs(60);
+const COLLECT_LIMIT: Duration = Duration::from_secs(300);
 
 /// One stored sample as the tests expect to read it back.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,20 +101,26 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Starts etcd, streams `PASSES` passes over `csv` with the streamer (`PASS_INTERVAL` apart)
-    /// while the collector persists them, and waits until every sample is stored and the queue
-    /// is empty.
+    /// Starts etcd, streams `PASSES` passes over the testdata CSV `csv` with the streamer
+    /// (`PASS_INTERVAL` apart) while the collector persists them, and waits until every sample is
+    /// stored and the queue is empty.
     pub async fn filled(test: &str, csv: &str) -> Fixture {
+        Self::filled_from(test, &testdata(csv), PASSES).await
+    }
+
+    /// [`Fixture::filled`] from the CSV at `csv`, `passes` times.
+    pub async fn filled_from(test: &str, csv: &Path, passes: usize) -> Fixture {
         let etcd = EtcdHarness::start().await;
         let prefix = unique_prefix(test);
         let client = etcd.client().await;
         let store = TelemetryStore::new(client.clone(), store_config(&prefix));
         let rows = csv_rows(csv);
-        let total = PASSES * rows.len();
+        let total = passes * rows.len();
 
+        // Boxed: in debug builds the two futures together outgrow a test thread's stack.
         let (report, collected) = tokio::join!(
-            stream(client.clone(), &prefix, csv),
-            collect(client.clone(), &prefix, total),
+            Box::pin(stream(client.clone(), &prefix, csv, passes)),
+            Box::pin(collect(client.clone(), &prefix, total)),
         );
         assert!(report.passes_reached, "the streamer stopped early");
         assert_eq!(report.samples_published, total as u64, "samples streamed");
@@ -131,7 +138,7 @@ impl Fixture {
             "queue drained"
         );
 
-        let (gpus, passes) = read_back(&store, &rows).await;
+        let (gpus, passes) = read_back(&store, &rows, passes).await;
         Fixture {
             etcd,
             prefix,
@@ -168,9 +175,9 @@ pub fn config_for(etcd: &EtcdHarness, prefix: &str) -> Config {
     }
 }
 
-/// Every valid row of a testdata CSV.
-pub fn csv_rows(name: &str) -> Vec<CsvRow> {
-    DcgmCsvReader::open(testdata(name))
+/// Every valid row of a CSV.
+pub fn csv_rows(path: &Path) -> Vec<CsvRow> {
+    DcgmCsvReader::open(path)
         .expect("open CSV")
         .filter_map(RowOutcome::row)
         .collect()
@@ -190,10 +197,15 @@ pub fn store_config(prefix: &str) -> StoreConfig {
     }
 }
 
-/// Streams `PASSES` passes over a testdata CSV with the streamer (one instance).
-async fn stream(client: etcd_client::Client, prefix: &str, csv: &str) -> streamer::RunReport {
-    let mut config = streamer::StreamerConfig::new(testdata(csv), queue_config(prefix));
-    config.passes = Some(PASSES as u64);
+/// Streams `passes` passes over a CSV with the streamer (one instance).
+async fn stream(
+    client: etcd_client::Client,
+    prefix: &str,
+    csv: &Path,
+    passes: usize,
+) -> streamer::RunReport {
+    let mut config = streamer::StreamerConfig::new(csv.to_path_buf(), queue_config(prefix));
+    config.passes = Some(passes as u64);
     config.interval = PASS_INTERVAL;
     let metrics = streamer::StreamerMetrics::register(&mut Registry::default());
     streamer::Streamer::new(client, config, metrics)
@@ -258,6 +270,7 @@ async fn collect(client: etcd_client::Client, prefix: &str, expected: usize) -> 
 async fn read_back(
     store: &TelemetryStore,
     rows: &[CsvRow],
+    passes: usize,
 ) -> (BTreeMap<String, ExpectedGpu>, Vec<Pass>) {
     let mut stored: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
     for record in store.list_gpus().await.expect("list GPUs") {
@@ -286,13 +299,13 @@ async fn read_back(
 
     let mut stamps: Vec<i64> = stored.values().flatten().map(|s| s.timestamp).collect();
     stamps.sort_unstable();
-    assert_eq!(stamps.len(), PASSES * rows.len(), "samples stored");
+    assert_eq!(stamps.len(), passes * rows.len(), "samples stored");
     assert!(
         stamps.windows(2).all(|w| w[0] < w[1]),
         "every row of every pass has its own timestamp"
     );
     let mut gpus: BTreeMap<String, ExpectedGpu> = BTreeMap::new();
-    let mut passes = Vec::with_capacity(PASSES);
+    let mut pass_bounds = Vec::with_capacity(passes);
     for pass_stamps in stamps.chunks(rows.len()) {
         for (row, &timestamp) in rows.iter().zip(pass_stamps) {
             gpus.entry(row.info.uuid.to_string())
@@ -307,7 +320,7 @@ async fn read_back(
                     value: row.value,
                 });
         }
-        passes.push(Pass {
+        pass_bounds.push(Pass {
             first: pass_stamps[0],
             last: pass_stamps[pass_stamps.len() - 1],
         });
@@ -324,7 +337,7 @@ async fn read_back(
     for (uuid, gpu) in &gpus {
         assert_eq!(stored[uuid], gpu.samples, "{uuid}: stored samples");
     }
-    (gpus, passes)
+    (gpus, pass_bounds)
 }
 
 /// The application with no etcd behind it: every API call answers 503.
@@ -491,6 +504,96 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.shutdown.trigger();
+    }
+}
+
+/// A gateway process of the built binary (`gateway run`), killed on drop.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl GatewayProcess {
+    /// Starts `gateway run` on a free port for the etcd at `endpoint` under `prefix`, with `env`
+    /// added, and waits until it is ready.
+    pub async fn start(endpoint: &str, prefix: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let port = test_support::free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("run")
+            .env("ETCD_ENDPOINTS", endpoint)
+            .env("TELEMETRY_PREFIX", prefix)
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the gateway binary");
+        let gateway = GatewayProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        test_support::wait_until("the gateway is ready", Duration::from_secs(60), || async {
+            gateway
+                .try_get("/readyz", &[])
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await;
+        gateway
+    }
+
+    async fn try_get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<test_support::HttpResponse, String> {
+        test_support::http_request("GET", &format!("{}{path}", self.base), headers, Vec::new())
+            .await
+    }
+
+    /// `GET path` with `headers`.
+    pub async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> test_support::HttpResponse {
+        self.try_get(path, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> test_support::HttpResponse {
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    pub async fn json(&self, path: &str) -> Value {
+        let reply = self.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        reply.json()
+    }
+
+    /// `VmHWM` (peak) or `VmRSS` (now) of the process, in KiB.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        test_support::process_memory_kib(self.child.id(), field)
+    }
+
+    /// Sends `paths`, `at_once` at a time, and returns the answers in order.
+    pub async fn burst(&self, paths: &[String], at_once: usize) -> Vec<test_support::HttpResponse> {
+        let mut answers = Vec::with_capacity(paths.len());
+        for round in paths.chunks(at_once) {
+            let requests = round.iter().map(|path| self.get(path));
+            answers.extend(futures::future::join_all(requests).await);
+        }
+        answers
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
