@@ -45,6 +45,11 @@ bench: ## Run the benchmarks; results also land in target/bench/*.json
 	@$(INSTALL_DEPS) test
 	$(CARGO) bench --workspace
 
+.PHONY: bench-e2e
+bench-e2e: ## End to end: ingest (1, 2, 4 collectors), latency, queries, bytes, CPU, RSS, next to raw etcd and VictoriaMetrics; target/bench/e2e.json
+	@$(INSTALL_DEPS) test
+	$(CARGO) bench -p autoscaler --bench e2e
+
 .PHONY: chaos
 chaos: ## Fault suite: the pipeline as real processes through collector kills, etcd kills and stalls, leader loss, NOSPACE, auth restarts, a clock step, scaling 0-10-0; exact counts
 	@$(INSTALL_DEPS) test

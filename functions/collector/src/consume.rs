@@ -277,6 +277,8 @@ impl DeliveryProcessor {
             let fence = std::mem::take(&mut last.fence);
             match consumer.commit(&prefix, fence, &dead).await {
                 Ok(revision) => {
+                    self.metrics
+                        .observe_ingest_lag(events.iter().map(|(_, batch)| *batch));
                     self.writer.committed(last, revision);
                     self.metrics.commits.inc();
                     self.metrics
@@ -381,6 +383,7 @@ impl DeliveryProcessor {
         self.writer.invalidate_all();
         match consumer.commit(&single, Fence::default(), &[]).await {
             Ok(_) => {
+                self.metrics.observe_ingest_lag([&event.batch]);
                 self.metrics.commits.inc();
                 self.metrics.batches_persisted.inc();
                 self.metrics.samples_persisted.inc_by(stats.samples as u64);

@@ -10,7 +10,9 @@ use common::*;
 use etcd_queue::{OutgoingMessage, Queue};
 use prometheus_client::registry::Registry;
 use rand::Rng;
-use telemetry_model::{BatchEvent, SampleBatch, TimestampMicros};
+use telemetry_model::{
+    BatchEvent, DataEncoding, SampleBatch, TimestampMicros, COLUMNAR_CONTENT_TYPE,
+};
 use test_support::{http_request, unique_prefix, EtcdHarness};
 
 fn now_us() -> i64 {
@@ -227,6 +229,35 @@ async fn an_event_posted_twice_over_http_is_stored_once() {
     .await
     .unwrap();
     assert_eq!(binary.status, 200, "{}", binary.text());
+    // The same event in the columnar encoding, structured (base64 in `data_base64`) and binary
+    // (the raw bytes as the body): still one copy.
+    let structured = http_request(
+        "POST",
+        &url,
+        &[("content-type", "application/cloudevents+json")],
+        event.to_json_with(DataEncoding::Columnar),
+    )
+    .await
+    .unwrap();
+    assert_eq!(structured.status, 200, "{}", structured.text());
+    assert_eq!(structured.json()["samples"], 100);
+    let binary = http_request(
+        "POST",
+        &url,
+        &[
+            ("content-type", COLUMNAR_CONTENT_TYPE),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "evt-1"),
+            ("ce-source", "/test/http"),
+            ("ce-type", BatchEvent::EVENT_TYPE),
+            ("ce-time", &event.time.to_rfc3339()),
+        ],
+        telemetry_model::columnar::encode(&event.batch),
+    )
+    .await
+    .unwrap();
+    assert_eq!(binary.status, 200, "{}", binary.text());
+    assert_eq!(binary.json()["samples"], 100);
     assert_eq!(store.footprint().await.unwrap().samples, 100, "stored once");
     assert_eq!(store.list_gpus().await.unwrap().len(), 100);
     let bad = http_request(
@@ -305,6 +336,16 @@ async fn health_is_served_before_etcd_is_reachable_and_work_starts_once_it_is() 
             .any(|l| l == "collector_ownership_changes_total 16"),
         "the only member acquired all 16 partitions once: {metrics}"
     );
+    // Every committed sample is in the ingest lag, each stamped ten minutes before its commit.
+    let lag = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("collector_ingest_lag_seconds_{name} ")))
+            .unwrap_or_else(|| panic!("no ingest lag {name}: {metrics}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(lag("count"), ROWS as f64);
+    assert!(lag("sum") >= 600.0 * ROWS as f64, "{}", lag("sum"));
     let summary = collector.stop().await;
     assert_eq!((summary.samples, summary.dead_letters), (ROWS as u64, 0));
     assert_store_exact(&store_for(etcd.client().await, &prefix), 1).await;

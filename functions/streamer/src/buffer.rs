@@ -289,7 +289,7 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::GpuInfo;
+    use telemetry_model::{DataEncoding, GpuInfo};
 
     use super::*;
 
@@ -310,7 +310,10 @@ mod tests {
     const SOURCE: &str = "/streamer/host-0123abcd";
 
     fn encoded_len(batch: &SampleBatch) -> usize {
-        crate::encode::event(SOURCE, batch.clone()).len()
+        let writer = crate::encode::EventWriter::new(SOURCE.into(), DataEncoding::Json);
+        writer.messages(vec![(0, batch.clone())], usize::MAX)[0]
+            .payload
+            .len()
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
-use function_runtime::args::{ClockArgs, EtcdArgs, QueueArgs, ServeArgs};
+use function_runtime::args::{ByteSize, ClockArgs, EtcdArgs, QueueArgs, ServeArgs};
 use function_runtime::{member_id, ports, DurationArg};
 use streamer::validate::{OutputFormat, ValidateConfig};
 use streamer::Config;
+use telemetry_model::DataEncoding;
 
 /// The subcommands (`--help` shows the crate's description).
 #[derive(Debug, clap::Parser)]
@@ -53,6 +54,19 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub in_flight: u64,
 
+    /// How events carry their batch: `columnar` (compact binary in `data_base64`) or `json`.
+    #[arg(long, env = "STREAMER_ENCODING", value_enum, default_value_t = EncodingArg::Columnar)]
+    pub encoding: EncodingArg,
+
+    /// A CSV no larger than this is parsed once and its rows replayed on later passes (larger
+    /// files are read from disk on every pass); 0 always reads from disk.
+    #[arg(long, env = "STREAMER_PARSE_ONCE_BYTES", default_value_t = ByteSize(Config::default().parse_once_bytes as usize))]
+    pub parse_once_bytes: ByteSize,
+
+    /// Longest a buffered row waits before it is published when its batch has not filled.
+    #[arg(long, env = "STREAMER_LINGER", default_value_t = DurationArg(Config::default().linger))]
+    pub linger: DurationArg,
+
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
@@ -81,8 +95,21 @@ impl RunArgs {
             in_flight: self.in_flight as usize,
             member_id: member_id("streamer"),
             max_future: self.clock.max_future.into(),
+            parse_once_bytes: self.parse_once_bytes.0 as u64,
+            linger: self.linger.into(),
+            encoding: match self.encoding {
+                EncodingArg::Columnar => DataEncoding::Columnar,
+                EncodingArg::Json => DataEncoding::Json,
+            },
         }
     }
+}
+
+/// The event data encoding of `streamer run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncodingArg {
+    Columnar,
+    Json,
 }
 
 /// Output format of `streamer validate`.

@@ -1,65 +1,119 @@
 //! Sample batches as the queue carries them: each batch one CloudEvent ([`BatchEvent`]) with a
-//! fresh id, from this streamer's source.
+//! fresh id, from this streamer's source, its data in the configured encoding.
 
 use std::sync::Arc;
 
 use etcd_queue::OutgoingMessage;
-use telemetry_model::{BatchEvent, SampleBatch};
+use telemetry_model::{BatchEvent, DataEncoding, SampleBatch};
 
 /// The CloudEvents `source` of the events streamer `member_id` publishes.
 pub fn source(member_id: &str) -> Arc<str> {
     format!("/streamer/{member_id}").into()
 }
 
-/// `batch` as the JSON of a new event from `source`.
-pub fn event(source: &str, batch: SampleBatch) -> Vec<u8> {
-    BatchEvent::new(uuid::Uuid::new_v4().simple().to_string(), source, batch).to_json()
+/// Writes the events of one streamer.
+#[derive(Debug, Clone)]
+pub struct EventWriter {
+    source: Arc<str>,
+    encoding: DataEncoding,
 }
 
-/// One queue message per `(partition, batch)`, in order.
-pub fn messages(source: &str, batches: Vec<(u32, SampleBatch)>) -> Vec<OutgoingMessage> {
-    batches
-        .into_iter()
-        .map(|(partition, batch)| OutgoingMessage {
-            partition,
-            payload: event(source, batch),
-        })
-        .collect()
+impl EventWriter {
+    pub fn new(source: Arc<str>, encoding: DataEncoding) -> Self {
+        EventWriter { source, encoding }
+    }
+
+    /// One queue message per `(partition, batch)`, in order, each a new event. `bound` is the
+    /// buffer's upper bound of the batches' JSON events, which the transaction was sized by: the
+    /// columnar form is several times smaller for any real batch, but should a batch of odd GPUs
+    /// and values come out larger, its part goes out as JSON, so it still fits.
+    pub fn messages(&self, batches: Vec<(u32, SampleBatch)>, bound: usize) -> Vec<OutgoingMessage> {
+        let events: Vec<(u32, BatchEvent)> = batches
+            .into_iter()
+            .map(|(partition, batch)| {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                (partition, BatchEvent::new(id, &*self.source, batch))
+            })
+            .collect();
+        let encode = |encoding| -> Vec<OutgoingMessage> {
+            events
+                .iter()
+                .map(|(partition, event)| OutgoingMessage {
+                    partition: *partition,
+                    payload: event.to_json_with(encoding),
+                })
+                .collect()
+        };
+        let messages = encode(self.encoding);
+        let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+        if self.encoding == DataEncoding::Json || bytes <= bound {
+            return messages;
+        }
+        tracing::debug!(
+            bytes,
+            bound,
+            "columnar events exceed the JSON bound; sending JSON"
+        );
+        encode(DataEncoding::Json)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::{GpuInfo, GpuUuid, MetricName, TimestampMicros};
+    use telemetry_model::{GpuInfo, GpuUuid, MetricName, TimestampMicros, COLUMNAR_CONTENT_TYPE};
 
     use super::*;
 
-    #[test]
-    fn each_batch_becomes_an_event_of_its_own() {
+    fn batch(samples: i64) -> SampleBatch {
         let gpu = GpuInfo::new(GpuUuid::parse("GPU-1").unwrap());
         let metric = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
-        let batch = |samples: i64| {
-            let mut builder = SampleBatch::builder();
-            for i in 0..samples {
-                builder.push(&gpu, &metric, TimestampMicros(1_000 + i), 1.0);
-            }
-            builder.build()
-        };
+        let mut builder = SampleBatch::builder();
+        for i in 0..samples {
+            builder.push(&gpu, &metric, TimestampMicros(1_000 + i), 1.0);
+        }
+        builder.build()
+    }
+
+    fn content_type(payload: &[u8]) -> String {
+        let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        json["datacontenttype"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn each_batch_becomes_an_event_of_its_own() {
         let source = source("host-0123abcd");
         assert_eq!(&*source, "/streamer/host-0123abcd");
-        let messages = messages(&source, vec![(3, batch(2)), (0, batch(5))]);
-        let shape: Vec<(u32, usize)> = messages
-            .iter()
-            .map(|m| {
-                let event = BatchEvent::from_json(&m.payload).unwrap();
-                assert_eq!(event.source, "/streamer/host-0123abcd");
-                (m.partition, event.batch.len())
-            })
-            .collect();
-        assert_eq!(shape, [(3, 2), (0, 5)]);
-        let ids: Vec<String> = messages
-            .iter()
-            .map(|m| BatchEvent::from_json(&m.payload).unwrap().id)
-            .collect();
-        assert_ne!(ids[0], ids[1], "every event has its own id");
+        for encoding in [DataEncoding::Json, DataEncoding::Columnar] {
+            let writer = EventWriter::new(source.clone(), encoding);
+            let messages = writer.messages(vec![(3, batch(2)), (0, batch(5))], usize::MAX);
+            let shape: Vec<(u32, usize)> = messages
+                .iter()
+                .map(|m| {
+                    let event = BatchEvent::from_json(&m.payload).unwrap();
+                    assert_eq!(event.source, "/streamer/host-0123abcd");
+                    assert_eq!(content_type(&m.payload), encoding.content_type());
+                    (m.partition, event.batch.len())
+                })
+                .collect();
+            assert_eq!(shape, [(3, 2), (0, 5)]);
+            let ids: Vec<String> = messages
+                .iter()
+                .map(|m| BatchEvent::from_json(&m.payload).unwrap().id)
+                .collect();
+            assert_ne!(ids[0], ids[1], "every event has its own id");
+        }
+    }
+
+    #[test]
+    fn columnar_events_beyond_the_bound_go_out_as_json() {
+        let writer = EventWriter::new(source("s"), DataEncoding::Columnar);
+        let roomy = writer.messages(vec![(1, batch(3))], usize::MAX);
+        assert_eq!(content_type(&roomy[0].payload), COLUMNAR_CONTENT_TYPE);
+        let tight = writer.messages(vec![(1, batch(3))], roomy[0].payload.len() - 1);
+        assert_eq!(content_type(&tight[0].payload), "application/json");
+        assert_eq!(
+            BatchEvent::from_json(&tight[0].payload).unwrap().batch,
+            batch(3)
+        );
     }
 }

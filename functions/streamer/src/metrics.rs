@@ -18,6 +18,8 @@ pub struct StreamerMetrics {
     pub blank_rows: Counter,
     /// Batches (CloudEvents, queue messages) published.
     pub batches_published: Counter,
+    /// Payload bytes of the events published (what the queue carries per sample).
+    pub bytes_published: Counter,
     /// Publish transactions committed.
     pub transactions: Counter,
     /// Passes over a shard completed by this process.
@@ -44,6 +46,7 @@ impl Default for StreamerMetrics {
             bad_rows: Counter::default(),
             blank_rows: Counter::default(),
             batches_published: Counter::default(),
+            bytes_published: Counter::default(),
             transactions: Counter::default(),
             shard_passes: Counter::default(),
             fence_failures: Counter::default(),
@@ -85,6 +88,11 @@ impl StreamerMetrics {
             "streamer_batches_published",
             "Sample batches (queue messages) published",
             m.batches_published.clone(),
+        );
+        registry.register(
+            "streamer_bytes_published",
+            "Payload bytes of the events published to the queue",
+            m.bytes_published.clone(),
         );
         registry.register(
             "streamer_transactions",

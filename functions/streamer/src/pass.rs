@@ -1,26 +1,30 @@
 //! Streaming passes over the shards this streamer owns: a pass reads the file from the start on a
 //! blocking thread, stamps each row of an owned shard as it is processed (paced to the rate cap),
-//! buffers it, and publishes a shard's buffer alone once it fills one transaction; at the end of
-//! the pass the shards' remaining rows are packed together into as few transactions as fit.
+//! buffers it, and publishes a shard's buffer alone once it fills one transaction; rows that have
+//! waited the linger time are published together (every shard's buffer, packed into as few
+//! transactions as fit), and so are the shards' remaining rows at the end of the pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use etcd_queue::Queue;
 use function_runtime::{NoSpaceWait, Shutdown};
-use telemetry_model::TimestampMicros;
+use telemetry_model::{ReadStats, TimestampMicros};
 use tokio::sync::mpsc;
 
 use crate::buffer::{BufferLimits, ShardBuffer};
 use crate::clock::{Pacer, Stamper};
 use crate::config::StreamerConfig;
-use crate::encode;
+use crate::encode::{self, EventWriter};
 use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::packing::{Packing, Part};
 use crate::publish::{Published, Publisher};
-use crate::reader::{read_pass, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS};
+use crate::reader::{
+    read_pass, replay_pass, ParsedCsv, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS,
+};
 use crate::retry::sleep_or_stop;
 use crate::shard::OwnedShard;
 
@@ -53,6 +57,14 @@ pub struct Passes {
     limits: BufferLimits,
     bad_rows_reported: bool,
     file_passes: u64,
+    /// Files up to this size are parsed once and replayed.
+    parse_once_bytes: u64,
+    /// The file's rows, once a pass parsed it to the end (and it was small enough).
+    parsed: Option<Arc<(ParsedCsv, ReadStats)>>,
+    /// Longest a buffered row waits before its buffer is published.
+    linger: Duration,
+    /// When the oldest row not yet handed to a publish was buffered.
+    oldest_buffered: Option<Instant>,
 }
 
 impl Passes {
@@ -70,7 +82,13 @@ impl Passes {
         Passes {
             csv: config.csv.clone(),
             limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
-            publisher: Publisher::new(producers, source, stop.clone(), metrics.clone(), nospace),
+            publisher: Publisher::new(
+                producers,
+                EventWriter::new(source, config.encoding),
+                stop.clone(),
+                metrics.clone(),
+                nospace,
+            ),
             stop,
             metrics,
             queue,
@@ -78,6 +96,10 @@ impl Passes {
             pacer: Pacer::new(config.rate),
             bad_rows_reported: false,
             file_passes: 0,
+            parse_once_bytes: config.parse_once_bytes,
+            parsed: None,
+            linger: config.linger,
+            oldest_buffered: None,
         }
     }
 
@@ -126,12 +148,28 @@ impl Passes {
         };
         let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
         let metrics = self.metrics.clone();
-        let reader = tokio::task::spawn_blocking(move || read_pass(plan, tx, metrics));
+        let reader = match self.parsed.clone() {
+            Some(parsed) => tokio::task::spawn_blocking(move || {
+                replay_pass(&parsed.0, parsed.1, plan, tx, metrics);
+                None
+            }),
+            None => {
+                let keep = self.fits_in_memory();
+                tokio::task::spawn_blocking(move || read_pass(plan, tx, metrics, keep))
+            }
+        };
         self.pacer.restart(Instant::now());
+        self.oldest_buffered = None;
         let streamed = self.stream_rows(&mut slots, &mut rx).await;
         drop(rx);
         // The reader notices the closed channel within a few rows.
-        let _ = reader.await;
+        if let Ok(Some(parsed)) = reader.await {
+            tracing::info!(
+                rows = parsed.0.len(),
+                "parsed the CSV once; later passes replay its rows from memory"
+            );
+            self.parsed = Some(Arc::new(parsed));
+        }
         let read_to_end = match streamed {
             Ok(read_to_end) => read_to_end,
             Err(e) => {
@@ -142,10 +180,16 @@ impl Passes {
         if read_to_end {
             self.bad_rows_reported = true;
             self.file_passes += 1;
-            self.finish_shards(&mut slots).await?;
+            self.publish_buffers(&mut slots, true).await?;
         }
         self.publisher.drain().await?;
         Ok(read_to_end && self.publisher.all_completed())
+    }
+
+    /// Whether the file is small enough to keep its parsed rows (checked before each read, so a
+    /// file that grows past the limit is streamed).
+    fn fits_in_memory(&self) -> bool {
+        std::fs::metadata(&self.csv).is_ok_and(|m| m.len() <= self.parse_once_bytes)
     }
 
     /// Feeds the reader's rows into the shard buffers. True when the file was read to the end,
@@ -156,11 +200,19 @@ impl Passes {
         rx: &mut mpsc::Receiver<ReaderEvent>,
     ) -> Result<bool, StreamerError> {
         loop {
+            let linger_end = self
+                .oldest_buffered
+                .map(|oldest| tokio::time::Instant::from_std(oldest + self.linger));
             let event = tokio::select! {
                 biased;
                 _ = self.stop.wait() => return Ok(false),
                 landed = self.publisher.land_next(), if self.publisher.has_flights() => {
                     landed?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(linger_end.unwrap_or_else(tokio::time::Instant::now)),
+                    if linger_end.is_some() => {
+                    self.publish_buffers(slots, false).await?;
                     continue;
                 }
                 event = rx.recv() => event,
@@ -233,17 +285,26 @@ impl Passes {
         }
         if !self.publisher.is_dropped(shard) {
             slot.buffer.push(&row, partition, ts);
+            self.oldest_buffered.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
 
-    /// Ends the pass of every shard still streaming: each publishes its remaining rows and marks
-    /// the pass done. Small shards share transactions (each with its own fence), as many as fit.
-    async fn finish_shards(
+    /// Publishes the shards' buffered rows, small shards sharing transactions (each with its own
+    /// fence), as many as fit. With `end_of_pass`, every shard still streaming publishes (even
+    /// with nothing buffered) and marks its pass done; otherwise (the linger time is up) only
+    /// shards with rows publish, and their passes go on.
+    async fn publish_buffers(
         &mut self,
         slots: &mut HashMap<u32, ShardSlot>,
+        end_of_pass: bool,
     ) -> Result<(), StreamerError> {
-        let mut shards: Vec<u32> = slots.keys().copied().collect();
+        self.oldest_buffered = None;
+        let mut shards: Vec<u32> = slots
+            .iter()
+            .filter(|(_, slot)| end_of_pass || !slot.buffer.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
         shards.sort_unstable();
         let mut packing = Packing::default();
         for shard in shards {
@@ -253,7 +314,7 @@ impl Passes {
             let part = slots
                 .get_mut(&shard)
                 .expect("a streamed shard")
-                .take_part(true);
+                .take_part(end_of_pass);
             if let Some(full) = packing.add(part) {
                 self.publisher.launch(full).await?;
             }

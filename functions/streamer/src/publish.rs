@@ -4,14 +4,13 @@
 //! published, which shards moved (their rows are left to the new owner), which ended their pass.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use etcd_queue::{Fence, OutgoingMessage, Producer, QueueError};
 use function_runtime::{NoSpaceWait, Shutdown};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::encode;
+use crate::encode::EventWriter;
 use crate::error::StreamerError;
 use crate::metrics::StreamerMetrics;
 use crate::packing::Part;
@@ -54,6 +53,8 @@ struct PartLanding {
     last: bool,
     samples: u64,
     batches: u64,
+    /// Payload bytes of the batches' events.
+    bytes: u64,
     outcome: Publish,
 }
 
@@ -70,7 +71,7 @@ pub struct Publisher {
     idle: Vec<Producer>,
     flights: JoinSet<Landing>,
     shards: HashMap<u32, ShardPublishing>,
-    source: Arc<str>,
+    events: EventWriter,
     stop: Shutdown,
     metrics: StreamerMetrics,
     nospace: NoSpaceWait,
@@ -78,11 +79,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes events from `source` with `producers`, one flight per producer at a time;
-    /// publishes etcd refuses for lack of space wait through `nospace`.
+    /// Publishes the events `events` writes with `producers`, one flight per producer at a
+    /// time; publishes etcd refuses for lack of space wait through `nospace`.
     pub fn new(
         producers: Vec<Producer>,
-        source: Arc<str>,
+        events: EventWriter,
         stop: Shutdown,
         metrics: StreamerMetrics,
         nospace: NoSpaceWait,
@@ -91,7 +92,7 @@ impl Publisher {
             idle: producers,
             flights: JoinSet::new(),
             shards: HashMap::new(),
-            source,
+            events,
             stop,
             metrics,
             nospace,
@@ -153,7 +154,7 @@ impl Publisher {
         self.flights.spawn(fly(
             producer,
             parts,
-            self.source.clone(),
+            self.events.clone(),
             self.stop.clone(),
             self.metrics.clone(),
             self.nospace.clone(),
@@ -187,6 +188,7 @@ impl Publisher {
                 Publish::Landed => {
                     self.metrics.samples_published.inc_by(part.samples);
                     self.metrics.batches_published.inc_by(part.batches);
+                    self.metrics.bytes_published.inc_by(part.bytes);
                     self.published.samples += part.samples;
                     self.published.batches += part.batches;
                     if part.last {
@@ -362,7 +364,7 @@ impl Transaction<'_> {
 async fn fly(
     producer: Producer,
     parts: Vec<Part>,
-    source: Arc<str>,
+    events: EventWriter,
     stop: Shutdown,
     metrics: StreamerMetrics,
     nospace: NoSpaceWait,
@@ -377,12 +379,13 @@ async fn fly(
     let mut landings = Vec::with_capacity(parts.len());
     let mut encoded: Vec<(Vec<OutgoingMessage>, Fence)> = Vec::with_capacity(parts.len());
     for part in parts {
-        let messages = encode::messages(&source, part.batches);
+        let messages = events.messages(part.batches, part.bytes);
         landings.push(PartLanding {
             shard: part.shard,
             last: part.last,
             samples: part.samples,
             batches: messages.len() as u64,
+            bytes: messages.iter().map(|m| m.payload.len() as u64).sum(),
             outcome: Publish::Abandoned,
         });
         encoded.push((messages, part.fence));
@@ -457,7 +460,7 @@ mod tests {
         let landing = fly(
             queue.producer(),
             parts,
-            "/streamer/test".into(),
+            EventWriter::new("/streamer/test".into(), Default::default()),
             Shutdown::new(),
             metrics.clone(),
             nospace,

@@ -450,6 +450,9 @@ async fn a_full_queue_slows_the_streamer_down_and_drops_nothing() {
         StreamerConfig {
             passes: Some(3),
             queue: queue_config.clone(),
+            // Each pass goes out at its end, as the pass counts below expect, however long the
+            // pass takes in this build.
+            linger: Duration::from_secs(3600),
             ..config(&prefix, REAL_CSV, "patient")
         },
         metrics.clone(),
@@ -509,4 +512,55 @@ async fn a_full_queue_slows_the_streamer_down_and_drops_nothing() {
     let mut by_partition = consumed.clone();
     by_partition.sort_by_key(|s| s.partition);
     assert_timestamps_increase_per_gpu(&by_partition);
+}
+
+/// A slow pass publishes what waited the linger time long before the pass ends, without
+/// publishing any row twice or ending a shard's pass early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_waited_the_linger_time_are_published_mid_pass() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("linger");
+    let metrics = StreamerMetrics::default();
+    // 2,470 rows at 500 samples/s: a pass of about five seconds.
+    let config = StreamerConfig {
+        passes: Some(1),
+        rate: 500,
+        linger: Duration::from_millis(20),
+        ..config(&prefix, REAL_CSV, "linger")
+    };
+    let task = spawn_streamer(
+        etcd.client().await,
+        config,
+        metrics.clone(),
+        Shutdown::new(),
+    );
+    let client = etcd.client().await;
+    let queue = open_queue(&etcd, &prefix).await;
+    // Read before the states: were the states still at pass 0, so was every shard when the
+    // samples were read.
+    test_support::wait_until(
+        "samples published mid-pass",
+        Duration::from_secs(30),
+        || {
+            let (client, queue, prefix) = (client.clone(), &queue, &prefix);
+            async move {
+                let queued = queued_samples(queue).await.len();
+                let states = shard_states(&client, prefix).await;
+                queued >= 100 && states.values().all(|s| s.passes == 0)
+            }
+        },
+    )
+    .await;
+    let report = task.await.unwrap();
+    assert!(report.passes_reached);
+    assert_eq!(report.samples_published, REAL_ROWS);
+    let samples = queued_samples(&queue).await;
+    assert_eq!(
+        row_counts(&samples),
+        csv_rows_times(REAL_CSV, 1),
+        "every row once"
+    );
+    assert_timestamps_increase_per_gpu(&samples);
+    let states = shard_states(&client, &prefix).await;
+    assert!(states.values().all(|s| s.passes == 1 && s.row == 0));
 }

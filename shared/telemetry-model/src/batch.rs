@@ -5,6 +5,10 @@
 //! Wire form of the `data` member:
 //! `{"gpus":[GpuInfo..],"metrics":["DCGM_FI_DEV_GPU_UTIL",..],"t0":<micros>,"rows":[[g,m,dt,v],..]}`
 //! where a row's timestamp is `t0 + dt`.
+//!
+//! The same batch may travel in the columnar binary form instead ([`crate::columnar`]), base64 in
+//! the event's `data_base64` member with `datacontenttype` [`COLUMNAR_CONTENT_TYPE`]: about a
+//! quarter of the JSON's size. Decoders accept both.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -15,6 +19,9 @@ use serde::de::{SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use base64::Engine as _;
+
+use crate::columnar::{self, COLUMNAR_CONTENT_TYPE};
 use crate::gpu::GpuInfo;
 use crate::ids::{GpuUuid, MetricName};
 use crate::time::{TimeParseError, TimestampMicros};
@@ -31,8 +38,17 @@ pub enum BatchError {
         BatchEvent::EVENT_TYPE
     )]
     CheckEventType { found: String },
-    #[error("unsupported datacontenttype {found:?}, expected \"application/json\"")]
+    #[error(
+        "unsupported datacontenttype {found:?}, expected \"application/json\" or {:?}",
+        crate::columnar::COLUMNAR_CONTENT_TYPE
+    )]
     CheckContentType { found: String },
+    #[error("decode data_base64: {0}")]
+    DecodeBase64(#[from] base64::DecodeError),
+    #[error("decode columnar data at byte {offset}: {reason}")]
+    DecodeColumnar { offset: usize, reason: String },
+    #[error("the event has both data and data_base64")]
+    CheckDataMembers,
     #[error("CloudEvent attribute {attribute:?} is missing or empty")]
     CheckAttribute { attribute: &'static str },
     #[error("CloudEvent time: {0}")]
@@ -397,7 +413,48 @@ struct StructuredEventOut<'a> {
     ty: &'static str,
     time: String,
     datacontenttype: &'static str,
-    data: &'a SampleBatch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a SampleBatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+}
+
+/// How a batch event carries its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataEncoding {
+    /// `data` is the batch's JSON wire form (`application/json`).
+    Json,
+    /// `data_base64` is the columnar binary form ([`COLUMNAR_CONTENT_TYPE`]).
+    #[default]
+    Columnar,
+}
+
+impl DataEncoding {
+    /// The event's `datacontenttype`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            DataEncoding::Json => CONTENT_TYPE,
+            DataEncoding::Columnar => COLUMNAR_CONTENT_TYPE,
+        }
+    }
+
+    /// The encoding a `datacontenttype` names (absent means JSON, as CloudEvents defines);
+    /// parameters such as `; charset=utf-8` are allowed.
+    pub fn from_content_type(ct: Option<&str>) -> Result<DataEncoding, BatchError> {
+        let Some(ct) = ct else {
+            return Ok(DataEncoding::Json);
+        };
+        let media_type = ct.split(';').next().unwrap_or("").trim();
+        if media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
+            Ok(DataEncoding::Json)
+        } else if media_type.eq_ignore_ascii_case(COLUMNAR_CONTENT_TYPE) {
+            Ok(DataEncoding::Columnar)
+        } else {
+            Err(BatchError::CheckContentType {
+                found: ct.to_owned(),
+            })
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -412,6 +469,7 @@ struct StructuredEventIn {
     time: Option<String>,
     datacontenttype: Option<String>,
     data: Option<WireBatch>,
+    data_base64: Option<String>,
 }
 
 impl BatchEvent {
@@ -428,25 +486,40 @@ impl BatchEvent {
         }
     }
 
-    /// CloudEvents 1.0 structured-mode JSON.
+    /// CloudEvents 1.0 structured-mode JSON, the batch as JSON `data`.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.batch.encoded_size_hint());
+        self.to_json_with(DataEncoding::Json)
+    }
+
+    /// CloudEvents 1.0 structured-mode JSON, the batch in `encoding`.
+    pub fn to_json_with(&self, encoding: DataEncoding) -> Vec<u8> {
+        let (data, data_base64, hint) = match encoding {
+            DataEncoding::Json => (Some(&self.batch), None, self.batch.encoded_size_hint()),
+            DataEncoding::Columnar => {
+                let binary = columnar::encode(&self.batch);
+                let text = base64::engine::general_purpose::STANDARD.encode(&binary);
+                let hint = text.len() + 256 + self.id.len() + self.source.len();
+                (None, Some(text), hint)
+            }
+        };
+        let mut out = Vec::with_capacity(hint);
         let event = StructuredEventOut {
             specversion: SPEC_VERSION,
             id: &self.id,
             source: &self.source,
             ty: Self::EVENT_TYPE,
             time: self.time.to_rfc3339(),
-            datacontenttype: CONTENT_TYPE,
-            data: &self.batch,
+            datacontenttype: encoding.content_type(),
+            data,
+            data_base64,
         };
         serde_json::to_writer(&mut out, &event)
             .expect("serializing to a Vec with string map keys cannot fail");
         out
     }
 
-    /// Decodes and checks structured-mode JSON written by [`BatchEvent::to_json`] or any
-    /// CloudEvents producer following the same data schema.
+    /// Decodes and checks structured-mode JSON written by [`BatchEvent::to_json_with`] (either
+    /// encoding) or any CloudEvents producer following the same data schema.
     pub fn from_json(bytes: &[u8]) -> Result<Self, BatchError> {
         let ev: StructuredEventIn = serde_json::from_slice(bytes)?;
         if ev.specversion != SPEC_VERSION {
@@ -454,13 +527,20 @@ impl BatchEvent {
                 found: ev.specversion,
             });
         }
-        check_envelope(&ev.id, &ev.source, &ev.ty, ev.datacontenttype.as_deref())?;
+        let encoding = check_envelope(&ev.id, &ev.source, &ev.ty, ev.datacontenttype.as_deref())?;
         let time = ev
             .time
             .as_deref()
             .ok_or(BatchError::CheckAttribute { attribute: "time" })
             .and_then(|t| Ok(TimestampMicros::parse_rfc3339(t)?))?;
-        let batch = ev.data.ok_or(BatchError::CheckData)?.into_batch()?;
+        let batch = match (encoding, ev.data, ev.data_base64) {
+            (_, Some(_), Some(_)) => return Err(BatchError::CheckDataMembers),
+            (DataEncoding::Json, Some(data), None) => data.into_batch()?,
+            (DataEncoding::Columnar, None, Some(text)) => columnar::decode(
+                &base64::engine::general_purpose::STANDARD.decode(text.as_bytes())?,
+            )?,
+            _ => return Err(BatchError::CheckData),
+        };
         Ok(Self {
             id: ev.id,
             source: ev.source,
@@ -471,20 +551,33 @@ impl BatchEvent {
 
     /// The same event as a `cloudevents-sdk` [`Event`], for its HTTP bindings.
     pub fn to_cloudevent(&self) -> Event {
+        self.to_cloudevent_with(DataEncoding::Json)
+    }
+
+    /// The same event as a `cloudevents-sdk` [`Event`] with its data in `encoding` (columnar
+    /// data is binary, which the HTTP binary mode carries as the raw body).
+    pub fn to_cloudevent_with(&self, encoding: DataEncoding) -> Event {
         let mut ev = Event::default();
         ev.set_id(self.id.clone());
         ev.set_source(self.source.clone());
         ev.set_type(Self::EVENT_TYPE);
         ev.set_time(Some(self.time.to_datetime()));
         ev.set_subject(None::<String>);
-        let data = serde_json::to_value(&self.batch)
-            .expect("a batch serializes to a JSON value: all map keys are strings");
-        ev.set_data(CONTENT_TYPE, data);
+        match encoding {
+            DataEncoding::Json => {
+                let data = serde_json::to_value(&self.batch)
+                    .expect("a batch serializes to a JSON value: all map keys are strings");
+                ev.set_data(CONTENT_TYPE, data);
+            }
+            DataEncoding::Columnar => {
+                ev.set_data(COLUMNAR_CONTENT_TYPE, columnar::encode(&self.batch));
+            }
+        }
         ev
     }
 
     /// Accepts JSON data in any of the SDK's forms (parsed JSON, bytes from the binary HTTP
-    /// mode, or a string).
+    /// mode, or a string), and columnar data as bytes.
     pub fn from_cloudevent(mut ev: Event) -> Result<Self, BatchError> {
         if ev.specversion() != SpecVersion::V10 {
             return Err(BatchError::CheckSpecVersion {
@@ -495,46 +588,47 @@ impl BatchEvent {
             .time()
             .map(|t| TimestampMicros::from_datetime(*t))
             .ok_or(BatchError::CheckAttribute { attribute: "time" })?;
-        check_envelope(ev.id(), ev.source(), ev.ty(), ev.datacontenttype())?;
+        let encoding = check_envelope(ev.id(), ev.source(), ev.ty(), ev.datacontenttype())?;
         let id = ev.id().to_owned();
         let source = ev.source().to_string();
         let (_, _, data) = ev.take_data();
-        let wire: WireBatch = match data.ok_or(BatchError::CheckData)? {
-            Data::Json(v) => serde_json::from_value(v)?,
-            Data::Binary(b) => serde_json::from_slice(&b)?,
-            Data::String(s) => serde_json::from_str(&s)?,
-        };
+        let batch = match (encoding, data.ok_or(BatchError::CheckData)?) {
+            (DataEncoding::Json, Data::Json(v)) => serde_json::from_value::<WireBatch>(v)?,
+            (DataEncoding::Json, Data::Binary(b)) => serde_json::from_slice::<WireBatch>(&b)?,
+            (DataEncoding::Json, Data::String(s)) => serde_json::from_str::<WireBatch>(&s)?,
+            (DataEncoding::Columnar, Data::Binary(b)) => {
+                return Ok(Self {
+                    id,
+                    source,
+                    time,
+                    batch: columnar::decode(&b)?,
+                })
+            }
+            (DataEncoding::Columnar, _) => return Err(BatchError::CheckData),
+        }
+        .into_batch()?;
         Ok(Self {
             id,
             source,
             time,
-            batch: wire.into_batch()?,
+            batch,
         })
     }
 }
 
-/// Checks the attributes both decoders share.
+/// Checks the attributes both decoders share; the data's encoding comes from `datacontenttype`.
 fn check_envelope(
     id: &str,
     source: &str,
     ty: &str,
     datacontenttype: Option<&str>,
-) -> Result<(), BatchError> {
+) -> Result<DataEncoding, BatchError> {
     if ty != BatchEvent::EVENT_TYPE {
         return Err(BatchError::CheckEventType {
             found: ty.to_owned(),
         });
     }
-    // CloudEvents' JSON format defines an absent datacontenttype as JSON; parameters such as
-    // `; charset=utf-8` are allowed.
-    if let Some(ct) = datacontenttype {
-        let media_type = ct.split(';').next().unwrap_or("").trim();
-        if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
-            return Err(BatchError::CheckContentType {
-                found: ct.to_owned(),
-            });
-        }
-    }
+    let encoding = DataEncoding::from_content_type(datacontenttype)?;
     if id.is_empty() {
         return Err(BatchError::CheckAttribute { attribute: "id" });
     }
@@ -543,7 +637,7 @@ fn check_envelope(
             attribute: "source",
         });
     }
-    Ok(())
+    Ok(encoding)
 }
 
 #[cfg(test)]
@@ -782,6 +876,89 @@ mod tests {
                 len: 1
             })
         ));
+    }
+
+    #[test]
+    fn columnar_events_round_trip_and_name_their_encoding() {
+        use serde_json::json;
+        let mut ev = BatchEvent::new("batch-3", "/streamer/2", sample_batch());
+        ev.time = TimestampMicros(1_752_871_354_000_000);
+        let bytes = ev.to_json_with(DataEncoding::Columnar);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["datacontenttype"], COLUMNAR_CONTENT_TYPE);
+        assert!(json.get("data").is_none());
+        let binary = base64::engine::general_purpose::STANDARD
+            .decode(json["data_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(columnar::decode(&binary).unwrap(), ev.batch);
+        let back = BatchEvent::from_json(&bytes).unwrap();
+        assert_eq!(back, ev);
+        assert!(back.batch.rows[2].value.is_sign_negative());
+
+        // The JSON form is still accepted, and the content type decides how data is read.
+        assert_eq!(BatchEvent::from_json(&ev.to_json()).unwrap(), ev);
+        let mut both = json.clone();
+        both["data"] = serde_json::to_value(&ev.batch).unwrap();
+        assert!(matches!(
+            BatchEvent::from_json(&serde_json::to_vec(&both).unwrap()),
+            Err(BatchError::CheckDataMembers)
+        ));
+        let mut json_typed = json.clone();
+        json_typed["datacontenttype"] = json!("application/json");
+        assert!(matches!(
+            BatchEvent::from_json(&serde_json::to_vec(&json_typed).unwrap()),
+            Err(BatchError::CheckData)
+        ));
+        let mut not_base64 = json.clone();
+        not_base64["data_base64"] = json!("***");
+        assert!(matches!(
+            BatchEvent::from_json(&serde_json::to_vec(&not_base64).unwrap()),
+            Err(BatchError::DecodeBase64(_))
+        ));
+        let mut corrupt = json;
+        corrupt["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode([1, 9]));
+        assert!(matches!(
+            BatchEvent::from_json(&serde_json::to_vec(&corrupt).unwrap()),
+            Err(BatchError::DecodeColumnar { .. })
+        ));
+
+        let ce = ev.to_cloudevent_with(DataEncoding::Columnar);
+        assert_eq!(ce.datacontenttype(), Some(COLUMNAR_CONTENT_TYPE));
+        assert_eq!(BatchEvent::from_cloudevent(ce).unwrap(), ev);
+    }
+
+    #[test]
+    fn columnar_events_are_a_fraction_of_the_json() {
+        let gpus: Vec<GpuInfo> = (0..15)
+            .map(|i| {
+                let mut g = gpu(&format!("GPU-5fd4f087-86f3-7a43-b711-4771313af{i:03}"));
+                g.hostname = Some("mtv5-dgx1-hgpu-031".into());
+                g.model_name = Some("NVIDIA H100 80GB HBM3".into());
+                g.labels.insert("job".into(), "dgx_dcgm_exporter".into());
+                g
+            })
+            .collect();
+        let mut builder = SampleBatch::builder();
+        let mut ts = 1_752_871_354_000_000;
+        for g in &gpus {
+            for m in 0..10 {
+                ts += 4;
+                let name = metric(&format!("DCGM_FI_DEV_M{m}"));
+                builder.push(g, &name, TimestampMicros(ts), f64::from(m) * 12.5);
+            }
+        }
+        let ev = BatchEvent::new(
+            "0123456789abcdef0123456789abcdef",
+            "/streamer/s",
+            builder.build(),
+        );
+        let json = ev.to_json().len();
+        let columnar = ev.to_json_with(DataEncoding::Columnar).len();
+        // One pass's batch of a partition: the GPU table is most of what is left.
+        assert!(
+            columnar * 10 < json * 6,
+            "columnar {columnar} bytes, JSON {json}"
+        );
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! This crate does no I/O beyond reading a CSV from a [`std::io::Read`] or a file.
 
 pub mod batch;
+pub mod columnar;
 pub mod csv_reader;
 pub mod gpu;
 pub mod ids;
 pub mod series;
 pub mod time;
 
-pub use batch::{BatchError, BatchEvent, PackedSample, SampleBatch, SampleBatchBuilder};
+pub use batch::{
+    BatchError, BatchEvent, DataEncoding, PackedSample, SampleBatch, SampleBatchBuilder,
+};
+pub use columnar::COLUMNAR_CONTENT_TYPE;
 pub use csv_reader::{
     is_blank_sentinel, summarize, BadRow, CsvError, CsvRow, CsvSummary, DcgmCsvReader, ReadStats,
     RowOutcome,

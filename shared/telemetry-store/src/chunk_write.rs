@@ -22,29 +22,55 @@ pub struct GpuSamples {
     pub samples: Vec<(MetricName, TimestampMicros, f64)>,
 }
 
-/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins).
+/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins). A batch is
+/// already keyed by GPU (its rows index its GPU table), so each GPU of a batch costs one lookup
+/// and at most one copy of its metadata, not one per sample.
 pub fn group_by_gpu<'a>(
     batches: impl IntoIterator<Item = &'a SampleBatch>,
 ) -> BTreeMap<GpuUuid, GpuSamples> {
-    group_samples(batches.into_iter().flat_map(SampleBatch::samples))
+    group_where(batches.into_iter().map(|batch| (0, batch)), |_, _| true)
 }
 
-/// Groups `samples` by GPU (the last metadata seen for a GPU wins).
-pub(crate) fn group_samples<'a>(
-    samples: impl IntoIterator<Item = (&'a GpuInfo, &'a MetricName, TimestampMicros, f64)>,
+/// Groups the samples of the messages `(offset, batch)` by GPU as [`group_by_gpu`] does, leaving
+/// out each GPU of a message for which `keep(offset, gpu)` is false (its samples of that message
+/// are stored already).
+pub(crate) fn group_where<'a>(
+    messages: impl IntoIterator<Item = (u64, &'a SampleBatch)>,
+    mut keep: impl FnMut(u64, &GpuInfo) -> bool,
 ) -> BTreeMap<GpuUuid, GpuSamples> {
     let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
-    for (info, metric, timestamp, value) in samples {
-        let entry = by_gpu
-            .entry(info.uuid.clone())
-            .or_insert_with(|| GpuSamples {
-                info: info.clone(),
-                samples: Vec::new(),
-            });
-        if &entry.info != info {
-            entry.info = info.clone();
+    for (offset, batch) in messages {
+        let mut rows_of: Vec<Vec<(MetricName, TimestampMicros, f64)>> =
+            vec![Vec::new(); batch.gpus.len()];
+        for row in &batch.rows {
+            rows_of[row.gpu as usize].push((
+                batch.metrics[row.metric as usize].clone(),
+                row.timestamp,
+                row.value,
+            ));
         }
-        entry.samples.push((metric.clone(), timestamp, value));
+        for (info, samples) in batch.gpus.iter().zip(rows_of) {
+            if samples.is_empty() || !keep(offset, info) {
+                continue;
+            }
+            match by_gpu.get_mut(&info.uuid) {
+                Some(entry) => {
+                    if &entry.info != info {
+                        entry.info = info.clone();
+                    }
+                    entry.samples.extend(samples);
+                }
+                None => {
+                    by_gpu.insert(
+                        info.uuid.clone(),
+                        GpuSamples {
+                            info: info.clone(),
+                            samples,
+                        },
+                    );
+                }
+            }
+        }
     }
     by_gpu
 }
@@ -169,5 +195,64 @@ impl TelemetryStore {
             .lease_for(chunk.min_timestamp().unwrap_or_default())
             .await?;
         Ok(LeasedPut::new(key, value, lease))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_keeps_sample_order_and_the_last_metadata() {
+        let metric = |m: &str| MetricName::parse(m).unwrap();
+        let (util, temp) = (
+            metric("DCGM_FI_DEV_GPU_UTIL"),
+            metric("DCGM_FI_DEV_GPU_TEMP"),
+        );
+        let a = GpuInfo::new(GpuUuid::parse("GPU-a").unwrap());
+        let b = GpuInfo::new(GpuUuid::parse("GPU-b").unwrap());
+        let mut a_moved = a.clone();
+        a_moved.hostname = Some("host-2".into());
+        let unused = GpuInfo::new(GpuUuid::parse("GPU-c").unwrap());
+
+        let mut first = SampleBatch::builder();
+        first
+            .push(&a, &util, TimestampMicros(3), 1.0)
+            .push(&b, &util, TimestampMicros(1), 2.0)
+            .push(&a, &temp, TimestampMicros(2), 3.0);
+        let mut second = SampleBatch::builder();
+        second.push(&b, &temp, TimestampMicros(5), 4.0).push(
+            &a_moved,
+            &util,
+            TimestampMicros(4),
+            5.0,
+        );
+        let mut with_unused = second.build();
+        // A GPU listed without rows neither appears nor changes metadata.
+        with_unused.gpus.push(unused);
+        let grouped = group_by_gpu([&first.build(), &with_unused]);
+
+        assert_eq!(
+            grouped.keys().map(GpuUuid::as_str).collect::<Vec<_>>(),
+            ["GPU-a", "GPU-b"]
+        );
+        let a_samples = &grouped[&a.uuid];
+        assert_eq!(a_samples.info, a_moved, "the last metadata seen wins");
+        assert_eq!(
+            a_samples.samples,
+            [
+                (util.clone(), TimestampMicros(3), 1.0),
+                (temp.clone(), TimestampMicros(2), 3.0),
+                (util.clone(), TimestampMicros(4), 5.0),
+            ]
+        );
+        assert_eq!(
+            grouped[&b.uuid].samples,
+            [
+                (util, TimestampMicros(1), 2.0),
+                (temp, TimestampMicros(5), 4.0)
+            ]
+        );
+        assert_eq!(grouped[&b.uuid].info, b);
     }
 }

@@ -27,7 +27,7 @@ use futures::future::try_join_all;
 use telemetry_model::{GpuUuid, SampleBatch};
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{admitted, group_samples, GpuSamples, LeasedPut, LiveSample};
+use crate::chunk_write::{admitted, group_where, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::open_chunk::{self, Applied};
@@ -198,12 +198,10 @@ impl StoreWriter {
         self.load(uuids.into_iter()).await?;
         // Samples of messages a GPU's mark covers are stored already.
         let open = &self.open;
-        let by_gpu = group_samples(messages.iter().flat_map(|(offset, batch)| {
-            batch.samples().filter(move |(info, ..)| {
-                let applied = open.get(&info.uuid).and_then(|open| open.applied);
-                !applied.is_some_and(|a| a.covers(partition, *offset))
-            })
-        }));
+        let by_gpu = group_where(messages.iter().copied(), |offset, info| {
+            let applied = open.get(&info.uuid).and_then(|open| open.applied);
+            !applied.is_some_and(|a| a.covers(partition, offset))
+        });
         let applied = Applied {
             partition,
             offset: last,
