@@ -4,6 +4,7 @@
 //! selected metrics decoded.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -30,6 +31,7 @@ struct Selected {
 pub struct StoreSeries<'a> {
     backend: &'a Backend,
     registry: OnceCell<Vec<GpuRecord>>,
+    gpus_read: AtomicUsize,
 }
 
 impl<'a> StoreSeries<'a> {
@@ -37,7 +39,14 @@ impl<'a> StoreSeries<'a> {
         StoreSeries {
             backend,
             registry: OnceCell::new(),
+            gpus_read: AtomicUsize::new(0),
         }
+    }
+
+    /// How many GPUs' chunks this query has read so far (a GPU counts once per selector that
+    /// selected it): what label selection saves shows here.
+    pub fn gpus_read(&self) -> usize {
+        self.gpus_read.load(Ordering::Relaxed)
     }
 
     async fn registry(&self) -> Result<&[GpuRecord], SourceError> {
@@ -95,6 +104,7 @@ impl<'a> StoreSeries<'a> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<Series>, SourceError> {
+        self.gpus_read.fetch_add(1, Ordering::Relaxed);
         let (start_us, end_us) = window_us(start_ms, end_ms);
         let metrics: Vec<MetricName> = gpu.series.iter().map(|(m, _)| m.clone()).collect();
         let mut points: BTreeMap<Arc<str>, Vec<(i64, f64)>> = BTreeMap::new();

@@ -699,3 +699,47 @@ async fn a_saturated_gateway_answers_503_with_retry_after() {
         StatusCode::OK
     );
 }
+
+/// A PromQL selector with a `Hostname` matcher picks its series from the registry: only the
+/// chunks of that host's GPUs are read, and every series of theirs comes back, each in time order.
+#[tokio::test]
+async fn a_label_matcher_reads_only_the_matching_gpus_chunks() {
+    use promql_engine::{parse_series_selector, SeriesSource};
+    let fixture = Fixture::filled("gateway-promql-select", SLICE_CSV).await;
+    let backend = gateway::Backend::new(fixture.etcd.client().await, &fixture.config());
+    let hosts: std::collections::BTreeSet<String> = fixture
+        .gpus
+        .values()
+        .filter_map(|gpu| gpu.info.hostname.clone())
+        .collect();
+    assert!(hosts.len() > 1, "{} hosts", hosts.len());
+    let host = hosts.first().unwrap();
+    let on_host: Vec<&String> = fixture
+        .gpus
+        .keys()
+        .filter(|u| fixture.gpus[*u].info.hostname.as_deref() == Some(host.as_str()))
+        .collect();
+    let matchers = parse_series_selector(&format!(r#"{{Hostname="{host}"}}"#)).unwrap();
+    let source = gateway::prom_source::StoreSeries::new(&backend);
+    let series = source.select(&matchers, 0, i64::MAX / 1000).await.unwrap();
+    assert_eq!(source.gpus_read(), on_host.len(), "GPUs read for {host}");
+    let expected: usize = on_host
+        .iter()
+        .map(|u| {
+            let metrics: std::collections::BTreeSet<_> = fixture.gpus[*u]
+                .samples
+                .iter()
+                .map(|s| s.metric.clone())
+                .collect();
+            metrics.len()
+        })
+        .sum();
+    assert_eq!(series.len(), expected, "series of {host}");
+    let points: usize = series.iter().map(|s| s.samples.len()).sum();
+    let stored: usize = on_host.iter().map(|u| fixture.gpus[*u].samples.len()).sum();
+    assert_eq!(points, stored, "samples of {host}");
+    for s in &series {
+        assert_eq!(s.labels.get("Hostname"), Some(host.as_str()));
+        assert!(s.samples.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+    }
+}
