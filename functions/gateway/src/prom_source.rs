@@ -26,7 +26,7 @@ struct Selected {
     series: Vec<(MetricName, Labels)>,
 }
 
-/// The store seen by one query: the registry is read once (one range read) on first use and
+/// The store seen by one query: the registry is read once (in pages, one snapshot) on first use and
 /// shared by every selector of the query.
 pub struct StoreSeries<'a> {
     backend: &'a Backend,
