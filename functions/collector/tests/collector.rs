@@ -360,14 +360,12 @@ async fn a_message_covering_more_gpus_than_a_transaction_is_split_by_gpu() {
     use collector::DeliveryProcessor;
     use etcd_queue::ConsumerConfig;
 
-    let etcd = EtcdHarness::start().await;
-    let prefix = unique_prefix("collector-wide");
-    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
-        .await
-        .unwrap();
-    let store = store_for(etcd.client().await, &prefix);
-    let event = all_gpus_event(now_us() - 60_000_000);
-    publish_one(&queue, 5, &event).await;
+    let WideDelivery {
+        etcd: _etcd,
+        queue,
+        store,
+        ..
+    } = WideDelivery::published("collector-wide", 5).await;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(collector::CollectorMetrics::register(&mut registry));
@@ -399,14 +397,12 @@ async fn a_wide_delivery_rewritten_after_a_crash_between_its_transactions_is_sto
     use etcd_queue::{ConsumerConfig, COMMIT_RESERVED_OPS};
     use telemetry_store::{FenceBudget, StoreWriter};
 
-    let etcd = EtcdHarness::start().await;
-    let prefix = unique_prefix("collector-wide-crash");
-    let queue = Queue::open(etcd.client().await, queue_config(&prefix))
-        .await
-        .unwrap();
-    let store = store_for(etcd.client().await, &prefix);
-    let event = all_gpus_event(now_us() - 60_000_000);
-    publish_one(&queue, 3, &event).await;
+    let WideDelivery {
+        etcd: _etcd,
+        queue,
+        store,
+        event,
+    } = WideDelivery::published("collector-wide-crash", 3).await;
 
     // The first collector: prepares the delivery, writes two of its transactions, then "dies"
     // (leaves the group without committing).
@@ -531,6 +527,34 @@ async fn a_message_too_large_for_one_commit_is_written_idempotently_then_committ
         .samples;
     let times: Vec<i64> = samples.iter().map(|s| s.timestamp.0 - t0).collect();
     assert_eq!(times, (0..300).collect::<Vec<i64>>(), "each sample once");
+}
+
+/// A queue and a store under a fresh prefix on their own etcd, with one event holding every GPU
+/// of the real CSV (stamped a minute ago) published on one partition.
+struct WideDelivery {
+    etcd: EtcdHarness,
+    queue: Queue,
+    store: telemetry_store::TelemetryStore,
+    event: BatchEvent,
+}
+
+impl WideDelivery {
+    async fn published(test: &str, partition: u32) -> WideDelivery {
+        let etcd = EtcdHarness::start().await;
+        let prefix = unique_prefix(test);
+        let queue = Queue::open(etcd.client().await, queue_config(&prefix))
+            .await
+            .unwrap();
+        let store = store_for(etcd.client().await, &prefix);
+        let event = all_gpus_event(now_us() - 60_000_000);
+        publish_one(&queue, partition, &event).await;
+        WideDelivery {
+            etcd,
+            queue,
+            store,
+            event,
+        }
+    }
 }
 
 /// One event with every row of the real CSV, stamped from `t0` on.
