@@ -9,7 +9,8 @@
 //! * latency at a steady 10,000 samples/s: the collector's `collector_ingest_lag_seconds`
 //!   histogram (commit time minus sample time), p50/p99 and the highest bucket reached;
 //! * query latency on the stored data: the GPU list, and one GPU's hour at 1 Hz x 10 metrics
-//!   (36,000 points, four pages of 10,000) posted to the collector beforehand;
+//!   (36,000 points, four pages of 10,000 entries, and one page of series) posted to the
+//!   collector beforehand;
 //! * queue bytes per sample (`streamer_bytes_published_total`), stored bytes per sample (the
 //!   store's chunk and registry values), the etcd database size, each process's CPU seconds per
 //!   million samples (`/proc/<pid>/stat`) and peak RSS (`VmHWM`).
@@ -100,6 +101,9 @@ async fn run() {
         "query_36k_ms_p50": best.query_36k.0,
         "query_36k_ms_p99": best.query_36k.1,
         "query_36k_vs_victoriametrics": best.query_36k.1 / vm.query_36k_ms_p99,
+        "query_36k_series_ms_p50": best.query_36k_series.0,
+        "query_36k_series_ms_p99": best.query_36k_series.1,
+        "query_36k_series_vs_victoriametrics": best.query_36k_series.1 / vm.query_36k_ms_p99,
         "queue_bytes_per_sample": queue_bytes,
         "store_bytes_per_sample": best.store_bytes as f64 / samples as f64,
         "etcd_db_bytes": best.db_bytes,
@@ -130,8 +134,10 @@ struct IngestRun {
     rss: BTreeMap<String, u64>,
     /// GPU list, p50 and p99 ms.
     query_gpus: (f64, f64),
-    /// The 36,000-point window, p50 and p99 ms.
+    /// The 36,000-point window as entry pages, p50 and p99 ms.
     query_36k: (f64, f64),
+    /// The same window as one page of series, p50 and p99 ms.
+    query_36k_series: (f64, f64),
 }
 
 /// Environment of every function: etcd, the prefix, quiet logs.
@@ -331,7 +337,15 @@ async fn ingest_run(
     let query_36k = time_queries(|| {
         let window = window.clone();
         async move {
-            let points = read_window(gateway_port, &window).await;
+            let points = read_window(gateway_port, &window, ENTRY_PAGES).await;
+            assert_eq!(points, 36_000);
+        }
+    })
+    .await;
+    let query_36k_series = time_queries(|| {
+        let window = window.clone();
+        async move {
+            let points = read_window(gateway_port, &window, SERIES_PAGE).await;
             assert_eq!(points, 36_000);
         }
     })
@@ -353,6 +367,7 @@ async fn ingest_run(
         rss,
         query_gpus,
         query_36k,
+        query_36k_series,
     }
 }
 
@@ -497,20 +512,32 @@ async fn post_hour(collector: u16) -> Window {
     window
 }
 
-/// Reads the whole window through the gateway, following the cursor; returns the points read.
-async fn read_window(gateway: u16, window: &Window) -> usize {
+/// The window as the entry list, in pages of 10,000 entries.
+const ENTRY_PAGES: &str = "limit=10000";
+/// The window as series, one page of 3,600 points per metric.
+const SERIES_PAGE: &str = "format=series&limit=3600";
+
+/// Reads the whole window through the gateway in the `shape` given (the query parameters of
+/// [`ENTRY_PAGES`] or [`SERIES_PAGE`]), following the cursor; returns the points read.
+async fn read_window(gateway: u16, window: &Window, shape: &str) -> usize {
     let mut points = 0;
     let mut cursor: Option<String> = None;
     loop {
         let mut url = format!(
-            "http://127.0.0.1:{gateway}/api/v1/gpus/{}/telemetry?start_time={}&end_time={}&limit=10000",
+            "http://127.0.0.1:{gateway}/api/v1/gpus/{}/telemetry?start_time={}&end_time={}&{shape}",
             window.uuid, window.start_s, window.end_s
         );
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
         let page = get_json(&url).await.expect("window page");
-        points += page["entries"].as_array().unwrap().len();
+        points += match page["series"].as_array() {
+            Some(series) => series
+                .iter()
+                .map(|s| s["values"].as_array().unwrap().len())
+                .sum(),
+            None => page["entries"].as_array().unwrap().len(),
+        };
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => return points,
@@ -963,5 +990,13 @@ fn print_tables(report: &Value, ingest: &[IngestRun], raw: &Raw, vm: &Vm, latenc
         vm.query_36k_ms_p50,
         vm.query_36k_ms_p99,
         ratio(r.query_36k.1, vm.query_36k_ms_p99)
+    );
+    println!(
+        "| one GPU, 1 h, 36,000 points as series (`format=series`) | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        r.query_36k_series.0,
+        r.query_36k_series.1,
+        vm.query_36k_ms_p50,
+        vm.query_36k_ms_p99,
+        ratio(r.query_36k_series.1, vm.query_36k_ms_p99)
     );
 }

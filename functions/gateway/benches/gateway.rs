@@ -1,9 +1,9 @@
 //! Gateway latency under load, over real HTTP against a real etcd: listing the 247 GPUs of the real
 //! data set, reading one GPU's telemetry over a 1 h window at 1 Hz for 10 metrics (36,000
-//! entries) in pages of 10,000, and the first page of 1,000 entries (oldest and newest) of a GPU
-//! with 24 h at 1 Hz for 10 metrics (864,000 entries in chunks of 1,200, as the collector seals
-//! them). A fixed number of client tasks send requests back to back for a fixed time;
-//! requests/s, p50 and p99 go to `target/bench/gateway.json`.
+//! entries) in pages of 10,000 and as one page of series (`format=series`), and the first page of
+//! 1,000 entries (oldest and newest) of a GPU with 24 h at 1 Hz for 10 metrics (864,000 entries
+//! in chunks of 1,200, as the collector seals them). A fixed number of client tasks send requests
+//! back to back for a fixed time; requests/s, p50 and p99 go to `target/bench/gateway.json`.
 //!
 //! `GATEWAY_BENCH_SECONDS` (default 5) and `GATEWAY_BENCH_CONCURRENCY` (default 4) tune the load.
 
@@ -237,6 +237,18 @@ async fn bench() {
         }
     }
     assert_eq!(entries, WINDOW_SECONDS as u64 * METRICS as u64);
+    // The whole window as one page of series: 3,600 points for each of the 10 metrics.
+    let series_window = format!(
+        "{base}/api/v1/gpus/{BENCH_GPU}/telemetry?start_time={}&end_time={}&format=series&limit={WINDOW_SECONDS}",
+        TimestampMicros(start).to_rfc3339(),
+        TimestampMicros(end).to_rfc3339()
+    );
+    let (status, body) = get(&client, &series_window).await;
+    assert_eq!(status, StatusCode::OK);
+    let series: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(series["count"], entries);
+    assert_eq!(series["series"].as_array().unwrap().len(), METRICS);
+    assert_eq!(series["next_cursor"], Value::Null);
     let (status, body) = get(&client, &format!("{base}/api/v1/gpus")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -269,6 +281,11 @@ async fn bench() {
             PAGE as u64,
         ),
         ("telemetry_1h_window_all_pages", pages.clone(), entries),
+        (
+            "telemetry_1h_window_series_one_page",
+            vec![series_window.clone()],
+            entries,
+        ),
         (
             "telemetry_1h_window_step_1m_avg",
             vec![format!("{window}&step=1m&agg=avg")],

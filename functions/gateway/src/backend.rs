@@ -4,7 +4,7 @@
 //! are folded as chunks are decoded, after a check that their buckets stay within the points per
 //! series.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,18 +13,20 @@ use bytes::Bytes;
 use etcd_client::Client;
 use promql_engine::Engine;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
-use telemetry_store::{Aggregator, GpuPages, GpuRecord, TelemetryStore};
+use telemetry_store::{
+    Aggregator, Cursor, GpuPages, GpuRecord, SampleQuery, StoredSample, TelemetryStore,
+};
 
 use crate::config::Config;
 use crate::dcgm_fields::dcgm_field;
 use crate::dto::{
     GpuDetail, GpuSummary, LatestValues, MetricInfo, MetricList, PartitionInfo, QueueInfo,
-    TelemetryEntry, TelemetryPage,
 };
 use crate::error::ApiError;
 use crate::fleet_latest::GpuLatest;
-use crate::params::{GpuListRequest, TelemetryRequest};
+use crate::params::{GpuListRequest, TelemetryFormat, TelemetryRequest, MAX_SERIES_PAGE_POINTS};
 use crate::queue_view::QueueView;
+use crate::telemetry_body::TelemetryAnswer;
 
 /// The store and queue readers of one deployment (one key prefix).
 #[derive(Clone)]
@@ -130,15 +132,39 @@ impl Backend {
         Ok(LatestValues::from(&self.record(id).await?))
     }
 
-    /// One page of a GPU's samples (or of its aggregated buckets).
+    /// One page of a GPU's samples (or of its aggregated buckets). In the series form `limit`
+    /// counts points per metric: the page is the entry page of `limit` points per selected
+    /// metric (at most [`MAX_SERIES_PAGE_POINTS`] in all), cut short before any metric's
+    /// `limit + 1`-th point, so its cursor continues exactly where it stops.
     pub async fn telemetry(
         &self,
         id: &GpuUuid,
         request: &TelemetryRequest,
-    ) -> Result<TelemetryPage, ApiError> {
+    ) -> Result<TelemetryAnswer, ApiError> {
         let record = self.record(id).await?;
-        let query = &request.query;
-        let (samples, next_cursor) = match request.aggregation {
+        let series = match &request.query.metrics {
+            Some(names) => names
+                .iter()
+                .filter(|m| record.latest.contains_key(*m))
+                .count(),
+            None => record.latest.len(),
+        };
+        let series_query;
+        let query = match request.format {
+            TelemetryFormat::Entries => &request.query,
+            TelemetryFormat::Series => {
+                series_query = SampleQuery {
+                    limit: request
+                        .query
+                        .limit
+                        .saturating_mul(series.max(1))
+                        .min(MAX_SERIES_PAGE_POINTS),
+                    ..request.query.clone()
+                };
+                &series_query
+            }
+        };
+        let (mut samples, mut next_cursor) = match request.aggregation {
             None => {
                 let page = self
                     .bounded("read telemetry", self.store.query(id, query))
@@ -157,13 +183,6 @@ impl Backend {
                 if buckets > self.max_points_per_series {
                     return Err(refused());
                 }
-                let series = match &query.metrics {
-                    Some(names) => names
-                        .iter()
-                        .filter(|m| record.latest.contains_key(*m))
-                        .count(),
-                    None => record.latest.len(),
-                };
                 let mut aggregator =
                     Aggregator::new(step, aggregation, buckets.saturating_mul(series.max(1)));
                 if lo <= hi {
@@ -179,12 +198,15 @@ impl Backend {
                 query.page(aggregator.finish(query.start))
             }
         };
-        let entries: Vec<TelemetryEntry> = samples.iter().map(TelemetryEntry::from).collect();
-        Ok(TelemetryPage {
+        if request.format == TelemetryFormat::Series {
+            if let Some(cut) = cut_per_series(&mut samples, request.query.limit) {
+                next_cursor = Some(cut);
+            }
+        }
+        Ok(TelemetryAnswer {
             gpu: GpuSummary::from(&record),
-            count: entries.len(),
-            entries,
-            next_cursor: next_cursor.map(|c| c.encode()),
+            samples,
+            next_cursor,
         })
     }
 
@@ -255,6 +277,22 @@ impl Backend {
             },
         })
     }
+}
+
+/// Truncates `samples` (in page order) before the first that would be its metric's
+/// `per_series + 1`-th, giving the cursor after the last one kept; `None` when none is.
+fn cut_per_series(samples: &mut Vec<StoredSample>, per_series: usize) -> Option<Cursor> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let cut = samples.iter().position(|sample| {
+        let count = counts.entry(&sample.metric).or_default();
+        *count += 1;
+        *count > per_series
+    })?;
+    samples.truncate(cut);
+    samples.last().map(|last| Cursor {
+        timestamp: last.timestamp,
+        metric: MetricName::parse(&last.metric).expect("chunk decoding validates metric names"),
+    })
 }
 
 /// Step-aligned buckets (one without a step) that the inclusive window `[lo, hi]` touches.
@@ -506,6 +544,34 @@ impl ApiState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn samples(metrics: &str) -> Vec<StoredSample> {
+        metrics
+            .chars()
+            .enumerate()
+            .map(|(i, metric)| StoredSample {
+                timestamp: TimestampMicros(i as i64),
+                metric: metric.to_string().into(),
+                value: i as f64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_series_page_stops_before_any_metric_passes_its_limit() {
+        let mut page = samples("ABABBBA");
+        let cursor = cut_per_series(&mut page, 2).expect("B's third point is cut");
+        assert_eq!(page, samples("ABAB"));
+        assert_eq!(cursor.timestamp, TimestampMicros(3));
+        assert_eq!(cursor.metric.as_str(), "B");
+
+        let mut page = samples("ABBA");
+        assert_eq!(cut_per_series(&mut page, 2), None);
+        assert_eq!(page, samples("ABBA"));
+        let mut page = samples("AA");
+        let cursor = cut_per_series(&mut page, 1).unwrap();
+        assert_eq!((page.len(), cursor.timestamp), (1, TimestampMicros(0)));
+    }
 
     #[test]
     fn an_unconnected_state_answers_not_connected() {

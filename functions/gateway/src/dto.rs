@@ -129,6 +129,41 @@ pub struct TelemetryPage {
     pub next_cursor: Option<String>,
 }
 
+/// One metric's points of a series page, in the page's time order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSeries {
+    #[schema(example = "DCGM_FI_DEV_GPU_UTIL")]
+    pub metric_name: String,
+    /// Sample times (bucket starts when downsampling) as integer Unix microseconds.
+    #[schema(example = json!([1752871354000000_i64, 1752871355000000_i64]))]
+    pub timestamps_us: Vec<i64>,
+    /// The value at each of `timestamps_us`, position by position.
+    #[schema(example = json!([87.0, 88.5]))]
+    pub values: Vec<f64>,
+}
+
+/// `GET /api/v1/gpus/{id}/telemetry?format=series`: one page of the same samples as the entry
+/// list, per metric; about 20 bytes of JSON per point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TelemetrySeriesPage {
+    pub gpu: GpuSummary,
+    /// One per metric with points on this page, sorted by metric name.
+    pub series: Vec<MetricSeries>,
+    /// Points on this page, over all series.
+    pub count: usize,
+    /// Pass as `cursor` (with the same other parameters) for the next page; null on the last.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// A telemetry page in the shape `format` asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TelemetryResponse {
+    Entries(TelemetryPage),
+    Series(TelemetrySeriesPage),
+}
+
 /// The newest value of one metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LatestEntry {

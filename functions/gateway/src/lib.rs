@@ -22,6 +22,7 @@ pub mod prom_source;
 pub mod queue_view;
 pub mod routes;
 pub mod seed;
+pub mod telemetry_body;
 pub mod ui;
 
 use std::future::Future;

@@ -7,7 +7,7 @@ use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{BadGateway, BadRequest, NotFound, Problem, Unavailable};
-use crate::params::{AggregationName, SortOrder};
+use crate::params::{AggregationName, SortOrder, TelemetryFormat};
 use crate::prom_api::TAG_PROMETHEUS;
 use crate::routes::{api_routes, TAG_GPUS, TAG_METRICS, TAG_QUEUE};
 
@@ -23,7 +23,7 @@ const TAG_OPS: &str = "operations";
     ),
     paths(healthz, readyz, metrics, openapi_json_doc, swagger_ui, dashboard),
     components(
-        schemas(Problem, Health, Readiness, SortOrder, AggregationName),
+        schemas(Problem, Health, Readiness, SortOrder, AggregationName, TelemetryFormat),
         responses(BadRequest, NotFound, BadGateway, Unavailable)
     ),
     tags(

@@ -15,6 +15,8 @@ use crate::error::ApiError;
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest page size of a telemetry query.
 pub const MAX_LIMIT: usize = 10_000;
+/// Most points of one page in the series form, over all its series (`limit` counts per series).
+pub const MAX_SERIES_PAGE_POINTS: usize = 100_000;
 /// Longest accepted value of a free-text filter.
 pub(crate) const MAX_FILTER_LEN: usize = 256;
 /// Longest accepted cursor.
@@ -277,6 +279,17 @@ pub enum AggregationName {
     Count,
 }
 
+/// The shape of a telemetry page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TelemetryFormat {
+    /// One object per sample (`entries`).
+    #[default]
+    Entries,
+    /// Per metric, an array of timestamps and an array of values (`series`).
+    Series,
+}
+
 /// Query of `GET /api/v1/gpus/{id}/telemetry`, as received (values are validated by
 /// [`TelemetryParams::validate`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, IntoParams)]
@@ -292,7 +305,8 @@ pub struct TelemetryParams {
     /// Only these metrics: repeat the parameter or separate names with commas (no spaces).
     #[param(value_type = Option<Vec<MetricNames>>, inline, style = Form, explode, example = json!(["DCGM_FI_DEV_GPU_UTIL"]))]
     pub metric_name: Vec<String>,
-    /// Entries per page (default 1000).
+    /// Entries per page (default 1000); with `format=series`, points per metric (a page then holds
+    /// at most 100,000 points in all).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 10000, default = 1000)]
     pub limit: Option<String>,
     /// Where to continue: the `next_cursor` of the previous page of the same query.
@@ -311,6 +325,11 @@ pub struct TelemetryParams {
     /// whole window, timestamped with `start_time` (or the window's oldest sample).
     #[param(value_type = Option<AggregationName>)]
     pub agg: Option<String>,
+    /// Shape of the page (default `entries`). `series`: one series per metric (sorted by name),
+    /// each an array of timestamps (integer Unix microseconds) and the array of their values, in
+    /// the same order, window, paging and cursor as the entries.
+    #[param(value_type = Option<TelemetryFormat>)]
+    pub format: Option<String>,
 }
 
 /// A validated telemetry query.
@@ -320,6 +339,8 @@ pub struct TelemetryRequest {
     pub query: SampleQuery,
     /// Step (µs; `None`: the whole window) and aggregation, when aggregating.
     pub aggregation: Option<(Option<i64>, Aggregation)>,
+    /// Entries, or series whose `query.limit` counts points per metric.
+    pub format: TelemetryFormat,
 }
 
 impl Default for TelemetryRequest {
@@ -330,6 +351,7 @@ impl Default for TelemetryRequest {
                 ..SampleQuery::default()
             },
             aggregation: None,
+            format: TelemetryFormat::Entries,
         }
     }
 }
@@ -344,6 +366,7 @@ impl TelemetryParams {
         "order",
         "step",
         "agg",
+        "format",
     ];
 
     pub fn from_query(raw: Option<&str>) -> Result<Self, ApiError> {
@@ -358,6 +381,7 @@ impl TelemetryParams {
                 "order" => set_once(&mut params.order, "order", value)?,
                 "step" => set_once(&mut params.step, "step", value)?,
                 "agg" => set_once(&mut params.agg, "agg", value)?,
+                "format" => set_once(&mut params.format, "format", value)?,
                 _ => return Err(ApiError::unknown_parameter(&name, Self::NAMES)),
             }
         }
@@ -431,6 +455,16 @@ impl TelemetryParams {
                 Some((step.map(parse_step).transpose()?, aggregation))
             }
         };
+        let format = match self.format.as_deref() {
+            None | Some("entries") => TelemetryFormat::Entries,
+            Some("series") => TelemetryFormat::Series,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "format",
+                    format!("must be entries or series, got {other:?}"),
+                ))
+            }
+        };
         Ok(TelemetryRequest {
             query: SampleQuery {
                 start,
@@ -441,6 +475,7 @@ impl TelemetryParams {
                 order,
             },
             aggregation,
+            format,
         })
     }
 }
@@ -657,7 +692,7 @@ mod tests {
     #[test]
     fn every_parameter_is_validated() {
         let ok = params(
-            "start_time=10&end_time=10&metric_name=B,A&metric_name=A&limit=10000&order=desc&step=1m&agg=max&cursor=5.A",
+            "start_time=10&end_time=10&metric_name=B,A&metric_name=A&limit=10000&order=desc&step=1m&agg=max&cursor=5.A&format=series",
         )
         .validate()
         .unwrap();
@@ -674,6 +709,11 @@ mod tests {
         assert_eq!(ok.query.order, Order::Desc);
         assert_eq!(ok.aggregation, Some((Some(60_000_000), Aggregation::Max)));
         assert_eq!(ok.query.cursor.unwrap().timestamp, TimestampMicros(5));
+        assert_eq!(ok.format, TelemetryFormat::Series);
+        assert_eq!(
+            params("format=entries").validate().unwrap().format,
+            TelemetryFormat::Entries
+        );
         assert_eq!(
             params("step=10s").validate().unwrap().aggregation,
             Some((Some(10_000_000), Aggregation::Avg))
@@ -707,6 +747,9 @@ mod tests {
             ("step=%201s", "step"),
             ("step=1s%09", "step"),
             ("start_time=%2010", "start_time"),
+            ("format=csv", "format"),
+            ("format=Series", "format"),
+            ("format=", "format"),
         ];
         for (query, parameter) in cases {
             assert_eq!(
@@ -719,6 +762,13 @@ mod tests {
             TelemetryParams::from_query(Some("limit=1&limit=2")),
             Err(ApiError::InvalidParameter {
                 parameter: "limit",
+                ..
+            })
+        ));
+        assert!(matches!(
+            TelemetryParams::from_query(Some("format=series&format=series")),
+            Err(ApiError::InvalidParameter {
+                parameter: "format",
                 ..
             })
         ));

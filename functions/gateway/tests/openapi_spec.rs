@@ -191,6 +191,7 @@ fn every_parameter_and_error_response_is_documented() {
             query("order"),
             query("step"),
             query("agg"),
+            query("format"),
         ]
     );
     assert_eq!(params_of("/api/v1/metrics"), vec![]);
@@ -220,6 +221,27 @@ fn every_parameter_and_error_response_is_documented() {
     assert_eq!(
         agg["enum"],
         serde_json::json!(["avg", "min", "max", "last", "count"])
+    );
+    let format = resolve(&spec, &telemetry[9]["schema"]);
+    assert_eq!(format["enum"], serde_json::json!(["entries", "series"]));
+    // The 200 body is either shape, told apart by their required fields.
+    let page = resolve(
+        &spec,
+        &spec["paths"]["/api/v1/gpus/{id}/telemetry"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"],
+    );
+    let shapes: Vec<Value> = page["oneOf"]
+        .as_array()
+        .expect("oneOf the two shapes")
+        .iter()
+        .map(|shape| resolve(&spec, shape)["required"].clone())
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            serde_json::json!(["gpu", "entries", "count", "next_cursor"]),
+            serde_json::json!(["gpu", "series", "count", "next_cursor"]),
+        ]
     );
 
     for path in API_ROUTES {

@@ -24,6 +24,26 @@ async fn ok_json(served: &Served, path: &str) -> Value {
     reply.json()
 }
 
+/// Requests `path` and the pages after it, following `next_cursor` until it is null; hands each
+/// page to `visit` and returns how many there were.
+async fn each_page(served: &Served, path: &str, mut visit: impl FnMut(&Value)) -> usize {
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = path.to_string();
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={}", encode(c)));
+        }
+        let page = ok_json(served, &url).await;
+        pages += 1;
+        visit(&page);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return pages,
+        }
+    }
+}
+
 #[tokio::test]
 async fn all_247_gpus_are_listed_with_correct_fields() {
     let (fixture, served) = served("gateway-real-list").await;
@@ -228,24 +248,14 @@ async fn pagination_returns_every_entry_exactly_once_in_order() {
         ("asc", 29),
     ] {
         let mut seen = Vec::new();
-        let mut pages = 0;
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut path = format!("/api/v1/gpus/{uuid}/telemetry?limit={limit}&order={order}");
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={}", encode(c)));
-            }
-            let page = ok_json(&served, &path).await;
-            pages += 1;
-            let got = entries(&page);
+        let path = format!("/api/v1/gpus/{uuid}/telemetry?limit={limit}&order={order}");
+        let pages = each_page(&served, &path, |page| {
+            let got = entries(page);
             assert!(got.len() <= limit);
             assert_eq!(page["count"], got.len());
             seen.extend(got);
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_string()),
-                None => break,
-            }
-        }
+        })
+        .await;
         let mut want = expected_entries(&gpu.samples);
         if order == "desc" {
             want.reverse();
@@ -417,19 +427,8 @@ async fn aggregation_matches_values_computed_here() {
     let gpu = fixture.gpu(uuid);
     let want = expected_aggregate(&gpu.samples, 500_000, "max");
     let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/gpus/{uuid}/telemetry?step=500ms&agg=max&limit=4");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={}", encode(c)));
-        }
-        let page = ok_json(&served, &path).await;
-        seen.extend(entries(&page));
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_string()),
-            None => break,
-        }
-    }
+    let path = format!("/api/v1/gpus/{uuid}/telemetry?step=500ms&agg=max&limit=4");
+    each_page(&served, &path, |page| seen.extend(entries(page))).await;
     assert_eq!(seen, want);
 }
 
@@ -463,4 +462,152 @@ async fn ids_that_could_escape_the_key_space_are_rejected() {
             .problem(404),
         "gpu-not-found"
     );
+}
+
+/// `(timestamp, metric, value)` of a series page, metric by metric (sorted by name), each in the
+/// page's time order; with the values' bits, so a float that does not round trip shows.
+fn series_points(page: &Value) -> Vec<(String, String, u64)> {
+    let mut points = Vec::new();
+    for series in page["series"].as_array().expect("series is an array") {
+        let metric = series["metric_name"].as_str().unwrap();
+        let times = series["timestamps_us"].as_array().unwrap();
+        let values = series["values"].as_array().unwrap();
+        assert_eq!(times.len(), values.len(), "{metric}");
+        for (t, v) in times.iter().zip(values) {
+            points.push((
+                rfc3339(t.as_i64().unwrap()),
+                metric.to_string(),
+                v.as_f64().unwrap().to_bits(),
+            ));
+        }
+    }
+    points
+}
+
+/// Entries regrouped the way a series page holds them: by metric name, time order kept.
+fn by_metric(entries: Vec<(String, String, f64)>) -> Vec<(String, String, u64)> {
+    let mut grouped: BTreeMap<String, Vec<(String, String, u64)>> = BTreeMap::new();
+    for (t, metric, value) in entries {
+        grouped
+            .entry(metric.clone())
+            .or_default()
+            .push((t, metric, value.to_bits()));
+    }
+    grouped.into_values().flatten().collect()
+}
+
+#[tokio::test]
+async fn the_series_form_holds_exactly_the_entry_lists_samples() {
+    let (mut fixture, served) = served("gateway-real-series").await;
+    let varying = varying_gpu(&fixture).await;
+    fixture.gpus.insert(varying.info.uuid.to_string(), varying);
+    let (start, end) = (fixture.passes[1].first, fixture.passes[2].last);
+    let window = format!(
+        "start_time={}&end_time={}",
+        encode(&rfc3339(start)),
+        encode(&rfc3339(end))
+    );
+    let queries = [
+        String::new(),
+        "order=desc".to_string(),
+        "metric_name=DCGM_FI_DEV_POWER_USAGE,DCGM_FI_DEV_GPU_TEMP".to_string(),
+        window.clone(),
+        format!("{window}&order=desc&metric_name=DCGM_FI_DEV_GPU_TEMP"),
+        "step=2s&agg=max".to_string(),
+        "step=500ms&agg=avg&order=desc".to_string(),
+        "agg=count".to_string(),
+    ];
+    let mut compared = 0;
+    for (uuid, gpu) in fixture.gpus.iter().step_by(50).chain(
+        fixture
+            .gpus
+            .iter()
+            .filter(|(u, _)| u.starts_with("GPU-varying")),
+    ) {
+        for query in &queries {
+            let path = format!("/api/v1/gpus/{uuid}/telemetry?limit=10000&{query}");
+            let listed = ok_json(&served, &path).await;
+            let series = ok_json(&served, &format!("{path}&format=series")).await;
+            assert_eq!(series["gpu"], listed["gpu"], "{uuid} {query}");
+            assert_eq!(series["count"], listed["count"], "{uuid} {query}");
+            assert_eq!(series["next_cursor"], json!(null), "{uuid} {query}");
+            let want = by_metric(entries(&listed));
+            assert!(!want.is_empty(), "{uuid} {query}");
+            assert_eq!(series_points(&series), want, "{uuid} {query}");
+            compared += 1;
+        }
+        // Values bit for bit as stored.
+        let series = ok_json(
+            &served,
+            &format!("/api/v1/gpus/{uuid}/telemetry?limit=10000&format=series"),
+        )
+        .await;
+        assert_eq!(
+            series_points(&series),
+            by_metric(expected_entries(&gpu.samples)),
+            "{uuid}"
+        );
+    }
+    assert_eq!(compared, 6 * queries.len());
+
+    // Paging: `limit` counts points per metric; following next_cursor gives every point once.
+    for (uuid, per_metric) in [
+        ("GPU-varying-values", 120usize),
+        (fixture.gpus.keys().nth(3).unwrap().as_str(), 3),
+    ] {
+        let gpu = fixture.gpu(uuid);
+        let metrics = gpu.samples.len() / per_metric;
+        for (order, limit) in [
+            ("asc", 1),
+            ("desc", 7),
+            ("asc", 50),
+            ("desc", 120),
+            ("asc", 2),
+        ] {
+            let mut seen: BTreeMap<String, Vec<(String, String, u64)>> = BTreeMap::new();
+            let path =
+                format!("/api/v1/gpus/{uuid}/telemetry?format=series&limit={limit}&order={order}");
+            let pages = each_page(&served, &path, |page| {
+                let points = series_points(page);
+                assert_eq!(page["count"], points.len());
+                for series in page["series"].as_array().unwrap() {
+                    let len = series["values"].as_array().unwrap().len();
+                    assert!(len <= limit, "{uuid} {order} limit={limit}: {len}");
+                }
+                for point in points {
+                    seen.entry(point.1.clone()).or_default().push(point);
+                }
+            })
+            .await;
+            let mut want = expected_entries(&gpu.samples);
+            if order == "desc" {
+                want.reverse();
+            }
+            let seen: Vec<_> = seen.into_values().flatten().collect();
+            assert_eq!(seen, by_metric(want), "{uuid} order={order} limit={limit}");
+            // Every metric has a point at every timestamp, so each page but the last is full.
+            assert_eq!(
+                pages,
+                per_metric.div_ceil(limit).max(1),
+                "{uuid} order={order} limit={limit} ({metrics} metrics)"
+            );
+        }
+    }
+
+    let uuid = fixture.gpus.keys().next().unwrap();
+    for query in [
+        "format=csv",
+        "format=SERIES",
+        "format=",
+        "format=series&format=entries",
+        "format=series&limit=0",
+        "format=series&limit=10001",
+    ] {
+        let path = format!("/api/v1/gpus/{uuid}/telemetry?{query}");
+        assert_eq!(
+            served.get(&path).await.problem(400),
+            "invalid-parameter",
+            "{query}"
+        );
+    }
 }

@@ -1,0 +1,326 @@
+//! The bodies of `GET /api/v1/gpus/{id}/telemetry`, made straight from the store's samples: the
+//! entry list written by hand, byte for byte what serde makes of a
+//! [`TelemetryPage`](crate::dto::TelemetryPage) but without a
+//! `String` per timestamp and per metric name, and the series form, per metric.
+//!
+//! A page of 10,000 entries is about a megabyte of JSON; building it as DTOs first spent most of
+//! the request formatting each timestamp through chrono and copying the strings around.
+
+use std::collections::BTreeMap;
+
+use telemetry_model::TimestampMicros;
+use telemetry_store::{Cursor, StoredSample};
+
+use crate::dto::{GpuSummary, MetricSeries, TelemetrySeriesPage};
+
+/// Bytes of JSON an entry takes, about: enough to size the body once.
+const ENTRY_BYTES: usize = 96;
+
+/// One page of samples of one GPU, ready to be written in either shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryAnswer {
+    pub gpu: GpuSummary,
+    /// In the page's order: by time (ties by metric name), ascending unless `order=desc`.
+    pub samples: Vec<StoredSample>,
+    pub next_cursor: Option<Cursor>,
+}
+
+impl TelemetryAnswer {
+    /// `{"gpu":...,"entries":[...],"count":n,"next_cursor":...}`, as a
+    /// [`TelemetryPage`](crate::dto::TelemetryPage).
+    pub fn entries_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024 + self.samples.len() * ENTRY_BYTES);
+        out.extend_from_slice(b"{\"gpu\":");
+        serde_json::to_writer(&mut out, &self.gpu).expect("a GPU summary serializes");
+        out.extend_from_slice(b",\"entries\":[");
+        let mut times = Rfc3339Writer::default();
+        for (i, sample) in self.samples.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            times.write(sample.timestamp, &mut out);
+            out.extend_from_slice(b"\",\"metric_name\":");
+            write_json_string(&sample.metric, &mut out);
+            out.extend_from_slice(b",\"value\":");
+            // serde_json's own float writing (and its `null` for a non-finite value).
+            serde_json::to_writer(&mut out, &sample.value).expect("a float serializes");
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"count\":");
+        out.extend_from_slice(self.samples.len().to_string().as_bytes());
+        self.write_cursor(&mut out);
+        out
+    }
+
+    /// The same samples per metric: series sorted by metric name, each in the page's order.
+    pub fn series(&self) -> TelemetrySeriesPage {
+        let mut by_metric: BTreeMap<&str, MetricSeries> = BTreeMap::new();
+        for sample in &self.samples {
+            let series = by_metric
+                .entry(&sample.metric)
+                .or_insert_with(|| MetricSeries {
+                    metric_name: sample.metric.to_string(),
+                    timestamps_us: Vec::new(),
+                    values: Vec::new(),
+                });
+            series.timestamps_us.push(sample.timestamp.0);
+            series.values.push(sample.value);
+        }
+        TelemetrySeriesPage {
+            gpu: self.gpu.clone(),
+            series: by_metric.into_values().collect(),
+            count: self.samples.len(),
+            next_cursor: self.next_cursor.as_ref().map(Cursor::encode),
+        }
+    }
+
+    /// The series form as JSON.
+    pub fn series_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.series()).expect("a series page serializes")
+    }
+
+    /// `,"next_cursor":...}`: the end of either body.
+    fn write_cursor(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b",\"next_cursor\":");
+        match &self.next_cursor {
+            Some(cursor) => write_json_string(&cursor.encode(), out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+}
+
+/// `text` as a JSON string. Metric names and cursors never need escaping; anything else goes
+/// through serde_json.
+fn write_json_string(text: &str, out: &mut Vec<u8>) {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'));
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, text).expect("a string serializes");
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Writes times as [`TimestampMicros::to_rfc3339`] does, remembering the last one and the date
+/// of the last day: a page's samples share timestamps (one per metric) and days, so the calendar
+/// is consulted once per day and the time of day is plain arithmetic.
+#[derive(Debug, Default)]
+struct Rfc3339Writer {
+    /// The last time written and its text.
+    last: Option<(i64, [u8; 27])>,
+    /// A day (since the epoch) and its `YYYY-MM-DDT`.
+    day: Option<(i64, [u8; 11])>,
+}
+
+impl Rfc3339Writer {
+    fn write(&mut self, timestamp: TimestampMicros, out: &mut Vec<u8>) {
+        if let Some((at, text)) = &self.last {
+            if *at == timestamp.0 {
+                out.extend_from_slice(text);
+                return;
+            }
+        }
+        if !timestamp.is_rfc3339_representable() {
+            out.extend_from_slice(timestamp.to_rfc3339().as_bytes());
+            return;
+        }
+        let day = timestamp.0.div_euclid(MICROS_PER_DAY);
+        let date = match self.day {
+            Some((cached, date)) if cached == day => date,
+            _ => {
+                let midnight = TimestampMicros(day * MICROS_PER_DAY).to_rfc3339();
+                let mut date = [0u8; 11];
+                date.copy_from_slice(&midnight.as_bytes()[..11]);
+                self.day = Some((day, date));
+                date
+            }
+        };
+        let of_day = timestamp.0.rem_euclid(MICROS_PER_DAY);
+        let (seconds, micros) = (of_day / 1_000_000, of_day % 1_000_000);
+        let mut text = [0u8; 27];
+        text[..11].copy_from_slice(&date);
+        two_digits(&mut text[11..13], seconds / 3600);
+        text[13] = b':';
+        two_digits(&mut text[14..16], seconds / 60 % 60);
+        text[16] = b':';
+        two_digits(&mut text[17..19], seconds % 60);
+        text[19] = b'.';
+        let mut rest = micros;
+        for digit in text[20..26].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        text[26] = b'Z';
+        out.extend_from_slice(&text);
+        self.last = Some((timestamp.0, text));
+    }
+}
+
+fn two_digits(out: &mut [u8], value: i64) {
+    out[0] = b'0' + (value / 10) as u8;
+    out[1] = b'0' + (value % 10) as u8;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use telemetry_model::MetricName;
+
+    use super::*;
+    use crate::dto::{TelemetryEntry, TelemetryPage};
+
+    fn gpu() -> GpuSummary {
+        GpuSummary {
+            uuid: "GPU-1".into(),
+            gpu_id: Some(0),
+            device: Some("nvidia0".into()),
+            model_name: Some("NVIDIA \"H100\"".into()),
+            hostname: None,
+            first_seen: TimestampMicros(0).to_rfc3339(),
+            last_seen: TimestampMicros(1).to_rfc3339(),
+            metrics: vec!["A".into()],
+        }
+    }
+
+    fn answer(samples: Vec<StoredSample>, next_cursor: Option<Cursor>) -> TelemetryAnswer {
+        TelemetryAnswer {
+            gpu: gpu(),
+            samples,
+            next_cursor,
+        }
+    }
+
+    /// What serde makes of the same page built as DTOs.
+    fn serde_entries(answer: &TelemetryAnswer) -> Vec<u8> {
+        let entries: Vec<TelemetryEntry> =
+            answer.samples.iter().map(TelemetryEntry::from).collect();
+        serde_json::to_vec(&TelemetryPage {
+            gpu: answer.gpu.clone(),
+            count: entries.len(),
+            entries,
+            next_cursor: answer.next_cursor.as_ref().map(Cursor::encode),
+        })
+        .unwrap()
+    }
+
+    fn sample(timestamp: i64, metric: &str, value: f64) -> StoredSample {
+        StoredSample {
+            timestamp: TimestampMicros(timestamp),
+            metric: Arc::from(metric),
+            value,
+        }
+    }
+
+    #[test]
+    fn times_are_written_as_to_rfc3339_writes_them() {
+        let mut writer = Rfc3339Writer::default();
+        for at in [
+            0,
+            -1,
+            1,
+            1_752_871_354_000_000,
+            1_752_871_354_000_000,
+            1_752_871_354_123_456,
+            1_752_883_199_999_999,
+            1_752_883_200_000_000,
+            -MICROS_PER_DAY,
+            -MICROS_PER_DAY - 1,
+            TimestampMicros::RFC3339_MIN.0,
+            TimestampMicros::RFC3339_MAX.0,
+            TimestampMicros::RFC3339_MAX.0 + 1,
+            TimestampMicros::RFC3339_MIN.0 - 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut out = Vec::new();
+            writer.write(TimestampMicros(at), &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                TimestampMicros(at).to_rfc3339(),
+                "{at}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_page_and_a_page_with_a_cursor_match_serde() {
+        let empty = answer(Vec::new(), None);
+        assert_eq!(empty.entries_json(), serde_entries(&empty));
+        let cursor = Cursor {
+            timestamp: TimestampMicros(-5),
+            metric: MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap(),
+        };
+        let page = answer(
+            vec![
+                sample(-5, "DCGM_FI_DEV_GPU_UTIL", f64::NAN),
+                sample(7, "odd \"name\"\n", f64::INFINITY),
+            ],
+            Some(cursor),
+        );
+        assert_eq!(page.entries_json(), serde_entries(&page));
+    }
+
+    #[test]
+    fn series_keep_each_metric_in_page_order_with_values_bit_exact() {
+        let page = answer(
+            vec![
+                sample(3, "B", 0.1),
+                sample(3, "A", -0.0),
+                sample(2, "B", 1e-300),
+                sample(1, "A", f64::MAX),
+            ],
+            None,
+        );
+        let series = page.series();
+        assert_eq!(series.count, 4);
+        let names: Vec<&str> = series
+            .series
+            .iter()
+            .map(|s| s.metric_name.as_str())
+            .collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(series.series[0].timestamps_us, [3, 1]);
+        assert_eq!(series.series[1].timestamps_us, [3, 2]);
+        let parsed: TelemetrySeriesPage = serde_json::from_slice(&page.series_json()).unwrap();
+        let bits = |s: &MetricSeries| s.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&parsed.series[0]),
+            [(-0.0f64).to_bits(), f64::MAX.to_bits()]
+        );
+        assert_eq!(
+            bits(&parsed.series[1]),
+            [0.1f64.to_bits(), 1e-300f64.to_bits()]
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn entries_are_byte_for_byte_what_serde_writes(
+            start in TimestampMicros::RFC3339_MIN.0..TimestampMicros::RFC3339_MAX.0 - 1_000_000_000_000,
+            steps in proptest::collection::vec((0i64..200_000_000_000, 0usize..3, any::<u64>()), 0..40),
+        ) {
+            let metrics = ["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE", "X:y"];
+            let mut at = start;
+            let samples: Vec<StoredSample> = steps
+                .iter()
+                .map(|(gap, metric, bits)| {
+                    at += gap;
+                    sample(at, metrics[*metric], f64::from_bits(*bits))
+                })
+                .collect();
+            let page = answer(samples, None);
+            prop_assert_eq!(page.entries_json(), serde_entries(&page));
+        }
+    }
+}
