@@ -564,3 +564,50 @@ async fn rows_that_waited_the_linger_time_are_published_mid_pass() {
     let states = shard_states(&client, &prefix).await;
     assert!(states.values().all(|s| s.passes == 1 && s.row == 0));
 }
+
+/// A paced pass publishes what waited the linger time while it waits for the rate cap, not only
+/// between the chunks the reader hands over: a file smaller than one chunk goes out row by row,
+/// long before its pass ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_pass_publishes_within_the_linger_inside_one_read_chunk() {
+    let etcd = EtcdHarness::start().await;
+    let prefix = unique_prefix("linger-chunk");
+    let csv = "dcgm-slice-100.csv";
+    // 100 rows (fewer than one chunk of the reader) at 25 samples/s: a pass of four seconds.
+    let config = StreamerConfig {
+        passes: Some(1),
+        rate: 25,
+        linger: Duration::from_millis(20),
+        ..config(&prefix, csv, "linger-chunk")
+    };
+    let task = spawn_streamer(
+        etcd.client().await,
+        config,
+        StreamerMetrics::default(),
+        Shutdown::new(),
+    );
+    let client = etcd.client().await;
+    let queue = open_queue(&etcd, &prefix).await;
+    // A part that ends a shard's pass advances its state in the same transaction, so samples
+    // queued while every shard is still at pass 0 went out mid-pass.
+    test_support::wait_until(
+        "samples published before any shard ends its pass",
+        Duration::from_secs(30),
+        || {
+            let (client, queue, prefix) = (client.clone(), &queue, &prefix);
+            async move {
+                let queued = queued_samples(queue).await.len();
+                let states = shard_states(&client, prefix).await;
+                queued > 0 && states.values().all(|s| s.passes == 0)
+            }
+        },
+    )
+    .await;
+    let report = task.await.unwrap();
+    assert!(report.passes_reached);
+    let expected = csv_rows_times(csv, 1);
+    assert_eq!(report.samples_published, expected.values().sum::<u64>());
+    let samples = queued_samples(&queue).await;
+    assert_eq!(row_counts(&samples), expected, "every row once");
+    assert_timestamps_increase_per_gpu(&samples);
+}
