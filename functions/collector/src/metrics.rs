@@ -20,6 +20,30 @@ pub struct RejectionLabel {
     pub reason: &'static str,
 }
 
+/// Steps of every decade of the ingest lag's buckets, in tenths.
+const LAG_STEPS_TENTHS: [u32; 8] = [10, 15, 20, 30, 40, 50, 60, 80];
+
+/// Upper bounds of `collector_ingest_lag_seconds`: 1, 1.5, 2, 3, 4, 5, 6 and 8 in every decade
+/// from 1 ms to 80 s. Neighbouring bounds differ by at most 1.5x, so a quantile interpolated
+/// within a bucket is close at the tens of milliseconds a steady pipeline takes (doubling
+/// buckets put 33 ms and 63 ms in one); 50 ms is a bound, so the share of samples queryable
+/// within it is read off exactly.
+pub fn ingest_lag_buckets() -> Vec<f64> {
+    (-3..=1)
+        .flat_map(|decade: i32| {
+            // Exact integers on both sides, so each bound is the double nearest its decimal.
+            let scale = 10f64.powi((decade - 1).abs());
+            LAG_STEPS_TENTHS.iter().map(move |&tenths| {
+                if decade >= 1 {
+                    f64::from(tenths) * scale
+                } else {
+                    f64::from(tenths) / scale
+                }
+            })
+        })
+        .collect()
+}
+
 impl CollectorMetrics {
     /// Records, for each sample of `batches` just committed, how long ago it was stamped.
     pub fn observe_ingest_lag<'a>(&self, batches: impl IntoIterator<Item = &'a SampleBatch>) {
@@ -79,8 +103,7 @@ impl CollectorMetrics {
             owned_partitions: Gauge::default(),
             lag: Family::default(),
             commit_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
-            // 1 ms .. ~65 s: a steady pipeline sits in the first few buckets, a backlog far up.
-            ingest_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            ingest_lag: Histogram::new(ingest_lag_buckets()),
             http_events: Counter::default(),
             http_samples: Counter::default(),
             nospace_waits: Counter::default(),
@@ -164,5 +187,31 @@ impl CollectorMetrics {
             metrics.nospace_waiting.clone(),
         );
         metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_lag_buckets_step_through_each_decade_from_1_ms_to_80_s() {
+        let bounds: Vec<String> = ingest_lag_buckets().iter().map(f64::to_string).collect();
+        assert_eq!(bounds.len(), 40);
+        assert_eq!(
+            bounds[..16],
+            [
+                "0.001", "0.0015", "0.002", "0.003", "0.004", "0.005", "0.006", "0.008", "0.01",
+                "0.015", "0.02", "0.03", "0.04", "0.05", "0.06", "0.08"
+            ]
+        );
+        assert_eq!(
+            bounds[32..],
+            ["10", "15", "20", "30", "40", "50", "60", "80"]
+        );
+        let buckets = ingest_lag_buckets();
+        assert!(buckets
+            .windows(2)
+            .all(|w| w[1] > w[0] && w[1] / w[0] <= 1.5));
     }
 }

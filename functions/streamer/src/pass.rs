@@ -25,7 +25,6 @@ use crate::publish::{Published, Publisher};
 use crate::reader::{
     read_pass, replay_pass, ParsedCsv, PassPlan, ReaderEvent, ShardRow, CHANNEL_CHUNKS,
 };
-use crate::retry::sleep_or_stop;
 use crate::shard::OwnedShard;
 
 /// One shard being streamed in the current pass.
@@ -200,9 +199,7 @@ impl Passes {
         rx: &mut mpsc::Receiver<ReaderEvent>,
     ) -> Result<bool, StreamerError> {
         loop {
-            let linger_end = self
-                .oldest_buffered
-                .map(|oldest| tokio::time::Instant::from_std(oldest + self.linger));
+            let linger_end = self.linger_end();
             let event = tokio::select! {
                 biased;
                 _ = self.stop.wait() => return Ok(false),
@@ -256,15 +253,16 @@ impl Passes {
         ShardRow { shard, row }: ShardRow,
         slots: &mut HashMap<u32, ShardSlot>,
     ) -> Result<(), StreamerError> {
-        if self.publisher.is_dropped(shard) {
+        if self.publisher.is_dropped(shard) || !slots.contains_key(&shard) {
             return Ok(());
         }
-        let Some(slot) = slots.get_mut(&shard) else {
-            return Ok(());
-        };
         if let Some(wait) = self.pacer.admit(Instant::now()) {
-            sleep_or_stop(wait, &self.stop).await;
+            self.pace(wait, slots).await?;
+            if self.publisher.is_dropped(shard) {
+                return Ok(());
+            }
         }
+        let slot = slots.get_mut(&shard).expect("checked above");
         let ts = self.stamper.stamp();
         let partition = self.queue.partition_for(row.info.uuid.as_str().as_bytes());
         if !slot.buffer.fits(&row, partition, ts) {
@@ -288,6 +286,34 @@ impl Passes {
             self.oldest_buffered.get_or_insert_with(Instant::now);
         }
         Ok(())
+    }
+
+    /// When the oldest buffered row has waited the linger time.
+    fn linger_end(&self) -> Option<tokio::time::Instant> {
+        self.oldest_buffered
+            .map(|oldest| tokio::time::Instant::from_std(oldest + self.linger))
+    }
+
+    /// Waits `wait` for the rate cap (or until the streamer stops). Rows whose linger time ends
+    /// meanwhile are published then: a paced pass spends most of its time here, and a row waits
+    /// no longer than the linger whatever the rate, the read chunk or the pass length.
+    async fn pace(
+        &mut self,
+        wait: Duration,
+        slots: &mut HashMap<u32, ShardSlot>,
+    ) -> Result<(), StreamerError> {
+        let due = tokio::time::Instant::now() + wait;
+        loop {
+            let linger_end = self.linger_end();
+            tokio::select! {
+                biased;
+                _ = self.stop.wait() => return Ok(()),
+                _ = tokio::time::sleep_until(due) => return Ok(()),
+                _ = tokio::time::sleep_until(linger_end.unwrap_or(due)), if linger_end.is_some() => {
+                    self.publish_buffers(slots, false).await?;
+                }
+            }
+        }
     }
 
     /// Publishes the shards' buffered rows, small shards sharing transactions (each with its own

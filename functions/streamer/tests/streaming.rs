@@ -514,24 +514,23 @@ async fn a_full_queue_slows_the_streamer_down_and_drops_nothing() {
     assert_timestamps_increase_per_gpu(&by_partition);
 }
 
-/// A slow pass publishes what waited the linger time long before the pass ends, without
-/// publishing any row twice or ending a shard's pass early.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_that_waited_the_linger_time_are_published_mid_pass() {
+/// Streams one pass of `csv` at `rate` samples/s with a 20 ms linger and waits until at least
+/// `min_queued` samples are queued while every shard is still at pass 0 (a part that ends a
+/// shard's pass advances its state in the same transaction, so those went out mid-pass); then
+/// checks the pass published every row once, in per-GPU order, and ended every shard's pass.
+async fn assert_published_mid_pass(csv: &str, rate: u64, min_queued: usize) {
     let etcd = EtcdHarness::start().await;
     let prefix = unique_prefix("linger");
-    let metrics = StreamerMetrics::default();
-    // 2,470 rows at 500 samples/s: a pass of about five seconds.
     let config = StreamerConfig {
         passes: Some(1),
-        rate: 500,
+        rate,
         linger: Duration::from_millis(20),
-        ..config(&prefix, REAL_CSV, "linger")
+        ..config(&prefix, csv, "linger")
     };
     let task = spawn_streamer(
         etcd.client().await,
         config,
-        metrics.clone(),
+        StreamerMetrics::default(),
         Shutdown::new(),
     );
     let client = etcd.client().await;
@@ -546,21 +545,35 @@ async fn rows_that_waited_the_linger_time_are_published_mid_pass() {
             async move {
                 let queued = queued_samples(queue).await.len();
                 let states = shard_states(&client, prefix).await;
-                queued >= 100 && states.values().all(|s| s.passes == 0)
+                queued >= min_queued && states.values().all(|s| s.passes == 0)
             }
         },
     )
     .await;
     let report = task.await.unwrap();
     assert!(report.passes_reached);
-    assert_eq!(report.samples_published, REAL_ROWS);
+    let expected = csv_rows_times(csv, 1);
+    assert_eq!(report.samples_published, expected.values().sum::<u64>());
     let samples = queued_samples(&queue).await;
-    assert_eq!(
-        row_counts(&samples),
-        csv_rows_times(REAL_CSV, 1),
-        "every row once"
-    );
+    assert_eq!(row_counts(&samples), expected, "every row once");
     assert_timestamps_increase_per_gpu(&samples);
     let states = shard_states(&client, &prefix).await;
     assert!(states.values().all(|s| s.passes == 1 && s.row == 0));
+}
+
+/// A slow pass publishes what waited the linger time long before the pass ends, without
+/// publishing any row twice or ending a shard's pass early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_waited_the_linger_time_are_published_mid_pass() {
+    // 2,470 rows at 500 samples/s: a pass of about five seconds.
+    assert_published_mid_pass(REAL_CSV, 500, 100).await;
+}
+
+/// A paced pass publishes what waited the linger time while it waits for the rate cap, not only
+/// between the chunks the reader hands over: a file smaller than one chunk goes out long before
+/// its pass ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_pass_publishes_within_the_linger_inside_one_read_chunk() {
+    // 100 rows (fewer than one chunk of the reader) at 25 samples/s: a pass of four seconds.
+    assert_published_mid_pass("dcgm-slice-100.csv", 25, 1).await;
 }
