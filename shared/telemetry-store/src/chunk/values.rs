@@ -8,12 +8,14 @@
 //! differences are small integers while their IEEE mantissas differ in almost every bit. XOR mode
 //! is Gorilla: the first value as 64 raw bits, then per value the XOR with its predecessor: `0` =
 //! equal; `10` + the meaningful bits inside the previous window; `11` + 6 bits leading zeros + 6
-//! bits (meaningful length - 1) + the meaningful bits. The encoder picks the cheaper mode.
+//! bits (meaningful length - 1) + the meaningful bits. The encoder picks the cheaper mode, priced on
+//! the series' planning prefix (`plan`).
 
 use super::bits::{BitCounter, BitReader, BitSink, BitWriter};
 use super::int_coding::{
-    plan_int_stream, read_int_stream, write_int_stream, EncodeScratch, SequenceKind,
+    plan_int_stream, read_int_stream, write_int_stream, EncodeScratch, IntStreamPlan, SequenceKind,
 };
+use super::plan::{planning_prefix, Planned};
 use super::ChunkError;
 
 /// Largest decimal exponent; 10^15 is exact in f64 and 4 bits hold it.
@@ -65,31 +67,72 @@ fn decimal_series(values: &[f64], scaled: &mut Vec<i64>) -> Option<usize> {
     Some(exponent)
 }
 
-pub(super) fn encode_values(sink: &mut BitWriter, values: &[f64], scratch: &mut EncodeScratch) {
-    if let Some(exponent) = decimal_series(values, &mut scratch.sequence) {
-        let plan = plan_int_stream(
-            &scratch.sequence,
-            SequenceKind::Values,
-            &mut scratch.sorting,
-            &mut scratch.residuals,
-        );
-        // XOR needs 64 bits for the first value and at least 1 for each other one, which spares
-        // pricing it for most integer series.
-        let xor_floor = 64 + values.len() as u64 - 1;
-        let decimal_wins = plan.bits + 4 < xor_floor || {
-            let mut xor_bits = BitCounter(0);
-            write_xor_values(&mut xor_bits, values);
-            plan.bits + 4 < xor_bits.0
-        };
-        if decimal_wins {
+/// What the value plan of a series depends on besides its prefix samples: the prefix length and
+/// the decimal exponent of the whole series (none when some value has no decimal form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ValueInputs {
+    prefix: usize,
+    exponent: Option<usize>,
+}
+
+/// How a series' values are written.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ValuePlan {
+    Decimal(IntStreamPlan),
+    Xor,
+}
+
+pub(super) fn encode_values(
+    sink: &mut BitWriter,
+    values: &[f64],
+    planned: &mut Planned<ValueInputs, ValuePlan>,
+    scratch: &mut EncodeScratch,
+) {
+    let exponent = decimal_series(values, &mut scratch.sequence);
+    let inputs = ValueInputs {
+        prefix: planning_prefix(values.len()),
+        exponent,
+    };
+    let plan = planned.get_or_plan(inputs, || plan_values(values, inputs, scratch));
+    match (plan, exponent) {
+        (ValuePlan::Decimal(stream), Some(exponent)) => {
             sink.put(1, 1);
             sink.put(exponent as u64, 4);
-            write_int_stream(sink, &scratch.sequence, plan, &mut scratch.residuals);
-            return;
+            write_int_stream(sink, &scratch.sequence, stream, &mut scratch.residuals);
+        }
+        _ => {
+            sink.put(0, 1);
+            write_xor_values(sink, values);
         }
     }
-    sink.put(0, 1);
-    write_xor_values(sink, values);
+}
+
+/// The cheaper mode for `values`, priced on the first `inputs.prefix` of them; `scratch.sequence`
+/// holds their decimal mantissas when `inputs.exponent` is set.
+fn plan_values(values: &[f64], inputs: ValueInputs, scratch: &mut EncodeScratch) -> ValuePlan {
+    if inputs.exponent.is_none() {
+        return ValuePlan::Xor;
+    }
+    let prefix = inputs.prefix;
+    let stream = plan_int_stream(
+        &scratch.sequence[..prefix],
+        SequenceKind::Values,
+        &mut scratch.sorting,
+        &mut scratch.residuals,
+    );
+    // XOR needs 64 bits for the first value and at least 1 for each other one, which spares
+    // pricing it for most integer series.
+    let xor_floor = 64 + prefix as u64 - 1;
+    let decimal_wins = stream.bits + 4 < xor_floor || {
+        let mut xor_bits = BitCounter(0);
+        write_xor_values(&mut xor_bits, &values[..prefix]);
+        stream.bits + 4 < xor_bits.0
+    };
+    if decimal_wins {
+        ValuePlan::Decimal(stream)
+    } else {
+        ValuePlan::Xor
+    }
 }
 
 fn write_xor_values(sink: &mut impl BitSink, values: &[f64]) {
