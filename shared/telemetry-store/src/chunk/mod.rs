@@ -43,7 +43,7 @@ use bits::{BitReader, BitWriter};
 use int_coding::EncodeScratch;
 use plan::Planned;
 use timestamps::{decode_timestamps, encode_timestamps, TimestampInputs, TimestampPlan};
-use values::{decode_values, encode_values, ValueInputs, ValuePlan};
+use values::{decode_values, encode_values, ValueCoding};
 
 /// The format version written by [`Chunk::encode`].
 pub(crate) const CHUNK_FORMAT_VERSION: u8 = 1;
@@ -111,11 +111,12 @@ struct Series {
     values: Vec<f64>,
 }
 
-/// The encoding plans of one series, kept between encodes of a chunk that keeps growing.
+/// The encoding plans of one series and the streams written with them, kept between encodes of
+/// a chunk that keeps growing.
 #[derive(Debug, Clone, Default)]
 struct SeriesPlans {
     timestamps: Planned<TimestampInputs, TimestampPlan>,
-    values: Planned<ValueInputs, ValuePlan>,
+    values: ValueCoding,
 }
 
 /// The samples of one GPU: several metrics over a bounded time span.
@@ -126,9 +127,10 @@ pub struct Chunk {
     len: usize,
     min_timestamp_us: Option<i64>,
     max_timestamp_us: Option<i64>,
-    /// Plans of the last [`Chunk::encode_reusing_plans`], index for index with `series`; empty
-    /// once a push changed a planning prefix (an insert before a series' end, a new series, a new
-    /// minimum timestamp), as appends never do. Derived from the samples: not part of the value.
+    /// Plans of the last [`Chunk::encode_reusing_plans`] and the bits written with them, index for
+    /// index with `series`; empty once a push changed what they were made from (an insert before
+    /// a series' end, a new series, a new minimum timestamp), as appends never do. Derived from
+    /// the samples: not part of the value.
     plans: Vec<SeriesPlans>,
 }
 
@@ -285,8 +287,9 @@ impl Chunk {
     }
 
     /// Encodes the chunk as [`Chunk::encode`] does (to the same bytes), reusing the plans of the
-    /// previous call where the samples they were priced on are unchanged, and keeping the new
-    /// ones. For a chunk that is re-encoded as it grows (the open chunk, on every commit).
+    /// previous call where the samples they were priced on are unchanged, and the bits written
+    /// with them: only the samples added since are written. For a chunk that is re-encoded as it
+    /// grows (the open chunk, on every commit).
     pub fn encode_reusing_plans(&mut self) -> Vec<u8> {
         let mut plans = std::mem::take(&mut self.plans);
         let bytes = self.encode_with(&mut plans);

@@ -1,13 +1,17 @@
 //! Encoding plans and their reuse: which part of a series the encoder prices its choices on (the
 //! planning prefix), and the cache that lets an open chunk, re-encoded on every commit, skip the
-//! pricing while its plans still hold.
+//! pricing and the writing of what it wrote before while its plans still hold.
 //!
 //! Every choice the encoder makes for a series (timestamp reference, predictors, Rice parameters,
 //! value mode) is priced on the series' first `planning_prefix(n)` samples: all of them while the
 //! series is short, then the largest power of two not above `n`. The choices stay a pure function
 //! of the samples (a chunk encodes to the same bytes whether its plans were cached or not), and a
 //! series that only grows keeps its plans until its length doubles: planning costs O(n) over a
-//! chunk's life instead of O(n) per encode.
+//! chunk's life instead of O(n) per encode. While a plan holds, the bits written for a series'
+//! first samples do not change either (each code depends only on the samples before it), so they
+//! are kept too and an encode writes only the samples added since the last one.
+
+use super::bits::BitWriter;
 
 /// Series up to this long are priced in full.
 const PRICED_IN_FULL: usize = 16;
@@ -21,25 +25,37 @@ pub(super) fn planning_prefix(len: usize) -> usize {
     }
 }
 
-/// A plan and the inputs it was made from; reused while the inputs are the same.
+/// A plan, the inputs it was made from, and the part of one series' stream written with it so
+/// far; reused while the inputs are the same.
 #[derive(Debug, Clone)]
-pub(super) struct Planned<I, P>(Option<(I, P)>);
+pub(super) struct Planned<I, P> {
+    plan: Option<(I, P)>,
+    /// The stream's bits for its first `written` samples.
+    pub(super) stream: BitWriter,
+    pub(super) written: usize,
+}
 
 impl<I, P> Default for Planned<I, P> {
     fn default() -> Self {
-        Planned(None)
+        Planned {
+            plan: None,
+            stream: BitWriter::default(),
+            written: 0,
+        }
     }
 }
 
 impl<I: PartialEq + Copy, P: Copy> Planned<I, P> {
     /// The plan for `inputs`: the cached one when it was made from the same inputs, else a new
-    /// one from `plan`, kept for next time.
+    /// one from `plan`, kept for next time (the stream written so far is then dropped).
     pub(super) fn get_or_plan(&mut self, inputs: I, plan: impl FnOnce() -> P) -> P {
-        match self.0 {
+        match self.plan {
             Some((cached, planned)) if cached == inputs => planned,
             _ => {
                 let planned = plan();
-                self.0 = Some((inputs, planned));
+                self.plan = Some((inputs, planned));
+                self.stream = BitWriter::default();
+                self.written = 0;
                 planned
             }
         }
@@ -60,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_is_reused_only_for_the_same_inputs() {
+    fn a_plan_is_reused_only_for_the_same_inputs_and_a_new_one_restarts_the_stream() {
         let mut planned: Planned<usize, u32> = Planned::default();
         let mut calls = 0;
         let mut plan = |inputs: usize, planned: &mut Planned<usize, u32>| {
@@ -70,8 +86,11 @@ mod tests {
             })
         };
         assert_eq!(plan(1, &mut planned), 10);
+        planned.written = 5;
         assert_eq!(plan(1, &mut planned), 10);
+        assert_eq!(planned.written, 5, "the same plan keeps its stream");
         assert_eq!(plan(2, &mut planned), 20);
+        assert_eq!(planned.written, 0, "a new plan restarts it");
         assert_eq!(plan(1, &mut planned), 10);
         assert_eq!(calls, 3);
     }

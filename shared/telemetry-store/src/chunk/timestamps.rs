@@ -10,7 +10,8 @@
 
 use super::bits::{BitReader, BitSink, BitWriter};
 use super::int_coding::{
-    plan_int_stream, read_int_stream, write_int_stream, EncodeScratch, IntStreamPlan, SequenceKind,
+    plan_int_stream, read_int_stream, resume_context, write_int_residuals, write_int_stream_header,
+    EncodeScratch, IntStreamPlan, SequenceKind,
 };
 use super::plan::{planning_prefix, Planned};
 use super::{ChunkError, Series};
@@ -55,26 +56,43 @@ pub(super) fn encode_timestamps(
     let plan = planned.get_or_plan(inputs, || {
         plan_timestamps(series, index, min_ts, inputs, scratch)
     });
+    let from = planned.written;
+    if from == 0 {
+        match plan.reference {
+            None => planned.stream.put(0, 1),
+            Some(distance) => {
+                planned.stream.put(1, 1);
+                planned.stream.put((distance - 1) as u64, 3);
+            }
+        }
+        write_int_stream_header(&mut planned.stream, plan.stream);
+    }
+    let context = resume_context(from);
+    let window = from - context..own.len();
     scratch.sequence.clear();
     match plan.reference {
-        None => {
-            sink.put(0, 1);
-            scratch
-                .sequence
-                .extend(own.iter().map(|&ts| ts.wrapping_sub(min_ts)));
-        }
+        None => scratch
+            .sequence
+            .extend(own[window].iter().map(|&ts| ts.wrapping_sub(min_ts))),
         Some(distance) => {
-            sink.put(1, 1);
-            sink.put((distance - 1) as u64, 3);
             let reference = &series[index - distance].timestamps;
             scratch.sequence.extend(
-                own.iter()
-                    .zip(reference)
+                own[window.clone()]
+                    .iter()
+                    .zip(&reference[window])
                     .map(|(&ts, &r)| ts.wrapping_sub(r)),
             );
         }
     }
-    write_int_stream(sink, &scratch.sequence, plan.stream, &mut scratch.residuals);
+    write_int_residuals(
+        &mut planned.stream,
+        &scratch.sequence,
+        context,
+        plan.stream,
+        &mut scratch.residuals,
+    );
+    planned.written = own.len();
+    sink.append(&planned.stream);
 }
 
 /// The cheapest way to write the timestamps of `series[index]`, priced on their first
