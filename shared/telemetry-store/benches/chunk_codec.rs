@@ -1,6 +1,8 @@
 //! Chunk codec throughput: encode and decode of a 1,000-sample chunk shaped like the DCGM feed
 //! (10 metrics, one pass per second with millisecond jitter, the same pseudo-random chunk on every
-//! run). Run with `cargo bench -p telemetry-store`.
+//! run), and the open chunk's life: grown pass by pass to 1,200 samples and encoded after every
+//! pass, as the collector rewrites it on every commit, with fresh plans and with reused ones.
+//! Run with `cargo bench -p telemetry-store`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -21,7 +23,15 @@ const METRICS: [&str; 10] = [
     "DCGM_FI_DEV_SM_CLOCK",
 ];
 
+/// Open chunks are sealed at this many samples (the store's default `chunk_max_samples`).
+const OPEN_CHUNK_SAMPLES: usize = 1_200;
+
 fn feed_chunk(passes: usize) -> Chunk {
+    feed_passes(passes, |_| {})
+}
+
+/// Builds the feed's chunk pass by pass, handing it to `after_pass` after each pass.
+fn feed_passes(passes: usize, mut after_pass: impl FnMut(&mut Chunk)) -> Chunk {
     let mut rng = SplitMix::new(7);
     let mut chunk = Chunk::new();
     let mut power_milliwatts: i64 = 312_457;
@@ -46,6 +56,7 @@ fn feed_chunk(passes: usize) -> Chunk {
             chunk.push(metric, ts, value);
             ts += 247 * (4 + rng.below(3));
         }
+        after_pass(&mut chunk);
     }
     chunk
 }
@@ -79,6 +90,17 @@ fn main() {
     let push = time_per_call(budget, || {
         black_box(feed_chunk(100));
     });
+    let open_passes = OPEN_CHUNK_SAMPLES / METRICS.len();
+    let open_fresh = time_per_call(budget, || {
+        black_box(feed_passes(open_passes, |chunk| {
+            black_box(black_box(&*chunk).encode());
+        }));
+    });
+    let open_reusing = time_per_call(budget, || {
+        black_box(feed_passes(open_passes, |chunk| {
+            black_box(black_box(&mut *chunk).encode_reusing_plans());
+        }));
+    });
 
     println!(
         "chunk: {} samples, {} bytes, {:.3} bytes/sample",
@@ -96,6 +118,17 @@ fn main() {
             "{name:>18}: {:>9.1} us/chunk, {:>6.1} M samples/s",
             per_call.as_secs_f64() * 1e6,
             samples / per_call.as_secs_f64() / 1e6
+        );
+    }
+    println!(
+        "open chunk, {open_passes} passes of {} samples, encoded after each pass (build included):",
+        METRICS.len()
+    );
+    for (name, per_life) in [("fresh plans", open_fresh), ("reused plans", open_reusing)] {
+        println!(
+            "{name:>18}: {:>9.1} us/chunk life, {:>6.2} us per sample added",
+            per_life.as_secs_f64() * 1e6,
+            per_life.as_secs_f64() * 1e6 / OPEN_CHUNK_SAMPLES as f64
         );
     }
 }

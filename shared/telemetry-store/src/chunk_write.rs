@@ -157,7 +157,7 @@ impl TelemetryStore {
     pub(crate) async fn seal(
         &self,
         uuid: &GpuUuid,
-        chunk: &Chunk,
+        chunk: &mut Chunk,
         tag: ChunkTag<'_>,
     ) -> Result<LeasedPut, StoreError> {
         let key = self.keys().sealed_chunk(
@@ -166,7 +166,8 @@ impl TelemetryStore {
             chunk.max_timestamp().unwrap_or_default(),
             tag,
         );
-        self.chunk_put(key, chunk, chunk.encode()).await
+        let value = chunk.encode_reusing_plans();
+        self.chunk_put(key, chunk, value).await
     }
 
     /// The put that rewrites `uuid`'s open chunk, marked with the last message it holds all the
@@ -174,7 +175,7 @@ impl TelemetryStore {
     pub(crate) async fn put_open(
         &self,
         uuid: &GpuUuid,
-        chunk: &Chunk,
+        chunk: &mut Chunk,
         applied: Option<Applied>,
     ) -> Result<LeasedPut, StoreError> {
         let value = open_chunk::encode(chunk, applied);

@@ -52,7 +52,7 @@ impl TelemetryStore {
                     sample.value,
                 );
             }
-            for chunk in by_bucket.values() {
+            for chunk in by_bucket.values_mut() {
                 let put = self.seal(uuid, chunk, tag).await?;
                 stats.chunk_bytes += put.value_bytes;
                 puts.push(put);

@@ -31,9 +31,10 @@ impl Applied {
     }
 }
 
-/// The open chunk's value: `chunk`, with `applied` when given.
-pub(crate) fn encode(chunk: &Chunk, applied: Option<Applied>) -> Vec<u8> {
-    let encoded = chunk.encode();
+/// The open chunk's value: `chunk`, with `applied` when given. The chunk keeps its encoding
+/// plans for the next commit's rewrite.
+pub(crate) fn encode(chunk: &mut Chunk, applied: Option<Applied>) -> Vec<u8> {
+    let encoded = chunk.encode_reusing_plans();
     let Some(applied) = applied else {
         return encoded;
     };
@@ -79,9 +80,9 @@ mod tests {
             partition: 15,
             offset: 1 << 40,
         };
-        let stored = encode(&chunk, Some(applied));
+        let stored = encode(&mut chunk, Some(applied));
         assert_eq!(decode(&stored).unwrap(), (chunk.clone(), Some(applied)));
-        let bare = encode(&chunk, None);
+        let bare = encode(&mut chunk, None);
         assert_eq!(bare, chunk.encode());
         assert_eq!(decode(&bare).unwrap(), (chunk, None));
         assert!(matches!(

@@ -273,7 +273,10 @@ impl StoreWriter {
                 && (sample.bucket != open.bucket || open.chunk.len() >= max_samples)
             {
                 // Seal: the full chunk moves to an immutable key; a fresh open chunk starts.
-                let sealed = self.store.seal(uuid, &open.chunk, ChunkTag::Sealed).await?;
+                let sealed = self
+                    .store
+                    .seal(uuid, &mut open.chunk, ChunkTag::Sealed)
+                    .await?;
                 add_chunk(&mut write, sealed);
                 open.chunk = Chunk::new();
             }
@@ -293,7 +296,10 @@ impl StoreWriter {
             .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.timestamp));
         record.observe_batch(&batch.info, live.iter().map(LiveSample::observed));
         open.applied = applied.or(open.applied);
-        let put = self.store.put_open(uuid, &open.chunk, open.applied).await?;
+        let put = self
+            .store
+            .put_open(uuid, &mut open.chunk, open.applied)
+            .await?;
         add_chunk(&mut write, put);
         write.open = Some((uuid.clone(), open));
         if let Some(mut registry) = stored.write_for(keys, leases, uuid, &record).await? {

@@ -84,6 +84,7 @@ impl BitSink for BitCounter {
 }
 
 /// Appends bits to a byte vector through a 64-bit accumulator.
+#[derive(Debug, Clone, Default)]
 pub(super) struct BitWriter {
     out: Vec<u8>,
     /// The low `filled` bits are pending; `filled < 32` between calls.
@@ -112,6 +113,19 @@ impl BitWriter {
             self.out
                 .extend_from_slice(&((self.acc >> self.filled) as u32).to_be_bytes());
         }
+    }
+
+    /// Appends every bit `other` holds (its pending ones included), as if written here.
+    pub(super) fn append(&mut self, other: &BitWriter) {
+        let mut words = other.out.chunks_exact(4);
+        for word in &mut words {
+            let word: [u8; 4] = word.try_into().expect("chunks of 4 bytes");
+            self.put_small(u64::from(u32::from_be_bytes(word)), 32);
+        }
+        for &byte in words.remainder() {
+            self.put_small(u64::from(byte), 8);
+        }
+        self.put_small(other.acc, other.filled);
     }
 
     pub(super) fn finish(mut self) -> Vec<u8> {
@@ -238,4 +252,36 @@ pub(crate) fn zigzag(value: i64) -> u64 {
 
 pub(crate) fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn appending_a_writer_writes_its_bits_at_any_alignment(
+            head in prop::collection::vec((any::<u64>(), 0u32..=64), 0..12),
+            tail in prop::collection::vec((any::<u64>(), 0u32..=64), 0..40),
+        ) {
+            let mut direct = BitWriter::new(Vec::new());
+            let mut joined = BitWriter::new(Vec::new());
+            let mut appended = BitWriter::default();
+            for &(value, n) in &head {
+                direct.put(value & mask(n), n);
+                joined.put(value & mask(n), n);
+            }
+            for &(value, n) in &tail {
+                direct.put(value & mask(n), n);
+                appended.put(value & mask(n), n);
+            }
+            joined.append(&appended);
+            prop_assert_eq!(joined.finish(), direct.finish());
+        }
+    }
+
+    fn mask(n: u32) -> u64 {
+        u64::MAX.checked_shr(64 - n).unwrap_or(0)
+    }
 }

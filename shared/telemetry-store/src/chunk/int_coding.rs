@@ -266,18 +266,44 @@ fn price_int_stream(
     }
 }
 
-pub(super) fn write_int_stream(
+/// A whole stream: its header, then every value's code (the encoder writes the two parts
+/// separately, to resume a stream).
+#[cfg(test)]
+fn write_int_stream(
     sink: &mut impl BitSink,
     values: &[i64],
     plan: IntStreamPlan,
     residuals: &mut Vec<u64>,
 ) {
+    write_int_stream_header(sink, plan);
+    write_int_residuals(sink, values, 0, plan, residuals);
+}
+
+/// The stream parameters of `plan`, which start its stream.
+pub(super) fn write_int_stream_header(sink: &mut impl BitSink, plan: IntStreamPlan) {
     plan.predictor.write(sink);
     sink.put(u64::from(plan.rice), RICE_PARAMETER_BITS);
-    fill_residuals(values, plan.predictor, residuals);
-    for &z in residuals.iter() {
+}
+
+/// The codes of `window[context..]`, where `window` starts `context` values before the first one
+/// to write: the stream's values from its start, or from the two before (all a predictor looks
+/// back at), so a stream written so far resumes where it stopped.
+pub(super) fn write_int_residuals(
+    sink: &mut impl BitSink,
+    window: &[i64],
+    context: usize,
+    plan: IntStreamPlan,
+    residuals: &mut Vec<u64>,
+) {
+    fill_residuals(window, plan.predictor, residuals);
+    for &z in residuals.iter().skip(context) {
         write_rice(sink, z, plan.rice);
     }
+}
+
+/// How many values before `from` a stream resumed at `from` needs ([`write_int_residuals`]).
+pub(super) fn resume_context(from: usize) -> usize {
+    from.min(2)
 }
 
 /// Reads `count` integers, handing each to `emit` (which may reject it).
@@ -347,6 +373,23 @@ mod tests {
                     &mut Vec::new(),
                 );
                 prop_assert_eq!(priced.bits, at_priced_rice.0);
+
+                // Written in two parts, resumed at `split`, the stream is the same bits.
+                let split = (rice as usize) % (values.len() + 1);
+                let mut whole = BitWriter::new(Vec::new());
+                write_int_stream(&mut whole, &values, plan, &mut Vec::new());
+                let mut parts = BitWriter::new(Vec::new());
+                write_int_stream_header(&mut parts, plan);
+                write_int_residuals(&mut parts, &values[..split], 0, plan, &mut Vec::new());
+                let context = resume_context(split);
+                write_int_residuals(
+                    &mut parts,
+                    &values[split - context..],
+                    context,
+                    plan,
+                    &mut Vec::new(),
+                );
+                prop_assert_eq!(parts.finish(), whole.finish());
             }
         }
     }

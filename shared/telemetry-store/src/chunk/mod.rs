@@ -27,10 +27,12 @@
 //! ```
 //!
 //! Encoding is deterministic: series order is name order, samples inside a series are sorted by
-//! timestamp stably on push order, and every choice above is a pure function of the samples.
+//! timestamp stably on push order, and every choice above is a pure function of the samples (each
+//! priced on the series' planning prefix, `plan`), whether or not the plans were reused.
 
 mod bits;
 mod int_coding;
+mod plan;
 mod timestamps;
 mod values;
 
@@ -39,8 +41,9 @@ use std::sync::Arc;
 pub(crate) use bits::{unzigzag, write_varint, zigzag, ByteCursor};
 use bits::{BitReader, BitWriter};
 use int_coding::EncodeScratch;
-use timestamps::{decode_timestamps, encode_timestamps};
-use values::{decode_values, encode_values};
+use plan::Planned;
+use timestamps::{decode_timestamps, encode_timestamps, TimestampInputs, TimestampPlan};
+use values::{decode_values, encode_values, ValueCoding};
 
 /// The format version written by [`Chunk::encode`].
 pub(crate) const CHUNK_FORMAT_VERSION: u8 = 1;
@@ -108,14 +111,36 @@ struct Series {
     values: Vec<f64>,
 }
 
+/// The encoding plans of one series and the streams written with them, kept between encodes of
+/// a chunk that keeps growing.
+#[derive(Debug, Clone, Default)]
+struct SeriesPlans {
+    timestamps: Planned<TimestampInputs, TimestampPlan>,
+    values: ValueCoding,
+}
+
 /// The samples of one GPU: several metrics over a bounded time span.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Chunk {
     /// Sorted by name, names unique, none empty of samples.
     series: Vec<Series>,
     len: usize,
     min_timestamp_us: Option<i64>,
     max_timestamp_us: Option<i64>,
+    /// Plans of the last [`Chunk::encode_reusing_plans`] and the bits written with them, index for
+    /// index with `series`; empty once a push changed what they were made from (an insert before
+    /// a series' end, a new series, a new minimum timestamp), as appends never do. Derived from
+    /// the samples: not part of the value.
+    plans: Vec<SeriesPlans>,
+}
+
+impl PartialEq for Chunk {
+    fn eq(&self, other: &Self) -> bool {
+        self.series == other.series
+            && self.len == other.len
+            && self.min_timestamp_us == other.min_timestamp_us
+            && self.max_timestamp_us == other.max_timestamp_us
+    }
 }
 
 impl Chunk {
@@ -132,6 +157,7 @@ impl Chunk {
         {
             Ok(index) => index,
             Err(index) => {
+                self.plans.clear();
                 self.series.insert(
                     index,
                     Series {
@@ -155,6 +181,11 @@ impl Chunk {
             let at = series.timestamps.partition_point(|&ts| ts <= timestamp_us);
             series.timestamps.insert(at, timestamp_us);
             series.values.insert(at, value);
+            self.plans.clear();
+        }
+        if self.min_timestamp_us.is_some_and(|min| timestamp_us < min) {
+            // Own-mode timestamps are coded relative to the minimum.
+            self.plans.clear();
         }
         self.len += 1;
         self.min_timestamp_us = Some(
@@ -251,6 +282,23 @@ impl Chunk {
     /// # Panics
     /// If the chunk holds more than `u32::MAX` samples (chunks are sealed at a few thousand).
     pub fn encode(&self) -> Vec<u8> {
+        let mut plans = Vec::new();
+        self.encode_with(&mut plans)
+    }
+
+    /// Encodes the chunk as [`Chunk::encode`] does (to the same bytes), reusing the plans of the
+    /// previous call where the samples they were priced on are unchanged, and the bits written
+    /// with them: only the samples added since are written. For a chunk that is re-encoded as it
+    /// grows (the open chunk, on every commit).
+    pub fn encode_reusing_plans(&mut self) -> Vec<u8> {
+        let mut plans = std::mem::take(&mut self.plans);
+        let bytes = self.encode_with(&mut plans);
+        self.plans = plans;
+        bytes
+    }
+
+    fn encode_with(&self, plans: &mut Vec<SeriesPlans>) -> Vec<u8> {
+        plans.resize_with(self.series.len(), SeriesPlans::default);
         let samples = u32::try_from(self.len).expect("a chunk holds at most u32::MAX samples");
         let min_ts = self.min_timestamp_us.unwrap_or(0);
         let max_ts = self.max_timestamp_us.unwrap_or(0);
@@ -282,9 +330,16 @@ impl Chunk {
 
         let mut bits = BitWriter::new(out);
         let mut scratch = EncodeScratch::default();
-        for (index, series) in self.series.iter().enumerate() {
-            encode_timestamps(&mut bits, &self.series, index, min_ts, &mut scratch);
-            encode_values(&mut bits, &series.values, &mut scratch);
+        for (index, (series, plans)) in self.series.iter().zip(plans.iter_mut()).enumerate() {
+            encode_timestamps(
+                &mut bits,
+                &self.series,
+                index,
+                min_ts,
+                &mut plans.timestamps,
+                &mut scratch,
+            );
+            encode_values(&mut bits, &series.values, &mut plans.values, &mut scratch);
         }
         let mut out = bits.finish();
         let crc = crc32fast::hash(&out);
@@ -387,6 +442,7 @@ impl Chunk {
             len,
             min_timestamp_us,
             max_timestamp_us,
+            plans: Vec::new(),
         })
     }
 }
@@ -459,6 +515,15 @@ mod tests {
     /// One chunk per GPU from the CSV streamed `passes` times: a pass every second plus up to 2 ms
     /// of jitter, rows 4-6 µs apart inside a pass, as the streamer stamps them.
     fn feed_chunks(rows: &[(String, String, f64)], passes: i64) -> Vec<Chunk> {
+        feed_passes(rows, passes, |_, _| {})
+    }
+
+    /// [`feed_chunks`], handing the chunks to `after_pass` after each pass.
+    fn feed_passes(
+        rows: &[(String, String, f64)],
+        passes: i64,
+        mut after_pass: impl FnMut(i64, &mut [Chunk]),
+    ) -> Vec<Chunk> {
         let mut rng = SplitMix::new(42);
         let mut gpus: Vec<&str> = rows.iter().map(|(gpu, _, _)| gpu.as_str()).collect();
         gpus.sort_unstable();
@@ -471,6 +536,7 @@ mod tests {
                 chunks[index].push(metric, ts, *value);
                 ts += 4 + rng.below(3);
             }
+            after_pass(pass, &mut chunks);
         }
         chunks
     }
@@ -707,6 +773,22 @@ mod tests {
     }
 
     #[test]
+    fn an_open_chunk_reusing_its_plans_pass_by_pass_writes_fresh_bytes() {
+        let rows = real_csv_rows();
+        let mut encodes = 0;
+        let chunks = feed_passes(&rows[..100], 130, |pass, chunks| {
+            for chunk in chunks {
+                let reused = chunk.encode_reusing_plans();
+                assert_eq!(reused, chunk.encode(), "pass {pass}");
+                assert_eq!(&Chunk::decode(&reused).unwrap(), chunk);
+                encodes += 1;
+            }
+        });
+        assert_eq!(chunks.iter().map(Chunk::len).sum::<usize>(), 130 * 100);
+        assert_eq!(encodes, 130 * chunks.len());
+    }
+
+    #[test]
     fn same_pushes_in_same_order_encode_to_identical_bytes() {
         let rows = real_csv_rows();
         let first = feed_chunks(&rows[..100], 20);
@@ -916,6 +998,36 @@ mod tests {
                 .map(|s| (s.metric.to_string(), s.timestamp_us, s.value.to_bits()))
                 .collect();
             prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn reused_plans_encode_to_the_bytes_of_fresh_plans(
+            mut samples in samples(),
+            sorted in any::<bool>(),
+            swaps in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..3),
+            encode_every in 1usize..24,
+        ) {
+            // Mostly appends (as the collector's pushes are), with a few out of order.
+            if sorted {
+                samples.sort_by_key(|sample| sample.1);
+                for (a, b) in &swaps {
+                    if !samples.is_empty() {
+                        let (a, b) = (a.index(samples.len()), b.index(samples.len()));
+                        samples.swap(a, b);
+                    }
+                }
+            }
+            let mut chunk = Chunk::new();
+            for (k, (metric, ts, value)) in samples.iter().enumerate() {
+                chunk.push(metric, *ts, *value);
+                if k % encode_every == 0 {
+                    let reused = chunk.encode_reusing_plans();
+                    prop_assert_eq!(&reused, &chunk.encode());
+                }
+            }
+            let reused = chunk.encode_reusing_plans();
+            prop_assert_eq!(&reused, &chunk.encode());
+            prop_assert_eq!(Chunk::decode(&reused).unwrap(), chunk);
         }
 
         #[test]

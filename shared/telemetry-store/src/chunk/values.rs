@@ -8,12 +8,15 @@
 //! differences are small integers while their IEEE mantissas differ in almost every bit. XOR mode
 //! is Gorilla: the first value as 64 raw bits, then per value the XOR with its predecessor: `0` =
 //! equal; `10` + the meaningful bits inside the previous window; `11` + 6 bits leading zeros + 6
-//! bits (meaningful length - 1) + the meaningful bits. The encoder picks the cheaper mode.
+//! bits (meaningful length - 1) + the meaningful bits. The encoder picks the cheaper mode, priced on
+//! the series' planning prefix (`plan`).
 
 use super::bits::{BitCounter, BitReader, BitSink, BitWriter};
 use super::int_coding::{
-    plan_int_stream, read_int_stream, write_int_stream, EncodeScratch, SequenceKind,
+    plan_int_stream, read_int_stream, resume_context, write_int_residuals, write_int_stream_header,
+    EncodeScratch, IntStreamPlan, SequenceKind,
 };
+use super::plan::{planning_prefix, Planned};
 use super::ChunkError;
 
 /// Largest decimal exponent; 10^15 is exact in f64 and 4 bits hold it.
@@ -65,51 +68,203 @@ fn decimal_series(values: &[f64], scaled: &mut Vec<i64>) -> Option<usize> {
     Some(exponent)
 }
 
-pub(super) fn encode_values(sink: &mut BitWriter, values: &[f64], scratch: &mut EncodeScratch) {
-    if let Some(exponent) = decimal_series(values, &mut scratch.sequence) {
-        let plan = plan_int_stream(
-            &scratch.sequence,
-            SequenceKind::Values,
-            &mut scratch.sorting,
-            &mut scratch.residuals,
-        );
-        // XOR needs 64 bits for the first value and at least 1 for each other one, which spares
-        // pricing it for most integer series.
-        let xor_floor = 64 + values.len() as u64 - 1;
-        let decimal_wins = plan.bits + 4 < xor_floor || {
-            let mut xor_bits = BitCounter(0);
-            write_xor_values(&mut xor_bits, values);
-            plan.bits + 4 < xor_bits.0
+/// What the value plan of a series depends on besides its prefix samples: the prefix length and
+/// the decimal exponent of the whole series (none when some value has no decimal form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ValueInputs {
+    prefix: usize,
+    exponent: Option<usize>,
+}
+
+/// How a series' values are written.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ValuePlan {
+    Decimal(IntStreamPlan),
+    Xor,
+}
+
+/// What the encoder keeps of a series' values between encodes: the plan and the stream written
+/// with it, the series' decimal form so far, and where its XOR stream stands.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ValueCoding {
+    planned: Planned<ValueInputs, ValuePlan>,
+    decimal: DecimalCheck,
+    xor: XorState,
+}
+
+/// The decimal form of a series' first `checked` values.
+#[derive(Debug, Clone, Copy, Default)]
+struct DecimalCheck {
+    checked: usize,
+    form: DecimalForm,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+enum DecimalForm {
+    /// Every value is exact at this exponent, the largest any of them needs.
+    Exponent(usize),
+    /// Some value has no decimal form: no later value changes that.
+    #[default]
+    NotDecimal,
+    /// Every value has one, but not all at the exponent the largest needs: checked again in
+    /// full when values are added.
+    Inexact,
+}
+
+impl DecimalCheck {
+    /// The decimal exponent of all of `values` (`decimal_series`), checking only the values
+    /// added since the last call when their exponent is no larger.
+    fn exponent_of(&mut self, values: &[f64], scratch: &mut Vec<i64>) -> Option<usize> {
+        let resumable = match self.form {
+            _ if self.checked == 0 => false,
+            DecimalForm::NotDecimal => true,
+            DecimalForm::Inexact => false,
+            DecimalForm::Exponent(exponent) => {
+                values[self.checked..].iter().all(|&value| {
+                    decimal_form(value).is_some_and(|(needed, _)| needed <= exponent)
+                        && exact_mantissa(value, POWERS_OF_TEN[exponent]).is_some()
+                }) || {
+                    // A value without a decimal form settles it; anything else is checked anew.
+                    if values[self.checked..]
+                        .iter()
+                        .any(|&value| decimal_form(value).is_none())
+                    {
+                        self.form = DecimalForm::NotDecimal;
+                        true
+                    } else {
+                        false
+                    }
+                }
+            }
         };
-        if decimal_wins {
-            sink.put(1, 1);
-            sink.put(exponent as u64, 4);
-            write_int_stream(sink, &scratch.sequence, plan, &mut scratch.residuals);
-            return;
+        if !resumable {
+            self.form = match decimal_series(values, scratch) {
+                Some(exponent) => DecimalForm::Exponent(exponent),
+                None if values.iter().all(|&value| decimal_form(value).is_some()) => {
+                    DecimalForm::Inexact
+                }
+                None => DecimalForm::NotDecimal,
+            };
+        }
+        self.checked = values.len();
+        match self.form {
+            DecimalForm::Exponent(exponent) => Some(exponent),
+            DecimalForm::NotDecimal | DecimalForm::Inexact => None,
         }
     }
-    sink.put(0, 1);
-    write_xor_values(sink, values);
+}
+
+/// The mantissas of `values` at `exponent`, at which every one of them is exact.
+fn mantissas_at(values: &[f64], exponent: usize, out: &mut Vec<i64>) {
+    let power = POWERS_OF_TEN[exponent];
+    out.clear();
+    out.extend(values.iter().map(|&value| {
+        exact_mantissa(value, power).expect("every value was checked exact at this exponent")
+    }));
+}
+
+pub(super) fn encode_values(
+    sink: &mut BitWriter,
+    values: &[f64],
+    coding: &mut ValueCoding,
+    scratch: &mut EncodeScratch,
+) {
+    let exponent = coding.decimal.exponent_of(values, &mut scratch.sequence);
+    let inputs = ValueInputs {
+        prefix: planning_prefix(values.len()),
+        exponent,
+    };
+    let planned = &mut coding.planned;
+    let plan = planned.get_or_plan(inputs, || plan_values(values, inputs, scratch));
+    let from = planned.written;
+    match (plan, exponent) {
+        (ValuePlan::Decimal(stream), Some(exponent)) => {
+            if from == 0 {
+                planned.stream.put(1, 1);
+                planned.stream.put(exponent as u64, 4);
+                write_int_stream_header(&mut planned.stream, stream);
+            }
+            let context = resume_context(from);
+            mantissas_at(&values[from - context..], exponent, &mut scratch.sequence);
+            write_int_residuals(
+                &mut planned.stream,
+                &scratch.sequence,
+                context,
+                stream,
+                &mut scratch.residuals,
+            );
+        }
+        _ => {
+            if from == 0 {
+                planned.stream.put(0, 1);
+            }
+            write_xor_from(&mut planned.stream, values, from, &mut coding.xor);
+        }
+    }
+    planned.written = values.len();
+    sink.append(&planned.stream);
+}
+
+/// The cheaper mode for `values`, priced on the first `inputs.prefix` of them.
+fn plan_values(values: &[f64], inputs: ValueInputs, scratch: &mut EncodeScratch) -> ValuePlan {
+    let Some(exponent) = inputs.exponent else {
+        return ValuePlan::Xor;
+    };
+    let prefix = &values[..inputs.prefix];
+    mantissas_at(prefix, exponent, &mut scratch.candidate);
+    let stream = plan_int_stream(
+        &scratch.candidate,
+        SequenceKind::Values,
+        &mut scratch.sorting,
+        &mut scratch.residuals,
+    );
+    // XOR needs 64 bits for the first value and at least 1 for each other one, which spares
+    // pricing it for most integer series.
+    let xor_floor = 64 + prefix.len() as u64 - 1;
+    let decimal_wins = stream.bits + 4 < xor_floor || {
+        let mut xor_bits = BitCounter(0);
+        write_xor_values(&mut xor_bits, prefix);
+        stream.bits + 4 < xor_bits.0
+    };
+    if decimal_wins {
+        ValuePlan::Decimal(stream)
+    } else {
+        ValuePlan::Xor
+    }
+}
+
+/// Where an XOR stream stands after its last value: what the next value's code depends on.
+#[derive(Debug, Clone, Copy, Default)]
+struct XorState {
+    previous: u64,
+    window: Option<(u32, u32)>,
 }
 
 fn write_xor_values(sink: &mut impl BitSink, values: &[f64]) {
-    let Some((&first, rest)) = values.split_first() else {
-        return;
-    };
-    sink.put(first.to_bits(), 64);
-    let mut previous = first.to_bits();
-    let mut window: Option<(u32, u32)> = None;
-    for value in rest {
+    write_xor_from(sink, values, 0, &mut XorState::default());
+}
+
+/// The XOR codes of `values[from..]`, `state` being where the stream stood after `values[..from]`.
+fn write_xor_from(sink: &mut impl BitSink, values: &[f64], from: usize, state: &mut XorState) {
+    for (index, value) in values.iter().enumerate().skip(from) {
         let bits = value.to_bits();
-        let xor = bits ^ previous;
-        previous = bits;
+        if index == 0 {
+            sink.put(bits, 64);
+            *state = XorState {
+                previous: bits,
+                window: None,
+            };
+            continue;
+        }
+        let xor = bits ^ state.previous;
+        state.previous = bits;
         if xor == 0 {
             sink.put(0, 1);
             continue;
         }
         let leading = xor.leading_zeros();
         let trailing = xor.trailing_zeros();
-        match window {
+        match state.window {
             Some((window_leading, window_trailing))
                 if leading >= window_leading && trailing >= window_trailing =>
             {
@@ -125,7 +280,7 @@ fn write_xor_values(sink: &mut impl BitSink, values: &[f64]) {
                 sink.put(u64::from(leading), 6);
                 sink.put(u64::from(meaningful - 1), 6);
                 sink.put(xor >> trailing, meaningful);
-                window = Some((leading, trailing));
+                state.window = Some((leading, trailing));
             }
         }
     }
