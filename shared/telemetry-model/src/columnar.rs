@@ -29,6 +29,7 @@ use crate::batch::{BatchError, PackedSample, SampleBatch};
 use crate::gpu::GpuInfo;
 use crate::ids::{GpuUuid, MetricName};
 use crate::time::TimestampMicros;
+use crate::wire::{put_bytes, put_varint, unzigzag, zigzag, Input};
 
 /// The `datacontenttype` of a batch event whose data is this form.
 pub const COLUMNAR_CONTENT_TYPE: &str = "application/vnd.gpu-telemetry.columnar.v1";
@@ -61,8 +62,7 @@ pub fn encode(batch: &SampleBatch) -> Vec<u8> {
     out.push(VERSION);
     put_varint(&mut out, strings.order.len() as u64);
     for s in &strings.order {
-        put_varint(&mut out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
+        put_bytes(&mut out, s.as_bytes());
     }
     out.extend_from_slice(&gpus);
     out.extend_from_slice(&metrics);
@@ -87,7 +87,7 @@ pub fn encode(batch: &SampleBatch) -> Vec<u8> {
 
 /// Decodes and validates (as [`SampleBatch::validate`]) a batch in the columnar form.
 pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
-    let mut input = Input { bytes, at: 0 };
+    let mut input = Input::new(bytes, columnar_error);
     let version = input.byte()?;
     if version != VERSION {
         return Err(input.error(format!("unsupported version {version}")));
@@ -95,10 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
     let string_count = input.count()?;
     let mut strings = Vec::with_capacity(string_count);
     for _ in 0..string_count {
-        let len = input.count()?;
-        let raw = input.take(len)?;
-        let s = std::str::from_utf8(raw).map_err(|_| input.error("a string is not UTF-8"))?;
-        strings.push(s);
+        strings.push(input.text()?);
     }
     let gpu_count = input.count()?;
     let mut gpus = Vec::with_capacity(gpu_count);
@@ -130,11 +127,9 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
         row.timestamp = TimestampMicros(previous);
     }
     for row in &mut rows {
-        row.value = input.value()?;
+        row.value = read_value(&mut input)?;
     }
-    if input.at != bytes.len() {
-        return Err(input.error("trailing bytes after the rows"));
-    }
+    input.finish("trailing bytes after the rows")?;
     let batch = SampleBatch {
         gpus,
         metrics,
@@ -142,6 +137,10 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
     };
     batch.validate()?;
     Ok(batch)
+}
+
+fn columnar_error(offset: usize, reason: String) -> BatchError {
+    BatchError::DecodeColumnar { offset, reason }
 }
 
 /// Bits of the GPU presence mask, in the order the fields follow it.
@@ -253,22 +252,6 @@ impl<'a> StringTable<'a> {
     }
 }
 
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
-
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 /// The shortest exact form of `value`: a scaled integer when one gives back the same bits.
 fn put_value(out: &mut Vec<u8>, value: f64) {
     for (k, power) in POWERS_OF_TEN.iter().enumerate() {
@@ -289,95 +272,19 @@ fn put_value(out: &mut Vec<u8>, value: f64) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-/// A cursor over the encoded bytes.
-struct Input<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Input<'a> {
-    fn error(&self, reason: impl Into<String>) -> BatchError {
-        BatchError::DecodeColumnar {
-            offset: self.at,
-            reason: reason.into(),
-        }
+/// A value as [`put_value`] writes it.
+fn read_value(input: &mut Input<'_>) -> Result<f64, BatchError> {
+    let tag = input.varint()?;
+    let k = tag & 7;
+    if k == RAW_VALUE {
+        let raw: [u8; 8] = input.take(8)?.try_into().expect("eight bytes");
+        return Ok(f64::from_le_bytes(raw));
     }
-
-    fn byte(&mut self) -> Result<u8, BatchError> {
-        let b = *self
-            .bytes
-            .get(self.at)
-            .ok_or_else(|| self.error("unexpected end"))?;
-        self.at += 1;
-        Ok(b)
+    if k > u64::from(MAX_DECIMALS) {
+        return Err(input.error(format!("value tag {tag} has no meaning")));
     }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], BatchError> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| self.error("unexpected end"))?;
-        let bytes: &'a [u8] = self.bytes;
-        let taken = &bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
-    }
-
-    fn varint(&mut self) -> Result<u64, BatchError> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(self.error("a varint is longer than 10 bytes"))
-    }
-
-    /// A count of things that follow; each takes at least one byte, so a count larger than the
-    /// bytes left is corrupt (and must not size an allocation).
-    fn count(&mut self) -> Result<usize, BatchError> {
-        let n = self.varint()?;
-        let left = (self.bytes.len() - self.at) as u64;
-        if n > left {
-            return Err(self.error(format!("a count of {n} exceeds the {left} bytes left")));
-        }
-        Ok(n as usize)
-    }
-
-    fn index_u32(&mut self) -> Result<u32, BatchError> {
-        let n = self.varint()?;
-        u32::try_from(n).map_err(|_| self.error(format!("index {n} exceeds 32 bits")))
-    }
-
-    fn string<'s>(&mut self, strings: &[&'s str]) -> Result<&'s str, BatchError> {
-        let i = self.varint()?;
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| strings.get(i).copied())
-            .ok_or_else(|| {
-                self.error(format!(
-                    "string index {i} is out of range ({} strings)",
-                    strings.len()
-                ))
-            })
-    }
-
-    fn value(&mut self) -> Result<f64, BatchError> {
-        let tag = self.varint()?;
-        let k = tag & 7;
-        if k == RAW_VALUE {
-            let raw: [u8; 8] = self.take(8)?.try_into().expect("eight bytes");
-            return Ok(f64::from_le_bytes(raw));
-        }
-        if k > u64::from(MAX_DECIMALS) {
-            return Err(self.error(format!("value tag {tag} has no meaning")));
-        }
-        let m = unzigzag(tag >> 3);
-        Ok(m as f64 / POWERS_OF_TEN[k as usize])
-    }
+    let m = unzigzag(tag >> 3);
+    Ok(m as f64 / POWERS_OF_TEN[k as usize])
 }
 
 #[cfg(test)]
