@@ -19,7 +19,7 @@
 use crate::batch::{check_envelope, BatchError, BatchEvent, DataEncoding, WireBatch};
 use crate::columnar;
 use crate::time::TimestampMicros;
-use crate::wire::{put_bytes, put_varint, unzigzag, zigzag, Input};
+use crate::wire::{hex_bytes, push_hex, put_bytes, put_varint, unzigzag, zigzag, Input};
 
 const MAGIC: u8 = 0xC1;
 const VERSION: u8 = 1;
@@ -39,7 +39,7 @@ impl BatchEvent {
         let mut out = Vec::with_capacity(32 + self.id.len() + self.source.len() + data.len());
         out.push(MAGIC);
         out.push(VERSION);
-        match hex_id(&self.id) {
+        match hex_bytes(self.id.as_bytes()) {
             Some(raw) => {
                 out.push(ID_HEX);
                 out.extend_from_slice(&raw);
@@ -76,7 +76,13 @@ impl BatchEvent {
         }
         let id = match input.byte()? {
             ID_TEXT => input.text()?.to_owned(),
-            ID_HEX => input.take(16)?.iter().map(|b| format!("{b:02x}")).collect(),
+            ID_HEX => input
+                .take(16)?
+                .iter()
+                .fold(String::with_capacity(32), |mut id, b| {
+                    push_hex(&mut id, *b);
+                    id
+                }),
             kind => return Err(input.error(format!("unknown id kind {kind}"))),
         };
         let source = input.text()?.to_owned();
@@ -123,24 +129,6 @@ fn frame_error(offset: usize, reason: String) -> BatchError {
     BatchError::DecodeFrame { offset, reason }
 }
 
-/// The 16 bytes an id of exactly 32 lowercase hex digits spells (uppercase would not round trip).
-fn hex_id(id: &str) -> Option<[u8; 16]> {
-    let digits = id.as_bytes();
-    if digits.len() != 32 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut raw = [0u8; 16];
-    for (byte, pair) in raw.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(raw)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +161,7 @@ mod tests {
         let header = 2 + 17 + 1 + ev.source.len() + 8 + 1;
         assert_eq!(frame.len(), header + data.len());
         assert_eq!(&frame[..3], &[MAGIC, VERSION, ID_HEX]);
-        assert_eq!(&frame[3..19], &hex_id(&ev.id).unwrap());
+        assert_eq!(&frame[3..19], &hex_bytes(ev.id.as_bytes()).unwrap());
         assert_eq!(frame[header - 1], DATA_COLUMNAR);
         assert_eq!(&frame[header..], &data[..]);
         assert!(BatchEvent::is_frame(&frame));
