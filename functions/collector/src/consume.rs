@@ -107,7 +107,7 @@ impl DeliveryProcessor {
         let decoded: Vec<Decoded> = delivery
             .messages
             .iter()
-            .map(|m| match BatchEvent::from_json(&m.payload) {
+            .map(|m| match BatchEvent::from_queue_message(&m.payload) {
                 Ok(event) => Decoded::Event(event),
                 Err(e) => Decoded::Undecodable(e.to_string()),
             })

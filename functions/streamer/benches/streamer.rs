@@ -92,7 +92,10 @@ async fn streamer_run(etcd: &EtcdHarness, passes: u64) -> StreamerRun {
             let Some(last) = messages.last() else { break };
             after = last.offset;
             for m in messages {
-                samples += BatchEvent::from_json(&m.payload).unwrap().batch.len() as u64;
+                samples += BatchEvent::from_queue_message(&m.payload)
+                    .unwrap()
+                    .batch
+                    .len() as u64;
                 payloads.push(m.payload);
             }
         }

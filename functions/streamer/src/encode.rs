@@ -1,5 +1,6 @@
 //! Sample batches as the queue carries them: each batch one CloudEvent ([`BatchEvent`]) with a
-//! fresh id, from this streamer's source, its data in the configured encoding.
+//! fresh id, from this streamer's source: columnar data in the queue's binary event form, or a
+//! structured JSON event with JSON data.
 
 use std::sync::Arc;
 
@@ -25,8 +26,8 @@ impl EventWriter {
 
     /// One queue message per `(partition, batch)`, in order, each a new event. `bound` is the
     /// buffer's upper bound of the batches' JSON events, which the transaction was sized by: the
-    /// columnar form is several times smaller for any real batch, but should a batch of odd GPUs
-    /// and values come out larger, its part goes out as JSON, so it still fits.
+    /// binary columnar form is several times smaller for any real batch, but should a batch of
+    /// odd GPUs and values come out larger, its part goes out as JSON, so it still fits.
     pub fn messages(&self, batches: Vec<(u32, SampleBatch)>, bound: usize) -> Vec<OutgoingMessage> {
         let events: Vec<(u32, BatchEvent)> = batches
             .into_iter()
@@ -40,7 +41,10 @@ impl EventWriter {
                 .iter()
                 .map(|(partition, event)| OutgoingMessage {
                     partition: *partition,
-                    payload: event.to_json_with(encoding),
+                    payload: match encoding {
+                        DataEncoding::Columnar => event.to_frame(encoding),
+                        DataEncoding::Json => event.to_json(),
+                    },
                 })
                 .collect()
         };
@@ -60,7 +64,7 @@ impl EventWriter {
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::{GpuInfo, GpuUuid, MetricName, TimestampMicros, COLUMNAR_CONTENT_TYPE};
+    use telemetry_model::{GpuInfo, GpuUuid, MetricName, TimestampMicros};
 
     use super::*;
 
@@ -74,7 +78,11 @@ mod tests {
         builder.build()
     }
 
-    fn content_type(payload: &[u8]) -> String {
+    /// Which form a message is in: the binary frame, or a structured event's content type.
+    fn form(payload: &[u8]) -> String {
+        if BatchEvent::is_frame(payload) {
+            return "frame".to_owned();
+        }
         let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
         json["datacontenttype"].as_str().unwrap().to_owned()
     }
@@ -89,16 +97,20 @@ mod tests {
             let shape: Vec<(u32, usize)> = messages
                 .iter()
                 .map(|m| {
-                    let event = BatchEvent::from_json(&m.payload).unwrap();
+                    let event = BatchEvent::from_queue_message(&m.payload).unwrap();
                     assert_eq!(event.source, "/streamer/host-0123abcd");
-                    assert_eq!(content_type(&m.payload), encoding.content_type());
+                    let expected = match encoding {
+                        DataEncoding::Columnar => "frame",
+                        DataEncoding::Json => "application/json",
+                    };
+                    assert_eq!(form(&m.payload), expected);
                     (m.partition, event.batch.len())
                 })
                 .collect();
             assert_eq!(shape, [(3, 2), (0, 5)]);
             let ids: Vec<String> = messages
                 .iter()
-                .map(|m| BatchEvent::from_json(&m.payload).unwrap().id)
+                .map(|m| BatchEvent::from_queue_message(&m.payload).unwrap().id)
                 .collect();
             assert_ne!(ids[0], ids[1], "every event has its own id");
         }
@@ -108,11 +120,13 @@ mod tests {
     fn columnar_events_beyond_the_bound_go_out_as_json() {
         let writer = EventWriter::new(source("s"), DataEncoding::Columnar);
         let roomy = writer.messages(vec![(1, batch(3))], usize::MAX);
-        assert_eq!(content_type(&roomy[0].payload), COLUMNAR_CONTENT_TYPE);
+        assert_eq!(form(&roomy[0].payload), "frame");
         let tight = writer.messages(vec![(1, batch(3))], roomy[0].payload.len() - 1);
-        assert_eq!(content_type(&tight[0].payload), "application/json");
+        assert_eq!(form(&tight[0].payload), "application/json");
         assert_eq!(
-            BatchEvent::from_json(&tight[0].payload).unwrap().batch,
+            BatchEvent::from_queue_message(&tight[0].payload)
+                .unwrap()
+                .batch,
             batch(3)
         );
     }

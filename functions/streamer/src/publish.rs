@@ -489,7 +489,12 @@ mod tests {
             let messages = queue.peek(partition, 0, 10).await.unwrap();
             let published: usize = messages
                 .iter()
-                .map(|m| BatchEvent::from_json(&m.payload).unwrap().batch.len())
+                .map(|m| {
+                    BatchEvent::from_queue_message(&m.payload)
+                        .unwrap()
+                        .batch
+                        .len()
+                })
                 .sum();
             assert_eq!(published, samples, "partition {partition}");
         }

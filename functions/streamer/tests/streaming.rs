@@ -483,7 +483,8 @@ async fn a_full_queue_slows_the_streamer_down_and_drops_nothing() {
         match consumer.poll(Duration::from_millis(100)).await.unwrap() {
             Some(delivery) => {
                 for message in &delivery.messages {
-                    let event = telemetry_model::BatchEvent::from_json(&message.payload).unwrap();
+                    let event =
+                        telemetry_model::BatchEvent::from_queue_message(&message.payload).unwrap();
                     for (gpu, metric, ts, value) in event.batch.samples() {
                         consumed.push(QueuedSample {
                             partition: delivery.partition,

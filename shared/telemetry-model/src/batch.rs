@@ -8,7 +8,9 @@
 //!
 //! The same batch may travel in the columnar binary form instead ([`crate::columnar`]), base64 in
 //! the event's `data_base64` member with `datacontenttype` [`COLUMNAR_CONTENT_TYPE`]: about a
-//! quarter of the JSON's size. Decoders accept both.
+//! quarter of the JSON's size. Decoders accept both. On the queue an event travels in the
+//! binary form of [`crate::frame`] (attributes in a compact header, the data raw); structured
+//! JSON events are still accepted there.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -47,6 +49,8 @@ pub enum BatchError {
     DecodeBase64(#[from] base64::DecodeError),
     #[error("decode columnar data at byte {offset}: {reason}")]
     DecodeColumnar { offset: usize, reason: String },
+    #[error("decode framed event at byte {offset}: {reason}")]
+    DecodeFrame { offset: usize, reason: String },
     #[error("the event has both data and data_base64")]
     CheckDataMembers,
     #[error("CloudEvent attribute {attribute:?} is missing or empty")]
@@ -348,7 +352,7 @@ impl Serialize for SampleBatch {
 
 /// The `data` member as decoded, before validation.
 #[derive(Deserialize)]
-struct WireBatch {
+pub(crate) struct WireBatch {
     #[serde(default)]
     gpus: Vec<GpuInfo>,
     #[serde(default)]
@@ -360,7 +364,7 @@ struct WireBatch {
 }
 
 impl WireBatch {
-    fn into_batch(self) -> Result<SampleBatch, BatchError> {
+    pub(crate) fn into_batch(self) -> Result<SampleBatch, BatchError> {
         let t0 = self.t0;
         let batch = SampleBatch {
             gpus: self.gpus,
@@ -617,7 +621,7 @@ impl BatchEvent {
 }
 
 /// Checks the attributes both decoders share; the data's encoding comes from `datacontenttype`.
-fn check_envelope(
+pub(crate) fn check_envelope(
     id: &str,
     source: &str,
     ty: &str,

@@ -1,39 +1,58 @@
-//! The columnar binary form of a [`SampleBatch`]: what the `data_base64` member of a batch event
-//! carries when its `datacontenttype` is [`COLUMNAR_CONTENT_TYPE`].
+//! The columnar binary form of a [`SampleBatch`]: the data of a batch event whose
+//! `datacontenttype` is [`COLUMNAR_CONTENT_TYPE`] (raw in a queue frame or a binary-mode HTTP
+//! body, base64 in a structured event's `data_base64`).
 //!
-//! Layout (every integer an unsigned LEB128 varint; "signed" ones zigzag-coded first):
+//! Layout 2, which [`encode`] writes (every integer an unsigned LEB128 varint; "signed" ones
+//! zigzag-coded first):
 //!
 //! ```text
-//! version            1 byte, 0x01
-//! strings            count, then each: byte length, UTF-8 bytes    (each distinct string once)
+//! version            1 byte, 0x02
+//! strings            count, then each distinct string once, in byte order: header 1 and the
+//!                    16 bytes of a `GPU-` UUID of lowercase hex in the 8-4-4-4-12 form, or
+//!                    header `p << 1`, then byte length and UTF-8 bytes of what follows the
+//!                    first p bytes of the previous string
 //! gpus               count, then each: uuid (string index), presence mask (1 byte),
 //!                    then for each bit set, in bit order: gpu_index (value), device, model_name,
 //!                    hostname, container, pod, namespace (string indexes), labels (count, then
 //!                    key and value string indexes)
 //! metrics            count, then each a string index
 //! rows               count n, then four columns of n entries each:
-//!                    gpu indexes, metric indexes,
+//!                    gpu indexes and metric indexes (each a mode byte: 0 then n indexes, or 1
+//!                    then a count of runs, each its first index, signed step and length),
 //!                    timestamps (signed: the first relative to 0, each next one relative to the
 //!                    previous row's), values (see below)
 //! ```
+//!
+//! Layout 1, which [`decode`] still reads, differs in two places: strings are in first-use
+//! order, each written whole (byte length, bytes), and the index columns are n indexes each,
+//! without a mode byte.
 //!
 //! A value is one varint `tag`: `tag & 7 = k` in `0..=6` means the value is `m / 10^k` with
 //! `m = zigzag_decode(tag >> 3)` (exact: the encoder only chooses it when dividing gives back the
 //! very same bits); `k = 7` means the 8 bytes after the tag are the value's IEEE 754 bits, little
 //! endian. DCGM gauges are mostly small integers or have a couple of decimals, so a value takes
 //! one to three bytes; GPUs and metrics are listed once per batch, rows are in the batch's order.
+//! Sorted strings share their prefixes (`DCGM_FI_DEV_`, a host's name in its `instance` label,
+//! `nvidia` in devices), and a pass's rows cycle through their GPUs within each metric, so the
+//! index columns are a few runs each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::batch::{BatchError, PackedSample, SampleBatch};
 use crate::gpu::GpuInfo;
 use crate::ids::{GpuUuid, MetricName};
 use crate::time::TimestampMicros;
+use crate::wire::{
+    hex_bytes, push_hex, put_bytes, put_varint, unzigzag, varint_len, zigzag, Input,
+};
 
 /// The `datacontenttype` of a batch event whose data is this form.
 pub const COLUMNAR_CONTENT_TYPE: &str = "application/vnd.gpu-telemetry.columnar.v1";
 
-const VERSION: u8 = 1;
+/// The layout [`encode`] writes; [`decode`] also reads [`VERSION_1`].
+const VERSION: u8 = 2;
+/// The first layout: strings in first-use order as written, index columns row by row.
+const VERSION_1: u8 = 1;
 /// Largest decimal exponent a value is scaled by; tag 7 marks raw bits.
 const MAX_DECIMALS: u32 = 6;
 const RAW_VALUE: u64 = 7;
@@ -41,38 +60,27 @@ const POWERS_OF_TEN: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
 /// Magnitude below which every integer is exactly an f64 (2^53).
 const EXACT_INT_LIMIT: f64 = 9_007_199_254_740_992.0;
 
-/// `batch` in the columnar form.
+/// `batch` in the columnar form (the current layout, version 2).
 pub fn encode(batch: &SampleBatch) -> Vec<u8> {
-    let mut strings = StringTable::default();
-    let mut gpus = Vec::with_capacity(batch.gpus.len() * 16);
-    put_varint(&mut gpus, batch.gpus.len() as u64);
-    for gpu in &batch.gpus {
-        encode_gpu(&mut gpus, &mut strings, gpu);
-    }
-    let mut metrics = Vec::with_capacity(batch.metrics.len() * 2 + 1);
-    put_varint(&mut metrics, batch.metrics.len() as u64);
-    for metric in &batch.metrics {
-        put_varint(&mut metrics, strings.index(metric.as_str()));
-    }
-
+    let strings = SortedStrings::of(batch);
     let mut out = Vec::with_capacity(
-        1 + strings.bytes + gpus.len() + metrics.len() + 8 + batch.rows.len() * 6,
+        16 + strings.bytes + batch.gpus.len() * 16 + batch.metrics.len() * 2 + batch.rows.len() * 5,
     );
     out.push(VERSION);
-    put_varint(&mut out, strings.order.len() as u64);
-    for s in &strings.order {
-        put_varint(&mut out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
+    strings.encode(&mut out);
+    put_varint(&mut out, batch.gpus.len() as u64);
+    for gpu in &batch.gpus {
+        encode_gpu(&mut out, &strings, gpu);
     }
-    out.extend_from_slice(&gpus);
-    out.extend_from_slice(&metrics);
+    put_varint(&mut out, batch.metrics.len() as u64);
+    for metric in &batch.metrics {
+        put_varint(&mut out, strings.index(metric.as_str()));
+    }
     put_varint(&mut out, batch.rows.len() as u64);
-    for row in &batch.rows {
-        put_varint(&mut out, u64::from(row.gpu));
-    }
-    for row in &batch.rows {
-        put_varint(&mut out, u64::from(row.metric));
-    }
+    let gpus: Vec<u32> = batch.rows.iter().map(|row| row.gpu).collect();
+    put_index_column(&mut out, &gpus);
+    let metrics: Vec<u32> = batch.rows.iter().map(|row| row.metric).collect();
+    put_index_column(&mut out, &metrics);
     let mut previous = 0i64;
     for row in &batch.rows {
         // Wrapping keeps the round trip exact for any timestamp; decoding wraps back.
@@ -85,21 +93,20 @@ pub fn encode(batch: &SampleBatch) -> Vec<u8> {
     out
 }
 
-/// Decodes and validates (as [`SampleBatch::validate`]) a batch in the columnar form.
+/// Decodes and validates (as [`SampleBatch::validate`]) a batch in the columnar form, of
+/// either layout version.
 pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
-    let mut input = Input { bytes, at: 0 };
+    let mut input = Input::new(bytes, columnar_error);
     let version = input.byte()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(input.error(format!("unsupported version {version}")));
     }
-    let string_count = input.count()?;
-    let mut strings = Vec::with_capacity(string_count);
-    for _ in 0..string_count {
-        let len = input.count()?;
-        let raw = input.take(len)?;
-        let s = std::str::from_utf8(raw).map_err(|_| input.error("a string is not UTF-8"))?;
-        strings.push(s);
-    }
+    let owned = if version == VERSION_1 {
+        read_plain_strings(&mut input)?
+    } else {
+        read_sorted_strings(&mut input)?
+    };
+    let strings: Vec<&str> = owned.iter().map(String::as_str).collect();
     let gpu_count = input.count()?;
     let mut gpus = Vec::with_capacity(gpu_count);
     for _ in 0..gpu_count {
@@ -112,29 +119,36 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
         metrics.push(MetricName::parse(name).map_err(|e| input.error(e.to_string()))?);
     }
     let n = input.count()?;
-    let mut rows = Vec::with_capacity(n);
-    for _ in 0..n {
-        rows.push(PackedSample {
-            gpu: input.index_u32()?,
-            metric: 0,
+    let (gpu_column, metric_column) = if version == VERSION_1 {
+        (
+            read_plain_column(&mut input, n)?,
+            read_plain_column(&mut input, n)?,
+        )
+    } else {
+        (
+            read_index_column(&mut input, n)?,
+            read_index_column(&mut input, n)?,
+        )
+    };
+    let mut rows: Vec<PackedSample> = gpu_column
+        .into_iter()
+        .zip(metric_column)
+        .map(|(gpu, metric)| PackedSample {
+            gpu,
+            metric,
             timestamp: TimestampMicros(0),
             value: 0.0,
-        });
-    }
-    for row in &mut rows {
-        row.metric = input.index_u32()?;
-    }
+        })
+        .collect();
     let mut previous = 0i64;
     for row in &mut rows {
         previous = previous.wrapping_add(unzigzag(input.varint()?));
         row.timestamp = TimestampMicros(previous);
     }
     for row in &mut rows {
-        row.value = input.value()?;
+        row.value = read_value(&mut input)?;
     }
-    if input.at != bytes.len() {
-        return Err(input.error("trailing bytes after the rows"));
-    }
+    input.finish("trailing bytes after the rows")?;
     let batch = SampleBatch {
         gpus,
         metrics,
@@ -142,6 +156,10 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, BatchError> {
     };
     batch.validate()?;
     Ok(batch)
+}
+
+fn columnar_error(offset: usize, reason: String) -> BatchError {
+    BatchError::DecodeColumnar { offset, reason }
 }
 
 /// Bits of the GPU presence mask, in the order the fields follow it.
@@ -166,7 +184,7 @@ fn text_fields(gpu: &GpuInfo) -> [(u8, &Option<String>); 6] {
     ]
 }
 
-fn encode_gpu<'a>(out: &mut Vec<u8>, strings: &mut StringTable<'a>, gpu: &'a GpuInfo) {
+fn encode_gpu(out: &mut Vec<u8>, strings: &SortedStrings<'_>, gpu: &GpuInfo) {
     put_varint(out, strings.index(gpu.uuid.as_str()));
     let mut mask = 0u8;
     if gpu.gpu_index.is_some() {
@@ -232,41 +250,217 @@ fn decode_gpu(input: &mut Input<'_>, strings: &[&str]) -> Result<GpuInfo, BatchE
     Ok(gpu)
 }
 
-/// Each distinct string once, numbered in first-use order.
-#[derive(Default)]
-struct StringTable<'a> {
-    index: HashMap<&'a str, u64>,
-    order: Vec<&'a str>,
+/// Every distinct string of a batch, in byte order, numbered by position: sorted neighbours
+/// share long prefixes (metric names, hostnames, devices), which the table does not repeat.
+struct SortedStrings<'a> {
+    sorted: Vec<&'a str>,
     bytes: usize,
 }
 
-impl<'a> StringTable<'a> {
-    fn index(&mut self, s: &'a str) -> u64 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
+impl<'a> SortedStrings<'a> {
+    fn of(batch: &'a SampleBatch) -> Self {
+        let mut sorted: Vec<&'a str> =
+            Vec::with_capacity(batch.gpus.len() * 8 + batch.metrics.len());
+        for gpu in &batch.gpus {
+            sorted.push(gpu.uuid.as_str());
+            sorted.extend(
+                text_fields(gpu)
+                    .into_iter()
+                    .filter_map(|(_, f)| f.as_deref()),
+            );
+            for (key, value) in &gpu.labels {
+                sorted.push(key);
+                sorted.push(value);
+            }
         }
-        let i = self.order.len() as u64;
-        self.index.insert(s, i);
-        self.order.push(s);
-        self.bytes += s.len() + 2;
-        i
+        sorted.extend(batch.metrics.iter().map(MetricName::as_str));
+        sorted.sort_unstable();
+        sorted.dedup();
+        let bytes = sorted.iter().map(|s| s.len() + 2).sum();
+        SortedStrings { sorted, bytes }
+    }
+
+    fn index(&self, s: &str) -> u64 {
+        self.sorted
+            .binary_search(&s)
+            .expect("every string of the batch is in its table") as u64
+    }
+
+    /// Count, then each string: a GPU UUID of the common form as its 16 bytes (header 1), any
+    /// other as the length of the prefix it shares with the previous string (header
+    /// `prefix << 1`) and the rest (length, bytes).
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.sorted.len() as u64);
+        let mut previous: &[u8] = b"";
+        for s in &self.sorted {
+            let s = s.as_bytes();
+            if let Some(raw) = packed_uuid(s) {
+                put_varint(out, PACKED_UUID);
+                out.extend_from_slice(&raw);
+            } else {
+                let shared = previous.iter().zip(s).take_while(|(a, b)| a == b).count();
+                put_varint(out, (shared as u64) << 1);
+                put_bytes(out, &s[shared..]);
+            }
+            previous = s;
+        }
     }
 }
 
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
+/// String table header of a packed UUID.
+const PACKED_UUID: u64 = 1;
+/// Where the dashes of a `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` UUID are.
+const UUID_DASHES: [usize; 4] = [12, 17, 22, 27];
+const UUID_LEN: usize = 40;
 
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
+/// The 16 bytes a `GPU-` UUID of 32 lowercase hex digits in the 8-4-4-4-12 form spells.
+fn packed_uuid(s: &[u8]) -> Option<[u8; 16]> {
+    if s.len() != UUID_LEN || !s.starts_with(b"GPU-") || UUID_DASHES.iter().any(|&i| s[i] != b'-') {
+        return None;
     }
-    out.push(n as u8);
+    let mut digits = [0u8; 32];
+    let hex = s[4..]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !UUID_DASHES.contains(&(i + 4)))
+        .map(|(_, c)| *c);
+    for (slot, c) in digits.iter_mut().zip(hex) {
+        *slot = c;
+    }
+    hex_bytes(&digits)
+}
+
+fn unpacked_uuid(raw: &[u8]) -> String {
+    let mut s = String::with_capacity(UUID_LEN);
+    s.push_str("GPU-");
+    for (i, b) in raw.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        push_hex(&mut s, *b);
+    }
+    s
+}
+
+fn read_plain_strings(input: &mut Input<'_>) -> Result<Vec<String>, BatchError> {
+    let count = input.count()?;
+    let mut strings = Vec::with_capacity(count);
+    for _ in 0..count {
+        strings.push(input.text()?.to_owned());
+    }
+    Ok(strings)
+}
+
+fn read_sorted_strings(input: &mut Input<'_>) -> Result<Vec<String>, BatchError> {
+    let count = input.count()?;
+    let mut strings: Vec<String> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let header = input.varint()?;
+        let s = if header == PACKED_UUID {
+            unpacked_uuid(input.take(16)?)
+        } else if header & 1 == 1 {
+            return Err(input.error(format!("string header {header} has no meaning")));
+        } else {
+            let previous = strings.last().map_or("", String::as_str).as_bytes();
+            let shared = usize::try_from(header >> 1)
+                .ok()
+                .filter(|&n| n <= previous.len())
+                .ok_or_else(|| {
+                    input.error(format!(
+                        "a string shares {} bytes with a previous string of {}",
+                        header >> 1,
+                        previous.len()
+                    ))
+                })?;
+            let len = input.count()?;
+            let mut bytes = Vec::with_capacity(shared + len);
+            bytes.extend_from_slice(&previous[..shared]);
+            bytes.extend_from_slice(input.take(len)?);
+            String::from_utf8(bytes).map_err(|_| input.error("a string is not UTF-8"))?
+        };
+        strings.push(s);
+    }
+    Ok(strings)
+}
+
+/// A row column of table indexes: a mode byte, then either every index (mode 0) or, when it is
+/// shorter, runs of indexes that step by a constant (mode 1: count, then each run's first index,
+/// zigzag step and length). Rows of one pass cycle through a shard's GPUs within each metric,
+/// so both columns are a few runs.
+fn put_index_column(out: &mut Vec<u8>, column: &[u32]) {
+    let mut runs = Vec::new();
+    let mut count = 0u64;
+    let mut at = 0;
+    while at < column.len() {
+        let first = column[at];
+        let step = column
+            .get(at + 1)
+            .map_or(0, |next| i64::from(*next) - i64::from(first));
+        let mut len = 1;
+        while column
+            .get(at + len)
+            .is_some_and(|v| i64::from(*v) == i64::from(first) + step * len as i64)
+        {
+            len += 1;
+        }
+        put_varint(&mut runs, u64::from(first));
+        put_varint(&mut runs, zigzag(step));
+        put_varint(&mut runs, len as u64);
+        count += 1;
+        at += len;
+    }
+    let plain: usize = column.iter().map(|v| varint_len(u64::from(*v))).sum();
+    if varint_len(count) + runs.len() < plain {
+        out.push(RUNS_COLUMN);
+        put_varint(out, count);
+        out.extend_from_slice(&runs);
+    } else {
+        out.push(PLAIN_COLUMN);
+        for v in column {
+            put_varint(out, u64::from(*v));
+        }
+    }
+}
+
+const PLAIN_COLUMN: u8 = 0;
+const RUNS_COLUMN: u8 = 1;
+
+fn read_plain_column(input: &mut Input<'_>, n: usize) -> Result<Vec<u32>, BatchError> {
+    (0..n).map(|_| input.index_u32()).collect()
+}
+
+fn read_index_column(input: &mut Input<'_>, n: usize) -> Result<Vec<u32>, BatchError> {
+    match input.byte()? {
+        PLAIN_COLUMN => read_plain_column(input, n),
+        RUNS_COLUMN => {
+            let count = input.count()?;
+            let mut column = Vec::with_capacity(n);
+            for _ in 0..count {
+                let first = i64::from(input.index_u32()?);
+                let step = unzigzag(input.varint()?);
+                let len = input.varint()?;
+                if len == 0 || len > (n - column.len()) as u64 {
+                    return Err(input.error(format!(
+                        "a run of {len} does not fit the {} rows left",
+                        n - column.len()
+                    )));
+                }
+                for i in 0..len as i64 {
+                    let index = step
+                        .checked_mul(i)
+                        .and_then(|d| d.checked_add(first))
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(|| input.error("a run steps out of the index range"))?;
+                    column.push(index);
+                }
+            }
+            if column.len() != n {
+                return Err(input.error(format!("runs cover {} of {n} rows", column.len())));
+            }
+            Ok(column)
+        }
+        mode => Err(input.error(format!("unknown column mode {mode}"))),
+    }
 }
 
 /// The shortest exact form of `value`: a scaled integer when one gives back the same bits.
@@ -289,99 +483,25 @@ fn put_value(out: &mut Vec<u8>, value: f64) {
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-/// A cursor over the encoded bytes.
-struct Input<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Input<'a> {
-    fn error(&self, reason: impl Into<String>) -> BatchError {
-        BatchError::DecodeColumnar {
-            offset: self.at,
-            reason: reason.into(),
-        }
+/// A value as [`put_value`] writes it.
+fn read_value(input: &mut Input<'_>) -> Result<f64, BatchError> {
+    let tag = input.varint()?;
+    let k = tag & 7;
+    if k == RAW_VALUE {
+        let raw: [u8; 8] = input.take(8)?.try_into().expect("eight bytes");
+        return Ok(f64::from_le_bytes(raw));
     }
-
-    fn byte(&mut self) -> Result<u8, BatchError> {
-        let b = *self
-            .bytes
-            .get(self.at)
-            .ok_or_else(|| self.error("unexpected end"))?;
-        self.at += 1;
-        Ok(b)
+    if k > u64::from(MAX_DECIMALS) {
+        return Err(input.error(format!("value tag {tag} has no meaning")));
     }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], BatchError> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| self.error("unexpected end"))?;
-        let bytes: &'a [u8] = self.bytes;
-        let taken = &bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
-    }
-
-    fn varint(&mut self) -> Result<u64, BatchError> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(self.error("a varint is longer than 10 bytes"))
-    }
-
-    /// A count of things that follow; each takes at least one byte, so a count larger than the
-    /// bytes left is corrupt (and must not size an allocation).
-    fn count(&mut self) -> Result<usize, BatchError> {
-        let n = self.varint()?;
-        let left = (self.bytes.len() - self.at) as u64;
-        if n > left {
-            return Err(self.error(format!("a count of {n} exceeds the {left} bytes left")));
-        }
-        Ok(n as usize)
-    }
-
-    fn index_u32(&mut self) -> Result<u32, BatchError> {
-        let n = self.varint()?;
-        u32::try_from(n).map_err(|_| self.error(format!("index {n} exceeds 32 bits")))
-    }
-
-    fn string<'s>(&mut self, strings: &[&'s str]) -> Result<&'s str, BatchError> {
-        let i = self.varint()?;
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| strings.get(i).copied())
-            .ok_or_else(|| {
-                self.error(format!(
-                    "string index {i} is out of range ({} strings)",
-                    strings.len()
-                ))
-            })
-    }
-
-    fn value(&mut self) -> Result<f64, BatchError> {
-        let tag = self.varint()?;
-        let k = tag & 7;
-        if k == RAW_VALUE {
-            let raw: [u8; 8] = self.take(8)?.try_into().expect("eight bytes");
-            return Ok(f64::from_le_bytes(raw));
-        }
-        if k > u64::from(MAX_DECIMALS) {
-            return Err(self.error(format!("value tag {tag} has no meaning")));
-        }
-        let m = unzigzag(tag >> 3);
-        Ok(m as f64 / POWERS_OF_TEN[k as usize])
-    }
+    let m = unzigzag(tag >> 3);
+    Ok(m as f64 / POWERS_OF_TEN[k as usize])
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -496,13 +616,142 @@ mod tests {
             Err(BatchError::DecodeColumnar { .. })
         ));
         let mut other_version = bytes.clone();
-        other_version[0] = 2;
+        other_version[0] = 3;
         assert!(matches!(
             decode(&other_version),
             Err(BatchError::DecodeColumnar { offset: 1, .. })
         ));
         // A huge count cannot make the decoder allocate for it.
         assert!(decode(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    #[test]
+    fn index_columns_are_runs_when_that_is_shorter() {
+        let column = |values: &[u32]| {
+            let mut out = Vec::new();
+            put_index_column(&mut out, values);
+            let mut input = Input::new(&out, columnar_error);
+            assert_eq!(read_index_column(&mut input, values.len()).unwrap(), values);
+            input.finish("trailing").unwrap();
+            out
+        };
+        // A shard's pass: GPUs cycle within each metric, metrics in runs.
+        let gpus: Vec<u32> = (0..10).flat_map(|_| 0..13).collect();
+        let metrics: Vec<u32> = (0..10).flat_map(|m| [m; 13]).collect();
+        let runs = |first: u8, step: u8, len: u8| [first, step, len];
+        let expected_gpus: Vec<u8> = [RUNS_COLUMN, 10]
+            .into_iter()
+            .chain((0..10).flat_map(|_| runs(0, 2, 13)))
+            .collect();
+        assert_eq!(column(&gpus), expected_gpus);
+        let expected_metrics: Vec<u8> = [RUNS_COLUMN, 10]
+            .into_iter()
+            .chain((0..10).flat_map(|m| runs(m, 0, 13)))
+            .collect();
+        assert_eq!(column(&metrics), expected_metrics);
+        assert_eq!(column(&[3, 1, 4, 1, 5]), [PLAIN_COLUMN, 3, 1, 4, 1, 5]);
+        assert_eq!(column(&[]), [PLAIN_COLUMN]);
+        // A step as large as the index range round trips (the helper checks).
+        assert_eq!(column(&[u32::MAX, 0]).len(), 1 + 5 + 1);
+
+        let bad = |bytes: &[u8], n: usize| {
+            let mut input = Input::new(bytes, columnar_error);
+            read_index_column(&mut input, n).unwrap_err().to_string()
+        };
+        assert!(bad(&[RUNS_COLUMN, 1, 0, 0, 3], 2).contains("does not fit"));
+        assert!(bad(&[RUNS_COLUMN, 1, 0, 0, 0], 2).contains("does not fit"));
+        assert!(bad(&[RUNS_COLUMN, 1, 0, 0, 1], 2).contains("cover 1 of 2"));
+        assert!(bad(&[RUNS_COLUMN, 1, 0, 1, 2], 2).contains("index range"));
+        assert!(bad(&[9], 0).contains("column mode"));
+    }
+
+    #[test]
+    fn strings_are_sorted_front_coded_and_uuids_packed() {
+        let mut builder = SampleBatch::builder();
+        let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+        let temp = MetricName::parse("DCGM_FI_DEV_GPU_TEMP").unwrap();
+        builder.push(&full_gpu(), &util, TimestampMicros(1), 1.0);
+        builder.push(&full_gpu(), &temp, TimestampMicros(2), 1.0);
+        let batch = builder.build();
+        let strings = SortedStrings::of(&batch);
+        assert!(strings.sorted.windows(2).all(|w| w[0] < w[1]));
+        let mut out = Vec::new();
+        strings.encode(&mut out);
+        let mut input = Input::new(&out, columnar_error);
+        let back = read_sorted_strings(&mut input).unwrap();
+        input.finish("trailing").unwrap();
+        assert_eq!(back, strings.sorted);
+        // "DCGM_FI_DEV_GPU_UTIL" follows "DCGM_FI_DEV_GPU_TEMP": 16 bytes shared, 4 written.
+        let temp_at = out
+            .windows(4)
+            .position(|w| w == b"TEMP")
+            .expect("the first metric in full");
+        assert_eq!(&out[temp_at + 4..temp_at + 8], &[16 << 1, 4, b'U', b'T']);
+        let uuid = packed_uuid(b"GPU-5fd4f087-86f3-7a43-b711-4771313afc50").unwrap();
+        assert_eq!(
+            unpacked_uuid(&uuid),
+            "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
+        );
+        for other in [
+            "GPU-5FD4F087-86f3-7a43-b711-4771313afc50",
+            "GPU-5fd4f087-86f3-7a43-b711-4771313afc5",
+            "GPU-5fd4f087x86f3-7a43-b711-4771313afc50",
+            "MIG-5fd4f087-86f3-7a43-b711-4771313afc50",
+            "GPU-5fd4f08786f37a43b7114771313afc50abcd",
+        ] {
+            assert_eq!(packed_uuid(other.as_bytes()), None, "{other}");
+        }
+        let bad = |bytes: &[u8]| {
+            let mut input = Input::new(bytes, columnar_error);
+            read_sorted_strings(&mut input).unwrap_err().to_string()
+        };
+        assert!(bad(&[1, 2 << 1, 1, b'a']).contains("shares 2 bytes"));
+        assert!(bad(&[1, 3]).contains("has no meaning"));
+        assert!(bad(&[1, 0, 1, 0xff]).contains("not UTF-8"));
+    }
+
+    /// A message a streamer of the first layout wrote to the queue (shard 5's rows of one pass
+    /// of the real CSV): it still decodes, to exactly the CSV's values, and re-encodes smaller.
+    #[test]
+    fn the_first_layout_still_decodes() {
+        use crate::csv_reader::{DcgmCsvReader, RowOutcome};
+        let message =
+            std::fs::read(test_support::testdata("queue-message-columnar-v1.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&message).unwrap();
+        use base64::Engine as _;
+        let v1 = base64::engine::general_purpose::STANDARD
+            .decode(json["data_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(v1[0], VERSION_1);
+        let batch = decode(&v1).unwrap();
+        assert_eq!(
+            (batch.len(), batch.gpus.len(), batch.metrics.len()),
+            (130, 13, 10)
+        );
+        let mut csv = HashMap::new();
+        for outcome in DcgmCsvReader::open(test_support::testdata(test_support::REAL_CSV)).unwrap()
+        {
+            let RowOutcome::Row(row) = outcome else {
+                panic!("{outcome:?}")
+            };
+            csv.insert(
+                (row.info.uuid.clone(), row.metric.clone()),
+                (row.info, row.value),
+            );
+        }
+        for (gpu, metric, _, value) in batch.samples() {
+            let (info, expected) = &csv[&(gpu.uuid.clone(), metric.clone())];
+            assert_eq!((gpu, value.to_bits()), (info, expected.to_bits()));
+        }
+        let v2 = encode(&batch);
+        assert_eq!(v2[0], VERSION);
+        assert_eq!(decode(&v2).unwrap(), batch);
+        assert!(
+            v2.len() * 10 < v1.len() * 6,
+            "v2 {} bytes, v1 {}",
+            v2.len(),
+            v1.len()
+        );
     }
 
     #[test]

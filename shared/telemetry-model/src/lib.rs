@@ -6,10 +6,12 @@
 pub mod batch;
 pub mod columnar;
 pub mod csv_reader;
+pub mod frame;
 pub mod gpu;
 pub mod ids;
 pub mod series;
 pub mod time;
+mod wire;
 
 pub use batch::{
     BatchError, BatchEvent, DataEncoding, PackedSample, SampleBatch, SampleBatchBuilder,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use cloudevents::{AttributesReader, Data};
 use proptest::prelude::*;
 use telemetry_model::{
-    BatchEvent, DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, SampleBatch,
+    BatchEvent, DataEncoding, DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, SampleBatch,
     TimestampMicros,
 };
 use test_support::{testdata, REAL_CSV};
@@ -140,6 +140,18 @@ proptest! {
         assert_same_event(&back, &event);
         // Encoding is deterministic, so an identical batch re-encodes to identical bytes.
         prop_assert_eq!(back.to_json(), json);
+    }
+
+    #[test]
+    fn frame_round_trip_is_exact(event in batch_event()) {
+        for encoding in [DataEncoding::Json, DataEncoding::Columnar] {
+            let frame = event.to_frame(encoding);
+            let back = BatchEvent::from_queue_message(&frame).unwrap();
+            assert_same_event(&back, &event);
+            prop_assert_eq!(back.to_frame(encoding), frame);
+        }
+        // A structured JSON event is still a valid queue message.
+        assert_same_event(&BatchEvent::from_queue_message(&event.to_json()).unwrap(), &event);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use etcd_queue::{OutgoingMessage, Queue, QueueConfig};
 use function_runtime::{EtcdConfig, QueueSettings, Shutdown};
 use telemetry_model::{
-    BatchEvent, DcgmCsvReader, GpuInfo, MetricName, RowOutcome, SampleBatch, TimestampMicros,
+    BatchEvent, DataEncoding, DcgmCsvReader, GpuInfo, MetricName, RowOutcome, SampleBatch,
+    TimestampMicros,
 };
 use telemetry_store::{SampleQuery, StoreConfig, TelemetryStore};
 pub use test_support::wait_until;
@@ -34,8 +35,21 @@ pub fn queue_config(prefix: &str) -> QueueConfig {
     }
 }
 
+/// The queue message forms a collector reads, in the order [`publish_passes`] uses them: what the
+/// streamer writes (the binary frame with columnar data) first, then the structured JSON events
+/// a queue written by older streamers holds, and the frame with JSON data.
+pub fn queue_message(event: &BatchEvent, form: usize) -> Vec<u8> {
+    match form % 4 {
+        0 => event.to_frame(DataEncoding::Columnar),
+        1 => event.to_json(),
+        2 => event.to_json_with(DataEncoding::Columnar),
+        _ => event.to_frame(DataEncoding::Json),
+    }
+}
+
 /// Publishes `passes` passes of the real CSV like the streamer: per pass, one CloudEvent batch per
-/// queue partition, each row stamped with a strictly increasing time.
+/// queue partition, each row stamped with a strictly increasing time. Pass `n` is in the message
+/// form `n` of [`queue_message`], so every form is consumed.
 pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
     let rows = real_rows();
     let mut producer = queue.producer();
@@ -53,12 +67,14 @@ pub async fn publish_passes(queue: &Queue, passes: usize, t0: i64) {
             .into_iter()
             .map(|(partition, builder)| OutgoingMessage {
                 partition,
-                payload: BatchEvent::new(
-                    format!("pass{pass}-p{partition}"),
-                    "/test/publisher",
-                    builder.build(),
-                )
-                .to_json(),
+                payload: queue_message(
+                    &BatchEvent::new(
+                        format!("pass{pass}-p{partition}"),
+                        "/test/publisher",
+                        builder.build(),
+                    ),
+                    pass,
+                ),
             })
             .collect();
         producer.publish_batch(messages).await.unwrap();

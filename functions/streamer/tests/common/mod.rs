@@ -60,7 +60,7 @@ pub async fn queued_samples(queue: &Queue) -> Vec<QueuedSample> {
             };
             after = last.offset;
             for message in &messages {
-                let event = BatchEvent::from_json(&message.payload).unwrap();
+                let event = BatchEvent::from_queue_message(&message.payload).unwrap();
                 assert_eq!(event.batch.validate().ok(), Some(()));
                 for (gpu, metric, ts, value) in event.batch.samples() {
                     samples.push(QueuedSample {
