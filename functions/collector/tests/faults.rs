@@ -198,6 +198,12 @@ async fn nospace_is_waited_in_and_recovered_from_while_everything_runs() {
             interval: Duration::ZERO,
             passes: Some(passes),
             rate: 1_000,
+            // Publishes about four times a second, not every default linger (20 ms): each
+            // publish leads to a commit that rewrites open chunks, and at fifty a second their
+            // revision history alone refills the 16 MiB quota within a minute of it being freed,
+            // before the passes can end. The test is about waiting through NOSPACE, not about
+            // how often rows go out.
+            linger: Duration::from_millis(250),
             member_id: "filler".into(),
             ..streamer::Config::default()
         },
