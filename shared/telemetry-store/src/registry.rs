@@ -323,12 +323,15 @@ impl StoredRegistry {
         uuid: &GpuUuid,
         record: &GpuRecord,
     ) -> Result<Option<RegistryWrite>, StoreError> {
-        let identity = record.identity(leases.bucket_of(record.last_seen.0));
-        let identity_changed = self.identity.as_ref() != Some(&identity);
+        let bucket = leases.bucket_of(record.last_seen.0);
+        let identity_changed = !self
+            .identity
+            .as_ref()
+            .is_some_and(|stored| record.has_identity(stored, bucket));
         let seen = record.encode_seen();
         let seen_changed = self.seen.as_ref() != Some(&seen)
             || self.identity.as_ref().is_none_or(|stored| {
-                stored.bucket != identity.bucket || stored.metrics != identity.metrics
+                stored.bucket != bucket || !stored.metrics.iter().eq(record.metrics())
             });
         if !identity_changed && !seen_changed {
             return Ok(None);
@@ -341,6 +344,7 @@ impl StoredRegistry {
             seen: None,
         };
         if identity_changed {
+            let identity = record.identity(bucket);
             let json = serde_json::to_vec(&identity).expect("identity serializes");
             write.add(LeasedPut::new(keys.gpu(uuid), json, lease));
             write.identity = Some(identity);
