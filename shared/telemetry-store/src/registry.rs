@@ -263,9 +263,13 @@ impl RegistryWrite {
 }
 
 impl StoredRegistry {
-    /// What is stored once `write` of `record` has landed at `revision`.
-    pub fn committed(&mut self, record: GpuRecord, write: RegistryWrite, revision: i64) {
+    /// What is stored once `write` of `record` has landed at `revision` (no write: the keys
+    /// already held `record`).
+    pub fn committed(&mut self, record: GpuRecord, write: Option<RegistryWrite>, revision: i64) {
         self.record = Some(record);
+        let Some(write) = write else {
+            return;
+        };
         if let Some(identity) = write.identity {
             self.identity = Some(identity);
             self.identity_revision = revision;
