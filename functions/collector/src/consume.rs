@@ -3,6 +3,7 @@
 //! so does a message whose samples cannot be persisted for a reason of their own (poison), so
 //! that no message blocks its partition.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,8 +189,15 @@ impl DeliveryProcessor {
         decoded: &[Decoded],
         take: usize,
     ) -> Result<PrefixOutcome, CollectorError> {
-        let mut prefix = delivery.clone();
-        prefix.messages.truncate(take);
+        // Usually the whole delivery: borrowed then, its payloads not copied.
+        let prefix = if take == delivery.messages.len() {
+            Cow::Borrowed(delivery)
+        } else {
+            Cow::Owned(Delivery {
+                messages: delivery.messages[..take].to_vec(),
+                ..*delivery
+            })
+        };
         let decoded = &decoded[..take];
         let mut dead = Vec::new();
         let mut dead_bytes = 0;

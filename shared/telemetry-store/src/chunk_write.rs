@@ -22,54 +22,74 @@ pub struct GpuSamples {
     pub samples: Vec<(MetricName, TimestampMicros, f64)>,
 }
 
-/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins). A batch is
-/// already keyed by GPU (its rows index its GPU table), so each GPU of a batch costs one lookup
-/// and at most one copy of its metadata, not one per sample.
+impl GpuSamples {
+    /// The samples, borrowed, as [`admitted`] takes them.
+    pub(crate) fn rows(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (&MetricName, TimestampMicros, f64)> {
+        self.samples
+            .iter()
+            .map(|(metric, timestamp, value)| (metric, *timestamp, *value))
+    }
+}
+
+/// Groups the samples of `batches` by GPU (the last metadata seen for a GPU wins), as owned
+/// samples for the idempotent path and callers outside the store.
 pub fn group_by_gpu<'a>(
     batches: impl IntoIterator<Item = &'a SampleBatch>,
 ) -> BTreeMap<GpuUuid, GpuSamples> {
     group_where(batches.into_iter().map(|batch| (0, batch)), |_, _| true)
+        .into_iter()
+        .map(|(uuid, rows)| {
+            let samples = rows
+                .samples
+                .into_iter()
+                .map(|(metric, timestamp, value)| (metric.clone(), timestamp, value))
+                .collect();
+            let info = rows.info.clone();
+            (uuid.clone(), GpuSamples { info, samples })
+        })
+        .collect()
 }
 
-/// Groups the samples of the messages `(offset, batch)` by GPU as [`group_by_gpu`] does, leaving
-/// out each GPU of a message for which `keep(offset, gpu)` is false (its samples of that message
-/// are stored already).
+/// The samples of one GPU gathered from one or more batches, borrowed from them: the collector
+/// groups every delivery, and a metric name copied per sample would cost an allocation each.
+#[derive(Debug)]
+pub(crate) struct GpuRows<'a> {
+    pub info: &'a GpuInfo,
+    pub samples: Vec<(&'a MetricName, TimestampMicros, f64)>,
+}
+
+/// Groups the samples of the messages `(offset, batch)` by GPU in batch and row order (the last
+/// metadata seen for a GPU wins), leaving out each GPU of a message for which `keep(offset,
+/// gpu)` is false (its samples of that message are stored already). A batch is already keyed by
+/// GPU (its rows index its GPU table), so each GPU of a batch costs one lookup, not one per
+/// sample.
 pub(crate) fn group_where<'a>(
     messages: impl IntoIterator<Item = (u64, &'a SampleBatch)>,
     mut keep: impl FnMut(u64, &GpuInfo) -> bool,
-) -> BTreeMap<GpuUuid, GpuSamples> {
-    let mut by_gpu: BTreeMap<GpuUuid, GpuSamples> = BTreeMap::new();
+) -> BTreeMap<&'a GpuUuid, GpuRows<'a>> {
+    let mut by_gpu: BTreeMap<&'a GpuUuid, GpuRows<'a>> = BTreeMap::new();
     for (offset, batch) in messages {
-        let mut rows_of: Vec<Vec<(MetricName, TimestampMicros, f64)>> =
-            vec![Vec::new(); batch.gpus.len()];
+        // Per GPU of the batch, whether its samples are kept, decided at its first row: a GPU
+        // listed without rows neither appears nor changes metadata.
+        let mut kept: Vec<Option<bool>> = vec![None; batch.gpus.len()];
         for row in &batch.rows {
-            rows_of[row.gpu as usize].push((
-                batch.metrics[row.metric as usize].clone(),
+            let info = &batch.gpus[row.gpu as usize];
+            let kept = kept[row.gpu as usize].get_or_insert_with(|| keep(offset, info));
+            if !*kept {
+                continue;
+            }
+            let gpu = by_gpu.entry(&info.uuid).or_insert_with(|| GpuRows {
+                info,
+                samples: Vec::new(),
+            });
+            gpu.info = info;
+            gpu.samples.push((
+                &batch.metrics[row.metric as usize],
                 row.timestamp,
                 row.value,
             ));
-        }
-        for (info, samples) in batch.gpus.iter().zip(rows_of) {
-            if samples.is_empty() || !keep(offset, info) {
-                continue;
-            }
-            match by_gpu.get_mut(&info.uuid) {
-                Some(entry) => {
-                    if &entry.info != info {
-                        entry.info = info.clone();
-                    }
-                    entry.samples.extend(samples);
-                }
-                None => {
-                    by_gpu.insert(
-                        info.uuid.clone(),
-                        GpuSamples {
-                            info: info.clone(),
-                            samples,
-                        },
-                    );
-                }
-            }
         }
     }
     by_gpu
@@ -103,19 +123,22 @@ pub(crate) struct Admitted<'a> {
     pub future: usize,
 }
 
-/// The samples of `gpu` that may be written (within retention, not beyond the future bound), and
-/// how many were left out. Both are judged once, against the clock, for the chunks and the
+/// The samples of one GPU that may be written (within retention, not beyond the future bound),
+/// and how many were left out. Both are judged once, against the clock, for the chunks and the
 /// registry alike, so both write paths apply the same bounds.
-pub(crate) fn admitted<'a>(store: &TelemetryStore, gpu: &'a GpuSamples) -> Admitted<'a> {
+pub(crate) fn admitted<'a>(
+    store: &TelemetryStore,
+    samples: impl ExactSizeIterator<Item = (&'a MetricName, TimestampMicros, f64)>,
+) -> Admitted<'a> {
     let leases = store.leases();
     let now = TimestampMicros::now();
     let max_future = store.config().max_future;
     let mut admitted = Admitted {
-        live: Vec::with_capacity(gpu.samples.len()),
+        live: Vec::with_capacity(samples.len()),
         expired: 0,
         future: 0,
     };
-    for (metric, timestamp, value) in &gpu.samples {
+    for (metric, timestamp, value) in samples {
         if timestamp.is_beyond(now, max_future) {
             admitted.future += 1;
         } else if leases.is_expired(timestamp.0) {
@@ -124,8 +147,8 @@ pub(crate) fn admitted<'a>(store: &TelemetryStore, gpu: &'a GpuSamples) -> Admit
             admitted.live.push(LiveSample {
                 bucket: leases.bucket_of(timestamp.0),
                 metric,
-                timestamp: *timestamp,
-                value: *value,
+                timestamp,
+                value,
             });
         }
     }

@@ -39,7 +39,7 @@ impl TelemetryStore {
         let mut puts = Vec::new();
         let mut records = Vec::with_capacity(gpus.len());
         for (uuid, gpu) in gpus {
-            let admitted = admitted(self, gpu);
+            let admitted = admitted(self, gpu.rows());
             let live = admitted.live;
             stats.expired += admitted.expired;
             stats.future += admitted.future;

@@ -59,13 +59,18 @@ impl GpuRecord {
     pub fn observe(&mut self, metric: &MetricName, timestamp: TimestampMicros, value: f64) {
         self.first_seen = self.first_seen.min(timestamp);
         self.last_seen = self.last_seen.max(timestamp);
+        let observed = LatestValue { timestamp, value };
         match self.latest.get_mut(metric) {
-            Some(latest) if latest.timestamp > timestamp => {}
-            Some(latest)
-                if latest.timestamp == timestamp && latest.value.total_cmp(&value).is_ge() => {}
-            _ => {
-                self.latest
-                    .insert(metric.clone(), LatestValue { timestamp, value });
+            // Updated in place: inserting would copy the name only to drop the copy.
+            Some(latest) => {
+                let newer = latest.timestamp < timestamp
+                    || (latest.timestamp == timestamp && latest.value.total_cmp(&value).is_lt());
+                if newer {
+                    *latest = observed;
+                }
+            }
+            None => {
+                self.latest.insert(metric.clone(), observed);
             }
         }
     }
@@ -86,12 +91,22 @@ impl GpuRecord {
         };
         // `last_seen` is the newest sample of the batches folded in so far, and `self.info` the
         // greatest description among the batches holding it: compare before this batch moves it.
-        if newest > self.last_seen || (newest == self.last_seen && info > &self.info) {
+        let wins = newest > self.last_seen || (newest == self.last_seen && info > &self.info);
+        if wins && &self.info != info {
             self.info = info.clone();
         }
         for (metric, timestamp, value) in samples {
             self.observe(metric, timestamp, value);
         }
+    }
+
+    /// Whether `identity` is the identity part of this record for the retention bucket starting
+    /// at `bucket`, without building it (most commits change only the seen value).
+    pub(crate) fn has_identity(&self, identity: &GpuIdentity, bucket: i64) -> bool {
+        identity.bucket == bucket
+            && identity.first_seen == self.first_seen
+            && identity.metrics.iter().eq(self.latest.keys())
+            && identity.info == self.info
     }
 
     /// The identity part of this record, for the retention bucket starting at `bucket`

@@ -263,9 +263,13 @@ impl RegistryWrite {
 }
 
 impl StoredRegistry {
-    /// What is stored once `write` of `record` has landed at `revision`.
-    pub fn committed(&mut self, record: GpuRecord, write: RegistryWrite, revision: i64) {
+    /// What is stored once `write` of `record` has landed at `revision` (no write: the keys
+    /// already held `record`).
+    pub fn committed(&mut self, record: GpuRecord, write: Option<RegistryWrite>, revision: i64) {
         self.record = Some(record);
+        let Some(write) = write else {
+            return;
+        };
         if let Some(identity) = write.identity {
             self.identity = Some(identity);
             self.identity_revision = revision;
@@ -323,12 +327,15 @@ impl StoredRegistry {
         uuid: &GpuUuid,
         record: &GpuRecord,
     ) -> Result<Option<RegistryWrite>, StoreError> {
-        let identity = record.identity(leases.bucket_of(record.last_seen.0));
-        let identity_changed = self.identity.as_ref() != Some(&identity);
+        let bucket = leases.bucket_of(record.last_seen.0);
+        let identity_changed = !self
+            .identity
+            .as_ref()
+            .is_some_and(|stored| record.has_identity(stored, bucket));
         let seen = record.encode_seen();
         let seen_changed = self.seen.as_ref() != Some(&seen)
             || self.identity.as_ref().is_none_or(|stored| {
-                stored.bucket != identity.bucket || stored.metrics != identity.metrics
+                stored.bucket != bucket || !stored.metrics.iter().eq(record.metrics())
             });
         if !identity_changed && !seen_changed {
             return Ok(None);
@@ -341,6 +348,7 @@ impl StoredRegistry {
             seen: None,
         };
         if identity_changed {
+            let identity = record.identity(bucket);
             let json = serde_json::to_vec(&identity).expect("identity serializes");
             write.add(LeasedPut::new(keys.gpu(uuid), json, lease));
             write.identity = Some(identity);

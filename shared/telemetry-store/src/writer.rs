@@ -13,6 +13,13 @@
 //! a lost partition) makes the commit fail cleanly instead of overwriting data. The caller then
 //! invalidates and retries.
 //!
+//! Preparing a GPU's writes moves its open chunk and record out of the cache into the
+//! [`PreparedWrite`] (copying them would cost more than the encoding: the chunk's samples and
+//! streams are kilobytes per GPU per commit), and [`StoreWriter::committed`] puts them back. A GPU
+//! whose prepared write is dropped (a failed commit, a prefix cut shorter) is missing from the
+//! cache, so its next use loads it from etcd again: the cache never holds a chunk that did not
+//! land.
+//!
 //! A delivery whose writes exceed one transaction is prepared as several fences, GPU by GPU
 //! ([`StoreWriter::prepare_delivery`]); each GPU's open chunk is marked with the delivery's last
 //! message (`open_chunk`), and samples of messages a GPU's mark covers are skipped, so writing
@@ -24,10 +31,10 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use etcd_queue::kv::first_kv;
 use etcd_queue::{Fence, MAX_RESPONSE_BYTES, MAX_TXN_OPS};
 use futures::future::try_join_all;
-use telemetry_model::{GpuUuid, SampleBatch};
+use telemetry_model::{GpuInfo, GpuUuid, SampleBatch};
 
 use crate::chunk::Chunk;
-use crate::chunk_write::{admitted, group_where, GpuSamples, LeasedPut, LiveSample};
+use crate::chunk_write::{admitted, group_where, Admitted, GpuSamples, LeasedPut, LiveSample};
 use crate::error::StoreError;
 use crate::keys::ChunkTag;
 use crate::open_chunk::{self, Applied};
@@ -58,8 +65,10 @@ pub struct PreparedWrite {
     pub future: usize,
     /// Bytes of chunk values written (open and sealed).
     pub chunk_bytes: usize,
+    /// The open chunks and records of the GPUs written, moved out of the cache until the write
+    /// lands.
     open: Vec<(GpuUuid, OpenState)>,
-    records: Vec<(GpuUuid, GpuRecord, RegistryWrite)>,
+    records: Vec<(GpuUuid, GpuRecord, Option<RegistryWrite>)>,
 }
 
 impl Default for PreparedWrite {
@@ -112,7 +121,7 @@ struct GpuWrite {
     future: usize,
     chunk_bytes: usize,
     open: Option<(GpuUuid, OpenState)>,
-    record: Option<(GpuUuid, GpuRecord, RegistryWrite)>,
+    record: Option<(GpuUuid, GpuRecord, Option<RegistryWrite>)>,
 }
 
 impl GpuWrite {
@@ -168,7 +177,8 @@ impl StoreWriter {
         self.load(gpus.keys()).await?;
         let mut prepared = PreparedWrite::new();
         for (uuid, batch) in gpus {
-            prepared.add(self.prepare_gpu(uuid, batch, None).await?);
+            let admitted = admitted(&self.store, batch.rows());
+            prepared.add(self.prepare_gpu(uuid, &batch.info, admitted, None).await?);
         }
         Ok(prepared)
     }
@@ -207,8 +217,11 @@ impl StoreWriter {
             offset: last,
         };
         let mut writes = vec![PreparedWrite::new()];
-        for (uuid, batch) in &by_gpu {
-            let gpu = self.prepare_gpu(uuid, batch, Some(applied)).await?;
+        for (uuid, rows) in by_gpu {
+            let admitted = admitted(&self.store, rows.samples.into_iter());
+            let gpu = self
+                .prepare_gpu(uuid, rows.info, admitted, Some(applied))
+                .await?;
             if !gpu.fits(&budget) {
                 return Ok(None);
             }
@@ -229,18 +242,21 @@ impl StoreWriter {
         Ok(Some(writes))
     }
 
-    /// The writes that append `batch` to `uuid`'s cached open chunk and fold it into its record,
-    /// marking the open chunk with `applied` (none: the mark it has is kept).
+    /// The writes that append the `admitted` samples (which came described by `info`) to `uuid`'s
+    /// cached open chunk and fold them into its record, marking the open chunk with `applied`
+    /// (none: the mark it has is kept). A GPU with samples to write leaves the cache for the
+    /// write (see the module's note).
     async fn prepare_gpu(
-        &self,
+        &mut self,
         uuid: &GpuUuid,
-        batch: &GpuSamples,
+        info: &GpuInfo,
+        admitted: Admitted<'_>,
         applied: Option<Applied>,
     ) -> Result<GpuWrite, StoreError> {
         let keys = self.store.keys();
         let leases = self.store.leases();
         let max_samples = self.store.config().chunk_max_samples;
-        let mut open = self.open.get(uuid).cloned().expect("loaded");
+        let open = self.open.get(uuid).expect("loaded");
         let stored = self.records.get(uuid).expect("loaded");
         let mut write = GpuWrite {
             compares: vec![Compare::mod_revision(
@@ -251,18 +267,25 @@ impl StoreWriter {
             ops: Vec::new(),
             bytes: 0,
             samples: 0,
-            expired: 0,
-            future: 0,
+            expired: admitted.expired,
+            future: admitted.future,
             chunk_bytes: 0,
             open: None,
             record: None,
         };
         write.compares.extend(stored.compares(keys, uuid));
-        let admitted = admitted(&self.store, batch);
         let live = admitted.live;
-        write.expired = admitted.expired;
-        write.future = admitted.future;
         write.samples = live.len();
+        let Some(first) = live.first() else {
+            // Nothing to write for this GPU; keep the compares (harmless) but skip the puts.
+            return Ok(write);
+        };
+        let mut open = self.open.remove(uuid).expect("loaded");
+        let stored = self.records.get_mut(uuid).expect("loaded");
+        let mut record = stored
+            .record
+            .take()
+            .unwrap_or_else(|| GpuRecord::new(info.clone(), first.timestamp));
         let add_chunk = |write: &mut GpuWrite, put: LeasedPut| {
             write.chunk_bytes += put.value_bytes;
             write.bytes += put.request_bytes;
@@ -286,15 +309,7 @@ impl StoreWriter {
             open.chunk
                 .push(sample.metric.as_str(), sample.timestamp.0, sample.value);
         }
-        let Some(first) = live.first() else {
-            // Nothing to write for this GPU; keep the compares (harmless) but skip the puts.
-            return Ok(write);
-        };
-        let mut record = stored
-            .record
-            .clone()
-            .unwrap_or_else(|| GpuRecord::new(batch.info.clone(), first.timestamp));
-        record.observe_batch(&batch.info, live.iter().map(LiveSample::observed));
+        record.observe_batch(info, live.iter().map(LiveSample::observed));
         open.applied = applied.or(open.applied);
         let put = self
             .store
@@ -302,11 +317,13 @@ impl StoreWriter {
             .await?;
         add_chunk(&mut write, put);
         write.open = Some((uuid.clone(), open));
-        if let Some(mut registry) = stored.write_for(keys, leases, uuid, &record).await? {
+        let stored = &self.records[uuid];
+        let mut registry = stored.write_for(keys, leases, uuid, &record).await?;
+        if let Some(registry) = &mut registry {
             write.bytes += registry.bytes;
             write.ops.append(&mut registry.ops);
-            write.record = Some((uuid.clone(), record, registry));
         }
+        write.record = Some((uuid.clone(), record, registry));
         Ok(write)
     }
 

@@ -564,6 +564,113 @@ async fn a_stale_cache_fails_the_commit_instead_of_overwriting() {
     );
 }
 
+/// The real rows of the first 20 GPUs in the file: one commit's worth.
+fn rows_of_20_gpus() -> Vec<(GpuInfo, MetricName, f64)> {
+    let mut gpus = std::collections::BTreeSet::new();
+    real_rows()
+        .into_iter()
+        .filter(|(info, _, _)| {
+            if gpus.len() < 20 {
+                gpus.insert(info.uuid.clone());
+            }
+            gpus.contains(&info.uuid)
+        })
+        .collect()
+}
+
+/// Every GPU of `rows` holds exactly `passes` samples per row, each pass's once.
+async fn assert_passes_stored(
+    store: &TelemetryStore,
+    rows: &[(GpuInfo, MetricName, f64)],
+    passes: usize,
+) {
+    let footprint = store.footprint().await.unwrap();
+    assert_eq!(footprint.samples, (passes * rows.len()) as u64);
+    for (uuid, gpu) in pass(rows, 0) {
+        let all = store
+            .query(
+                &uuid,
+                &SampleQuery {
+                    limit: 10_000,
+                    ..SampleQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut keys: Vec<_> = all
+            .samples
+            .iter()
+            .map(|s| (s.metric.clone(), s.timestamp))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), passes * gpu.samples.len(), "{uuid}");
+        assert_eq!(all.samples.len(), passes * gpu.samples.len(), "{uuid}");
+    }
+}
+
+/// A prepared write that never lands (its commit failed, or the collector cut the delivery
+/// shorter) took its GPUs' open chunks out of the cache: preparing the same samples again loads
+/// them from etcd, so what the dropped write appended is not written twice.
+#[tokio::test]
+async fn a_prepared_write_that_never_lands_leaves_its_gpus_to_be_reloaded() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("dropped"),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = rows_of_20_gpus();
+    let t0 = now_us() - 10_000_000;
+    let mut writer = StoreWriter::new(store.clone());
+    let prepared = writer.prepare(&pass(&rows, t0)).await.unwrap();
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    let second = pass(&rows, t0 + 1_000_000);
+    let dropped = writer.prepare(&second).await.unwrap();
+    assert_eq!(dropped.samples, rows.len());
+    drop(dropped);
+    let prepared = writer.prepare(&second).await.unwrap();
+    assert_eq!(prepared.samples, rows.len());
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    assert_passes_stored(&store, &rows, 2).await;
+}
+
+/// A write whose fence failed (another writer wrote its GPUs) took its GPUs out of the cache: even
+/// without invalidating, the next prepare reads them again and lands on what the other wrote.
+#[tokio::test]
+async fn gpus_of_a_failed_fence_are_reloaded_without_invalidating() {
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("failed-fence"),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = rows_of_20_gpus();
+    let t0 = now_us() - 10_000_000;
+    let mut a = StoreWriter::new(store.clone());
+    let mut b = StoreWriter::new(store.clone());
+    let prepared = a.prepare(&pass(&rows, t0)).await.unwrap();
+    assert!(apply(store.client(), &mut a, prepared).await);
+    let prepared = b.prepare(&pass(&rows, t0 + 1_000_000)).await.unwrap();
+    assert!(apply(store.client(), &mut b, prepared).await);
+    // a's cache is stale for every GPU: its fence fails, and nothing is invalidated.
+    let third = pass(&rows, t0 + 2_000_000);
+    let stale = a.prepare(&third).await.unwrap();
+    let txn = Txn::new()
+        .when(stale.fence.compares.clone())
+        .and_then(stale.fence.ops.clone());
+    let response = store.client().clone().txn(txn).await.unwrap();
+    assert!(!response.succeeded(), "a stale fence fails");
+    drop(stale);
+    let prepared = a.prepare(&third).await.unwrap();
+    assert!(apply(store.client(), &mut a, prepared).await);
+    assert_passes_stored(&store, &rows, 3).await;
+}
+
 #[tokio::test]
 async fn samples_expire_after_the_retention_period() {
     let etcd = EtcdHarness::start().await;
