@@ -10,8 +10,7 @@ use std::time::Duration;
 use common::*;
 use etcd_client::{Client, GetOptions, PutOptions, TxnOp};
 use etcd_queue::{
-    ConsumerConfig, Delivery, Fence, OutgoingMessage, PartitionCommit, Queue, QueueConfig,
-    QueueError,
+    Delivery, Fence, OutgoingMessage, PartitionCommit, Queue, QueueConfig, QueueError,
 };
 use test_support::{unique_prefix, EtcdHarness};
 
@@ -23,14 +22,6 @@ async fn open_queue(client: Client, prefix: &str) -> Queue {
         ..config(prefix)
     };
     Queue::open(client, config).await.unwrap()
-}
-
-/// A member whose lease outlives the test.
-fn patient_member(id: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        lease_ttl: Duration::from_secs(30),
-        ..ConsumerConfig::new(id)
-    }
 }
 
 /// Partition `p` gets `p + 1` messages `p{p}-{n}`; returns every id.
