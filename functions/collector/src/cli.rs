@@ -36,6 +36,11 @@ pub struct RunArgs {
     #[arg(long, env = "COLLECTOR_MAX_MESSAGES", default_value_t = Config::default().max_messages)]
     pub max_messages: usize,
 
+    /// Most partitions whose deliveries are read at once and committed in one transaction.
+    #[arg(long, env = "COLLECTOR_PARTITIONS_PER_COMMIT", default_value_t = Config::default().partitions_per_commit,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub partitions_per_commit: usize,
+
     /// Member id in the consumer group (default: host name plus a random suffix).
     #[arg(long, env = "COLLECTOR_ID")]
     pub id: Option<String>,
@@ -58,6 +63,7 @@ impl RunArgs {
             store: self.store.into(),
             member_id: self.id.unwrap_or_else(|| member_id("collector")),
             max_messages: self.max_messages,
+            partitions_per_commit: self.partitions_per_commit,
             grace_period: self.grace_period.into(),
             ingest: IngestSettings {
                 body_limit: self.body_limit.0,

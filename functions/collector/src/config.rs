@@ -23,6 +23,9 @@ pub struct Config {
     pub member_id: String,
     /// Most queue messages persisted per commit.
     pub max_messages: usize,
+    /// Most partitions whose deliveries are read at once and committed in one transaction (1:
+    /// one partition per commit).
+    pub partitions_per_commit: usize,
     /// Time allowed, after shutdown, to finish the delivery in flight and leave the group.
     pub grace_period: Duration,
     /// How `POST /` is guarded: its body limit and optional bearer token.
@@ -37,6 +40,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             member_id: member_id_for("", "collector"),
             max_messages: ConsumerConfig::new("").max_messages,
+            partitions_per_commit: 16,
             grace_period: Duration::from_secs(20),
             ingest: IngestSettings::default(),
         }

@@ -75,6 +75,7 @@ pub async fn run(
         let processor = DeliveryProcessor::new(telemetry, metrics.clone());
         let worker = Worker {
             consumer,
+            partitions_per_commit: config.partitions_per_commit,
             processor,
             metrics: &metrics,
             nospace: &nospace,
@@ -151,6 +152,8 @@ async fn sleep_unless_shutdown(duration: Duration, shutdown: &Shutdown) -> bool 
 /// A collector that joined the group: its consumer, what persists deliveries, and what it reports.
 struct Worker<'a> {
     consumer: Consumer,
+    /// Most partitions whose deliveries one poll hands out and one commit may hold.
+    partitions_per_commit: usize,
     processor: DeliveryProcessor,
     metrics: &'a CollectorMetrics,
     nospace: &'a NoSpaceWait,
@@ -171,20 +174,20 @@ impl Worker<'_> {
             "collector joined the consumer group"
         );
         while !self.shutdown.is_triggered() {
-            let delivery = tokio::select! {
+            let polled = tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
-                polled = self.consumer.poll(consume::POLL_WAIT) => polled,
+                polled = self.consumer.poll_many(consume::POLL_WAIT, self.partitions_per_commit) => polled,
             };
-            if delivery.is_ok() && std::mem::take(&mut poll_refused) {
+            if polled.is_ok() && std::mem::take(&mut poll_refused) {
                 self.nospace.resumed();
             }
-            let delivery = match delivery {
-                Ok(Some(d)) => d,
-                Ok(None) => {
+            let deliveries = match polled {
+                Ok(deliveries) if deliveries.is_empty() => {
                     publish_ownership(&self.consumer, self.metrics);
                     continue;
                 }
+                Ok(deliveries) => deliveries,
                 Err(e) if e.is_no_space() => {
                     poll_refused = true;
                     self.nospace.refused("rebalance partitions", &e);
@@ -197,9 +200,13 @@ impl Worker<'_> {
                     continue;
                 }
             };
-            // A delivery in flight is always finished, even if the shutdown signal arrives
+            // Deliveries in flight are always finished, even if the shutdown signal arrives
             // meanwhile.
-            match self.processor.process(&mut self.consumer, delivery).await {
+            match self
+                .processor
+                .process_many(&mut self.consumer, deliveries)
+                .await
+            {
                 Ok(done) => {
                     if done.messages > 0 {
                         self.nospace.resumed();

@@ -1,10 +1,11 @@
 //! Consuming a topic as a member of its consumer group: owned partitions, deliveries in order, and
 //! fenced commits that can carry the caller's own writes (exactly-once effects).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
+use futures::future::try_join_all;
 
 use crate::change_feed::{Change, ChangeFeed};
 use crate::config::{ConsumerConfig, QueueConfig};
@@ -42,6 +43,53 @@ impl Delivery {
     }
 }
 
+/// What one partition contributes to a commit: the first `take` messages of its delivery (the
+/// rest is delivered again), the caller's writes for them, and the messages among them that go
+/// to the dead-letter prefix.
+#[derive(Debug)]
+pub struct PartitionCommit<'a> {
+    pub delivery: &'a Delivery,
+    pub take: usize,
+    pub fence: Fence,
+    pub dead_letters: &'a [DeadLetter],
+}
+
+impl<'a> PartitionCommit<'a> {
+    /// The whole of `delivery`.
+    pub fn whole(delivery: &'a Delivery, fence: Fence, dead_letters: &'a [DeadLetter]) -> Self {
+        Self::prefix(delivery, delivery.messages.len(), fence, dead_letters)
+    }
+
+    /// The first `take` messages of `delivery` (all of them if it has fewer).
+    pub fn prefix(
+        delivery: &'a Delivery,
+        take: usize,
+        fence: Fence,
+        dead_letters: &'a [DeadLetter],
+    ) -> Self {
+        PartitionCommit {
+            delivery,
+            take: take.min(delivery.messages.len()),
+            fence,
+            dead_letters,
+        }
+    }
+
+    fn messages(&self) -> &'a [Message] {
+        &self.delivery.messages[..self.take]
+    }
+
+    /// Operations the commit spends on this partition, the caller's included.
+    fn ops(&self) -> usize {
+        COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * self.dead_letters.len() + self.fence.ops.len()
+    }
+
+    /// Compares the commit spends on this partition: owner and offset, and the caller's.
+    fn compares(&self) -> usize {
+        COMMIT_RESERVED_COMPARES + self.fence.compares.len()
+    }
+}
+
 /// A message the consumer could not process, moved to the dead-letter prefix by a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -54,6 +102,11 @@ pub struct DeadLetter {
 pub const COMMIT_RESERVED_OPS: usize = 3;
 /// Operations a dead letter adds to a commit (payload and reason).
 pub const DEAD_LETTER_OPS: usize = 2;
+/// Compares a commit spends on each partition besides the caller's: owner and offset.
+pub const COMMIT_RESERVED_COMPARES: usize = 2;
+/// Reads a failed commit spends on each partition to tell what became of it: owner, offset and
+/// the offset's byte count.
+pub const COMMIT_READ_BACK_OPS: usize = 3;
 
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,7 +139,8 @@ pub struct Consumer {
     depth: DepthReporter,
     last_depth_write: Instant,
     cursor: usize,
-    in_flight: Option<u32>,
+    /// Partitions with a delivery handed out and neither committed nor abandoned.
+    in_flight: BTreeSet<u32>,
     stats: ConsumerStats,
 }
 
@@ -123,7 +177,7 @@ impl Consumer {
             need_snapshot: true,
             last_snapshot: None,
             cursor: 0,
-            in_flight: None,
+            in_flight: BTreeSet::new(),
             stats: ConsumerStats::default(),
         })
     }
@@ -173,7 +227,20 @@ impl Consumer {
     /// Waits up to `max_wait` for a delivery from an owned partition. Meanwhile keeps ownership
     /// in line with the group (rebalancing between deliveries) and the depth key current.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
-        if let Some(partition) = self.in_flight {
+        Ok(self.poll_many(max_wait, 1).await?.pop())
+    }
+
+    /// Waits up to `max_wait` for deliveries, then hands out one from each owned partition with
+    /// pending messages, at most `max_partitions` (round robin), read concurrently: a consumer
+    /// that commits them together visits all its partitions in one round trip. Empty when
+    /// nothing came within `max_wait`. Each delivery is in flight until it is committed or
+    /// abandoned; polling again before that is an error.
+    pub async fn poll_many(
+        &mut self,
+        max_wait: Duration,
+        max_partitions: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if let Some(&partition) = self.in_flight.first() {
             return Err(QueueError::DeliveryInFlight { partition });
         }
         let deadline = Instant::now() + max_wait;
@@ -197,13 +264,14 @@ impl Consumer {
             if snapshot_due || self.feed.is_none() {
                 self.refresh().await?;
             }
-            if let Some(delivery) = self.fetch().await? {
-                return Ok(Some(delivery));
+            let deliveries = self.fetch(max_partitions.max(1)).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
             }
             self.maybe_write_depth().await;
             let now = Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let tick = (self.last_depth_write + self.config.depth_interval)
                 .max(now + Duration::from_millis(5));
@@ -337,33 +405,45 @@ impl Consumer {
         Ok(())
     }
 
-    /// Reads the next messages of an owned partition with pending messages, round robin.
-    async fn fetch(&mut self) -> Result<Option<Delivery>, QueueError> {
+    /// Reads the next messages of up to `limit` owned partitions with pending messages, round
+    /// robin, all at once.
+    async fn fetch(&mut self, limit: usize) -> Result<Vec<Delivery>, QueueError> {
         let owned: Vec<u32> = self.group.owned().keys().copied().collect();
-        if owned.is_empty() {
-            return Ok(None);
-        }
+        let mut pending = Vec::new();
+        let mut next_cursor = self.cursor;
         for i in 0..owned.len() {
+            if pending.len() == limit {
+                break;
+            }
             let partition = owned[(self.cursor + i) % owned.len()];
             let after = self.offsets.get(&partition).copied().unwrap_or(0);
-            if self.heads.get(&partition).copied().unwrap_or(0) <= after {
-                continue;
+            if self.heads.get(&partition).copied().unwrap_or(0) > after {
+                pending.push((partition, after));
+                next_cursor = (self.cursor + i + 1) % owned.len();
             }
-            let messages = self.read_pending(partition, after).await?;
+        }
+        let read = try_join_all(
+            pending
+                .iter()
+                .map(|&(partition, after)| self.read_pending(partition, after)),
+        )
+        .await?;
+        self.cursor = next_cursor;
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for ((partition, after), messages) in pending.into_iter().zip(read) {
             if messages.is_empty() {
                 // The head we saw is ahead of what is readable: our view is stale.
                 self.need_snapshot = true;
                 continue;
             }
-            self.cursor = (self.cursor + i + 1) % owned.len();
-            self.in_flight = Some(partition);
-            return Ok(Some(Delivery {
+            self.in_flight.insert(partition);
+            deliveries.push(Delivery {
                 partition,
                 messages,
                 after,
-            }));
+            });
         }
-        Ok(None)
+        Ok(deliveries)
     }
 
     /// The messages of `partition` after `after` that one delivery holds: at most `max_messages`,
@@ -437,9 +517,7 @@ impl Consumer {
 
     /// Gives a delivery back uncommitted: its messages will be delivered again.
     pub fn abandon(&mut self, delivery: &Delivery) {
-        if self.in_flight == Some(delivery.partition) {
-            self.in_flight = None;
-        }
+        self.in_flight.remove(&delivery.partition);
     }
 
     /// Commits `delivery`: advances the partition's offset past it, deletes its messages, moves
@@ -465,36 +543,75 @@ impl Consumer {
         fence: Fence,
         dead_letters: &[DeadLetter],
     ) -> Result<i64, QueueError> {
-        let partition = delivery.partition;
-        let ops_needed =
-            COMMIT_RESERVED_OPS + DEAD_LETTER_OPS * dead_letters.len() + fence.ops.len();
-        if ops_needed > MAX_TXN_OPS {
+        self.commit_all(vec![PartitionCommit::whole(delivery, fence, dead_letters)])
+            .await
+    }
+
+    /// Commits the deliveries of several partitions in ONE transaction, each as
+    /// [`Consumer::commit`] commits one: it holds only if this member owns every one of the
+    /// partitions, each offset is still where its delivery started, and every compare of every
+    /// fence holds; otherwise nothing of any of them is written. The partitions must differ, and
+    /// together stay within the transaction budget (operations, compares, and the reads that
+    /// tell what became of a failed commit; [`QueueError::TransactionTooLarge`] otherwise).
+    ///
+    /// Errors as [`Consumer::commit`]'s, for the first partition that failed: after
+    /// [`QueueError::FenceFailed`] every delivery is still in flight, after any other error none
+    /// is. A partition that was lost does not stop the caller from committing the others again
+    /// without it: the books of each are kept by what etcd said about it.
+    pub async fn commit_all(
+        &mut self,
+        commits: Vec<PartitionCommit<'_>>,
+    ) -> Result<i64, QueueError> {
+        let partitions: BTreeSet<u32> = commits.iter().map(|c| c.delivery.partition).collect();
+        assert_eq!(
+            partitions.len(),
+            commits.len(),
+            "a commit holds one delivery per partition"
+        );
+        let ops: usize = commits.iter().map(PartitionCommit::ops).sum();
+        let compares: usize = commits.iter().map(PartitionCommit::compares).sum();
+        if ops > MAX_TXN_OPS
+            || compares > MAX_TXN_OPS
+            || COMMIT_READ_BACK_OPS * commits.len() > MAX_TXN_OPS
+        {
             return Err(QueueError::TransactionTooLarge {
-                messages: delivery.messages.len(),
-                bytes: fence.bytes,
+                messages: commits.iter().map(|c| c.take).sum(),
+                bytes: commits.iter().map(|c| c.fence.bytes).sum(),
             });
         }
-        if !self.group.owned().contains_key(&partition) {
-            self.in_flight = None;
+        if let Some(partition) = partitions
+            .iter()
+            .copied()
+            .find(|p| !self.group.owned().contains_key(p))
+        {
+            for p in &partitions {
+                self.in_flight.remove(p);
+            }
             return Err(QueueError::LostOwnership { partition });
         }
-        let attempt = CommitAttempt::new(self, delivery, fence, dead_letters);
+        let messages: u64 = commits.iter().map(|c| c.take as u64).sum();
+        let dead_letters: u64 = commits.iter().map(|c| c.dead_letters.len() as u64).sum();
+        let attempt = CommitAttempt::new(self, commits);
         match self.send_commit(&attempt).await {
             Ok(revision) => {
-                self.in_flight = None;
-                self.offsets.insert(partition, attempt.to);
-                self.offset_bytes.insert(partition, attempt.to_bytes);
+                for part in &attempt.partitions {
+                    self.in_flight.remove(&part.partition);
+                    self.offsets.insert(part.partition, part.to);
+                    self.offset_bytes.insert(part.partition, part.to_bytes);
+                }
                 self.stats.commits += 1;
-                self.stats.messages_committed += delivery.messages.len() as u64;
-                self.stats.dead_letters += dead_letters.len() as u64;
+                self.stats.messages_committed += messages;
+                self.stats.dead_letters += dead_letters;
                 self.depth.mark_dirty();
                 self.maybe_write_depth().await;
                 Ok(revision)
             }
-            // The caller's own compares failed: it re-prepares and commits the delivery again.
+            // The caller's own compares failed: it re-prepares and commits the deliveries again.
             Err(QueueError::FenceFailed) => Err(QueueError::FenceFailed),
             Err(e) => {
-                self.in_flight = None;
+                for part in &attempt.partitions {
+                    self.in_flight.remove(&part.partition);
+                }
                 // Re-read the committed offsets before the next delivery: a commit whose outcome
                 // is unknown may have landed.
                 self.need_snapshot = true;
@@ -507,21 +624,25 @@ impl Consumer {
     /// Sends `attempt` until it lands or its outcome is known, retrying transient failures for
     /// the retry budget.
     async fn send_commit(&mut self, attempt: &CommitAttempt) -> Result<i64, QueueError> {
-        let partition = attempt.partition;
         let started = Instant::now();
         let mut backoff = Backoff::for_etcd();
         loop {
-            let Some(owner_fence) = self.group.owner_fence(partition) else {
-                return Err(QueueError::LostOwnership { partition });
-            };
-            let mut compares = vec![
-                owner_fence,
-                Compare::value(
-                    attempt.offset_key.clone(),
+            let mut compares = Vec::with_capacity(
+                COMMIT_RESERVED_COMPARES * attempt.partitions.len() + attempt.compares.len(),
+            );
+            for part in &attempt.partitions {
+                let Some(owner_fence) = self.group.owner_fence(part.partition) else {
+                    return Err(QueueError::LostOwnership {
+                        partition: part.partition,
+                    });
+                };
+                compares.push(owner_fence);
+                compares.push(Compare::value(
+                    part.offset_key.clone(),
                     CompareOp::Equal,
-                    attempt.from.to_string(),
-                ),
-            ];
+                    part.from.to_string(),
+                ));
+            }
             compares.extend(attempt.compares.iter().cloned());
             let txn = Txn::new()
                 .when(compares)
@@ -533,15 +654,21 @@ impl Consumer {
                     return Ok(response.header().map(|h| h.revision()).unwrap_or_default())
                 }
                 Ok(response) => {
-                    let owned_rev = self.group.owned().get(&partition).copied();
-                    let state = CommitState::read(&response.op_responses());
-                    match self.judge(attempt, &state) {
+                    let owned_revisions: Vec<Option<i64>> = attempt
+                        .partitions
+                        .iter()
+                        .map(|part| self.group.owned().get(&part.partition).copied())
+                        .collect();
+                    let states = CommitState::read_all(&response.op_responses());
+                    // Our owner key had a revision we did not know: fenced on it now.
+                    let owner_moved = states
+                        .iter()
+                        .zip(&owned_revisions)
+                        .any(|(state, known)| state.owner_revision() != *known);
+                    match self.judge(attempt, &states) {
                         // An earlier attempt whose answer was lost landed.
                         Judged::Landed(revision) => return Ok(revision),
-                        // Our owner key had a revision we did not know: fenced on it now.
-                        Judged::NotLanded if state.owner_revision() != owned_rev => {
-                            backoff.wait().await;
-                        }
+                        Judged::NotLanded if owner_moved => backoff.wait().await,
                         Judged::NotLanded => return Err(QueueError::FenceFailed),
                         Judged::Failed(e) => return Err(e),
                     }
@@ -554,11 +681,12 @@ impl Consumer {
                             last_error: e.to_string(),
                         });
                     }
-                    tracing::warn!(partition, error = %e, "commit failed; checking whether it landed");
+                    tracing::warn!(partitions = ?attempt.partition_ids(), error = %e,
+                        "commit failed; checking whether it landed");
                     backoff.wait().await;
                     let budget = self.queue.retry_budget.saturating_sub(started.elapsed());
-                    let state = self.read_commit_state(attempt, budget).await?;
-                    match self.judge(attempt, &state) {
+                    let states = self.read_commit_state(attempt, budget).await?;
+                    match self.judge(attempt, &states) {
                         Judged::Landed(revision) => return Ok(revision),
                         Judged::NotLanded => {}
                         Judged::Failed(e) => return Err(e),
@@ -592,14 +720,14 @@ impl Consumer {
     ) -> Result<i64, QueueError> {
         let partition = delivery.partition;
         if !self.group.owned().contains_key(&partition) {
-            self.in_flight = None;
+            self.in_flight.remove(&partition);
             return Err(QueueError::LostOwnership { partition });
         }
         let attempt = CommitAttempt::fenced_write(self, delivery, fence);
         let outcome = self.send_commit(&attempt).await;
         if let Err(e) = &outcome {
             if !matches!(e, QueueError::FenceFailed) {
-                self.in_flight = None;
+                self.in_flight.remove(&partition);
                 self.need_snapshot = true;
                 self.last_snapshot = None;
             }
@@ -607,12 +735,31 @@ impl Consumer {
         outcome
     }
 
-    /// What the owner key and the committed offset say about `attempt`. Keeps the books: a
-    /// partition whose owner key is gone or on another lease is forgotten (nobody else can be
-    /// holding it for us), an owner key on our lease is ours whatever its revision, and an offset
-    /// moved by an earlier commit of ours is adopted.
-    fn judge(&mut self, attempt: &CommitAttempt, state: &CommitState) -> Judged {
-        let partition = attempt.partition;
+    /// What the owner keys and the committed offsets say about `attempt`: landed if any of its
+    /// partitions shows it landed (the transaction is atomic), else the first partition's failure,
+    /// else not landed. Every partition's books are kept, whatever the verdict.
+    fn judge(&mut self, attempt: &CommitAttempt, states: &[CommitState]) -> Judged {
+        let mut verdict = Judged::NotLanded;
+        for (part, state) in attempt.partitions.iter().zip(states) {
+            verdict = match (verdict, self.judge_partition(part, state)) {
+                (Judged::Landed(revision), _) | (_, Judged::Landed(revision)) => {
+                    Judged::Landed(revision)
+                }
+                (Judged::Failed(e), _) | (Judged::NotLanded, Judged::Failed(e)) => {
+                    Judged::Failed(e)
+                }
+                (Judged::NotLanded, Judged::NotLanded) => Judged::NotLanded,
+            };
+        }
+        verdict
+    }
+
+    /// What the owner key and the committed offset say about one partition of a commit. Keeps
+    /// the books: a partition whose owner key is gone or on another lease is forgotten (nobody
+    /// else can be holding it for us), an owner key on our lease is ours whatever its revision,
+    /// and an offset moved by an earlier commit of ours is adopted.
+    fn judge_partition(&mut self, part: &PartitionAttempt, state: &CommitState) -> Judged {
+        let partition = part.partition;
         match state.owner {
             Some((revision, lease)) if self.group.is_own_lease(lease) => {
                 self.group.adopt(partition, revision);
@@ -623,10 +770,10 @@ impl Consumer {
             }
         }
         match state.offset {
-            Some((offset, revision)) if offset == attempt.to && attempt.to != attempt.from => {
+            Some((offset, revision)) if offset == part.to && part.to != part.from => {
                 Judged::Landed(revision)
             }
-            Some((offset, _)) if offset == attempt.from => Judged::NotLanded,
+            Some((offset, _)) if offset == part.from => Judged::NotLanded,
             offset => {
                 let actual = offset.map_or(0, |(o, _)| o);
                 self.offsets.insert(partition, actual);
@@ -634,27 +781,27 @@ impl Consumer {
                     .insert(partition, state.offset_bytes.unwrap_or(0));
                 Judged::Failed(QueueError::StaleDelivery {
                     partition,
-                    expected: attempt.from,
+                    expected: part.from,
                     actual,
                 })
             }
         }
     }
 
-    /// Reads the owner key and the committed offset of `attempt`'s partition, retrying for
+    /// Reads the owner keys and the committed offsets of `attempt`'s partitions, retrying for
     /// `budget`.
     async fn read_commit_state(
         &self,
         attempt: &CommitAttempt,
         budget: Duration,
-    ) -> Result<CommitState, QueueError> {
+    ) -> Result<Vec<CommitState>, QueueError> {
         let response = with_retry("read commit state", budget, || {
             let mut client = self.client.clone();
             let txn = Txn::new().and_then(attempt.read_back());
             async move { client.txn(txn).await }
         })
         .await?;
-        Ok(CommitState::read(&response.op_responses()))
+        Ok(CommitState::read_all(&response.op_responses()))
     }
 
     async fn maybe_write_depth(&mut self) {
@@ -688,9 +835,17 @@ impl Consumer {
     }
 }
 
-/// One commit as it is sent, attempt after attempt: the owner compare is added per attempt, as an
-/// owner key of ours with a revision we did not know is adopted between attempts.
+/// One commit as it is sent, attempt after attempt: the owner compares are added per attempt, as
+/// an owner key of ours with a revision we did not know is adopted between attempts.
 struct CommitAttempt {
+    partitions: Vec<PartitionAttempt>,
+    /// The callers' compares, all partitions'.
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+/// What a commit does to one partition, and the keys that tell whether it did.
+struct PartitionAttempt {
     partition: u32,
     from: u64,
     to: u64,
@@ -699,91 +854,103 @@ struct CommitAttempt {
     offset_key: String,
     offset_bytes_key: String,
     owner_key: String,
-    compares: Vec<Compare>,
-    ops: Vec<TxnOp>,
+}
+
+impl PartitionAttempt {
+    /// The partition of `delivery`, its offset moving to `to` and its byte count up by
+    /// `delivered`.
+    fn new(consumer: &Consumer, delivery: &Delivery, to: u64, delivered: u64) -> Self {
+        let partition = delivery.partition;
+        PartitionAttempt {
+            partition,
+            from: delivery.after,
+            to,
+            to_bytes: consumer.offset_bytes.get(&partition).copied().unwrap_or(0) + delivered,
+            owner_key: consumer.group_keys.work_group().owner(partition),
+            offset_key: consumer.group_keys.offset(partition),
+            offset_bytes_key: consumer.group_keys.offset_bytes(partition),
+        }
+    }
 }
 
 impl CommitAttempt {
-    fn new(
-        consumer: &Consumer,
-        delivery: &Delivery,
-        fence: Fence,
-        dead_letters: &[DeadLetter],
-    ) -> Self {
-        let partition = delivery.partition;
-        let from = delivery.after;
-        let to = delivery.last_offset();
+    fn new(consumer: &Consumer, commits: Vec<PartitionCommit<'_>>) -> Self {
         let keys = &consumer.keys;
-        let offset_key = consumer.group_keys.offset(partition);
-        let offset_bytes_key = consumer.group_keys.offset_bytes(partition);
-        // The offset's compare fences its byte count too: both are only ever written together.
-        let delivered: u64 = delivery
-            .messages
-            .iter()
-            .map(|m| m.payload.len() as u64)
-            .sum();
-        let to_bytes = consumer.offset_bytes.get(&partition).copied().unwrap_or(0) + delivered;
-        let mut ops = vec![
-            TxnOp::put(offset_key.clone(), to.to_string(), None),
-            TxnOp::put(offset_bytes_key.clone(), to_bytes.to_string(), None),
-            TxnOp::delete(
-                keys.message(partition, from + 1),
-                Some(DeleteOptions::new().with_range(keys.message(partition, to + 1))),
-            ),
-        ];
-        for dead in dead_letters {
-            let payload = delivery
-                .messages
-                .iter()
-                .find(|m| m.offset == dead.offset)
-                .map(|m| m.payload.clone())
-                .unwrap_or_default();
-            ops.push(TxnOp::put(keys.dead(partition, dead.offset), payload, None));
-            ops.push(TxnOp::put(
-                keys.dead_reason(partition, dead.offset),
-                dead.reason.clone(),
-                None,
-            ));
+        let mut attempt = CommitAttempt {
+            partitions: Vec::with_capacity(commits.len()),
+            compares: Vec::new(),
+            ops: Vec::with_capacity(commits.iter().map(PartitionCommit::ops).sum()),
+        };
+        for commit in commits {
+            let partition = commit.delivery.partition;
+            let messages = commit.messages();
+            let from = commit.delivery.after;
+            let to = messages.last().map_or(from, |m| m.offset);
+            // The offset's compare fences its byte count too: both are only ever written
+            // together.
+            let delivered: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
+            let part = PartitionAttempt::new(consumer, commit.delivery, to, delivered);
+            attempt.ops.extend([
+                TxnOp::put(part.offset_key.clone(), to.to_string(), None),
+                TxnOp::put(
+                    part.offset_bytes_key.clone(),
+                    part.to_bytes.to_string(),
+                    None,
+                ),
+                TxnOp::delete(
+                    keys.message(partition, from + 1),
+                    Some(DeleteOptions::new().with_range(keys.message(partition, to + 1))),
+                ),
+            ]);
+            for dead in commit.dead_letters {
+                let payload = messages
+                    .iter()
+                    .find(|m| m.offset == dead.offset)
+                    .map(|m| m.payload.clone())
+                    .unwrap_or_default();
+                attempt
+                    .ops
+                    .push(TxnOp::put(keys.dead(partition, dead.offset), payload, None));
+                attempt.ops.push(TxnOp::put(
+                    keys.dead_reason(partition, dead.offset),
+                    dead.reason.clone(),
+                    None,
+                ));
+            }
+            attempt.ops.extend(commit.fence.ops);
+            attempt.compares.extend(commit.fence.compares);
+            attempt.partitions.push(part);
         }
-        ops.extend(fence.ops);
-        CommitAttempt {
-            partition,
-            from,
-            to,
-            to_bytes,
-            owner_key: consumer.group_keys.work_group().owner(partition),
-            offset_key,
-            offset_bytes_key,
-            compares: fence.compares,
-            ops,
-        }
+        attempt
     }
 
     /// `fence` alone, on the conditions of a commit of `delivery`: the offset stays where it is,
     /// so the attempt never counts as landed by the offset it reads back.
     fn fenced_write(consumer: &Consumer, delivery: &Delivery, fence: Fence) -> Self {
-        let partition = delivery.partition;
         CommitAttempt {
-            partition,
-            from: delivery.after,
-            to: delivery.after,
-            to_bytes: consumer.offset_bytes.get(&partition).copied().unwrap_or(0),
-            owner_key: consumer.group_keys.work_group().owner(partition),
-            offset_key: consumer.group_keys.offset(partition),
-            offset_bytes_key: consumer.group_keys.offset_bytes(partition),
+            partitions: vec![PartitionAttempt::new(consumer, delivery, delivery.after, 0)],
             compares: fence.compares,
             ops: fence.ops,
         }
     }
 
-    /// The reads that tell what became of the commit: the owner key, the committed offset and
-    /// its byte count.
-    fn read_back(&self) -> [TxnOp; 3] {
-        [
-            TxnOp::get(self.owner_key.clone(), None),
-            TxnOp::get(self.offset_key.clone(), None),
-            TxnOp::get(self.offset_bytes_key.clone(), None),
-        ]
+    fn partition_ids(&self) -> Vec<u32> {
+        self.partitions.iter().map(|p| p.partition).collect()
+    }
+
+    /// The reads that tell what became of the commit: each partition's owner key, committed
+    /// offset and its byte count ([`COMMIT_READ_BACK_OPS`] each).
+    fn read_back(&self) -> Vec<TxnOp> {
+        self.partitions
+            .iter()
+            .flat_map(|part| {
+                [
+                    TxnOp::get(part.owner_key.clone(), None),
+                    TxnOp::get(part.offset_key.clone(), None),
+                    TxnOp::get(part.offset_bytes_key.clone(), None),
+                ]
+            })
+            .collect()
     }
 }
 
@@ -798,13 +965,17 @@ struct CommitState {
 }
 
 impl CommitState {
-    fn read(responses: &[TxnOpResponse]) -> Self {
-        CommitState {
-            owner: first_kv(responses.first()).map(|kv| (kv.mod_revision(), kv.lease())),
-            offset: first_kv(responses.get(1))
-                .and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision()))),
-            offset_bytes: first_kv(responses.get(2)).and_then(decimal_value),
-        }
+    /// The states of a read-back's partitions, in its order.
+    fn read_all(responses: &[TxnOpResponse]) -> Vec<Self> {
+        responses
+            .chunks(COMMIT_READ_BACK_OPS)
+            .map(|part| CommitState {
+                owner: first_kv(part.first()).map(|kv| (kv.mod_revision(), kv.lease())),
+                offset: first_kv(part.get(1))
+                    .and_then(|kv| Some((decimal_value(kv)?, kv.mod_revision()))),
+                offset_bytes: first_kv(part.get(2)).and_then(decimal_value),
+            })
+            .collect()
     }
 
     fn owner_revision(&self) -> Option<i64> {

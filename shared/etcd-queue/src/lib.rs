@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{ConsumerConfig, QueueConfig};
 pub use consumer::{
-    Consumer, ConsumerStats, DeadLetter, Delivery, Message, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
+    Consumer, ConsumerStats, DeadLetter, Delivery, Message, PartitionCommit, COMMIT_READ_BACK_OPS,
+    COMMIT_RESERVED_COMPARES, COMMIT_RESERVED_OPS, DEAD_LETTER_OPS,
 };
 pub use depth::Progress;
 pub use error::QueueError;

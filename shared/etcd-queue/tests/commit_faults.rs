@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, TxnOp};
-use etcd_queue::{
-    ConsumerConfig, Delivery, Fence, OutgoingMessage, Queue, QueueConfig, QueueError,
-};
+use etcd_queue::{Delivery, Fence, OutgoingMessage, Queue, QueueConfig, QueueError};
 use test_support::{unique_prefix, EtcdHarness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -96,14 +94,6 @@ async fn open_queue(client: Client, prefix: &str, retry_budget: Duration) -> Que
         ..config(prefix)
     };
     Queue::open(client, config).await.unwrap()
-}
-
-/// A member whose lease outlives the stalls and outages of these tests.
-fn patient_member(id: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        lease_ttl: Duration::from_secs(30),
-        ..ConsumerConfig::new(id)
-    }
 }
 
 async fn publish(queue: &Queue, ids: &[&str]) {

@@ -26,6 +26,14 @@ pub fn consumer_config(member_id: &str) -> ConsumerConfig {
     }
 }
 
+/// A member whose lease outlives the stalls and outages of a test.
+pub fn patient_member(id: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        lease_ttl: Duration::from_secs(30),
+        ..ConsumerConfig::new(id)
+    }
+}
+
 /// Consumes until `stop` turns true and the consumer is idle, recording each commit's message
 /// payloads under `{sink}/{member}/{n}` IN the commit transaction. Returns messages committed.
 pub async fn run_consumer(
