@@ -4,7 +4,7 @@
 //! are folded as chunks are decoded, after a check that their buckets stay within the points per
 //! series.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use etcd_client::Client;
 use promql_engine::Engine;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 use telemetry_store::{
-    Aggregator, Cursor, GpuPages, GpuRecord, SampleQuery, StoredSample, TelemetryStore,
+    Aggregator, Cursor, GpuPages, GpuRecord, MetricSlots, SampleQuery, StoredSample, TelemetryStore,
 };
 
 use crate::config::Config;
@@ -282,11 +282,15 @@ impl Backend {
 /// Truncates `samples` (in page order) before the first that would be its metric's
 /// `per_series + 1`-th, giving the cursor after the last one kept; `None` when none is.
 fn cut_per_series(samples: &mut Vec<StoredSample>, per_series: usize) -> Option<Cursor> {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut slots = MetricSlots::default();
+    let mut counts: Vec<usize> = Vec::new();
     let cut = samples.iter().position(|sample| {
-        let count = counts.entry(&sample.metric).or_default();
-        *count += 1;
-        *count > per_series
+        let slot = slots.slot(&sample.metric);
+        if slot == counts.len() {
+            counts.push(0);
+        }
+        counts[slot] += 1;
+        counts[slot] > per_series
     })?;
     samples.truncate(cut);
     samples.last().map(|last| Cursor {

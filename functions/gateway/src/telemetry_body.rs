@@ -6,10 +6,8 @@
 //! A page of 10,000 entries is about a megabyte of JSON; building it as DTOs first spent most of
 //! the request formatting each timestamp through chrono and copying the strings around.
 
-use std::collections::BTreeMap;
-
 use telemetry_model::TimestampMicros;
-use telemetry_store::{Cursor, StoredSample};
+use telemetry_store::{Cursor, MetricSlots, StoredSample};
 
 use crate::dto::{GpuSummary, MetricSeries, TelemetrySeriesPage};
 
@@ -34,6 +32,9 @@ impl TelemetryAnswer {
         serde_json::to_writer(&mut out, &self.gpu).expect("a GPU summary serializes");
         out.extend_from_slice(b",\"entries\":[");
         let mut times = Rfc3339Writer::default();
+        // Each metric's name as JSON, written once per page.
+        let mut slots = MetricSlots::default();
+        let mut names: Vec<Vec<u8>> = Vec::new();
         for (i, sample) in self.samples.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -41,7 +42,13 @@ impl TelemetryAnswer {
             out.extend_from_slice(b"{\"timestamp\":\"");
             times.write(sample.timestamp, &mut out);
             out.extend_from_slice(b"\",\"metric_name\":");
-            write_json_string(&sample.metric, &mut out);
+            let slot = slots.slot(&sample.metric);
+            if slot == names.len() {
+                let mut name = Vec::new();
+                write_json_string(&sample.metric, &mut name);
+                names.push(name);
+            }
+            out.extend_from_slice(&names[slot]);
             out.extend_from_slice(b",\"value\":");
             // serde_json's own float writing (and its `null` for a non-finite value).
             serde_json::to_writer(&mut out, &sample.value).expect("a float serializes");
@@ -55,21 +62,24 @@ impl TelemetryAnswer {
 
     /// The same samples per metric: series sorted by metric name, each in the page's order.
     pub fn series(&self) -> TelemetrySeriesPage {
-        let mut by_metric: BTreeMap<&str, MetricSeries> = BTreeMap::new();
+        let mut slots = MetricSlots::default();
+        let mut series: Vec<MetricSeries> = Vec::new();
         for sample in &self.samples {
-            let series = by_metric
-                .entry(&sample.metric)
-                .or_insert_with(|| MetricSeries {
+            let slot = slots.slot(&sample.metric);
+            if slot == series.len() {
+                series.push(MetricSeries {
                     metric_name: sample.metric.to_string(),
                     timestamps_us: Vec::new(),
                     values: Vec::new(),
                 });
-            series.timestamps_us.push(sample.timestamp.0);
-            series.values.push(sample.value);
+            }
+            series[slot].timestamps_us.push(sample.timestamp.0);
+            series[slot].values.push(sample.value);
         }
+        series.sort_unstable_by(|a, b| a.metric_name.cmp(&b.metric_name));
         TelemetrySeriesPage {
             gpu: self.gpu.clone(),
-            series: by_metric.into_values().collect(),
+            series,
             count: self.samples.len(),
             next_cursor: self.next_cursor.as_ref().map(Cursor::encode),
         }

@@ -1,13 +1,15 @@
 //! Downsampling: one value per metric per step bucket (bucket start aligned to multiples of the
 //! step since the epoch), or per metric over the whole window, with avg, min, max, last or count.
 //! The [`Aggregator`] folds samples as they are decoded, in any order, so its memory is one
-//! accumulator per bucket and metric, never the window's samples.
+//! accumulator per bucket and metric, never the window's samples. Accumulators are kept per
+//! metric by bucket start, so folding a sample compares integers, not metric names.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use telemetry_model::TimestampMicros;
 
+use crate::metric_slots::MetricSlots;
 use crate::reader::StoredSample;
 
 /// How the samples of one bucket become one value.
@@ -53,7 +55,11 @@ pub struct Aggregator {
     /// Bucket length in µs; `None`: one bucket for the whole window.
     step_us: Option<i64>,
     aggregation: Aggregation,
-    buckets: BTreeMap<(i64, Arc<str>), Acc>,
+    metrics: MetricSlots,
+    /// Per metric slot, its accumulators by bucket start.
+    buckets: Vec<BTreeMap<i64, Acc>>,
+    /// Accumulators over all metrics.
+    len: usize,
     /// Most (bucket, metric) accumulators kept; samples that would open more are dropped and
     /// [`Aggregator::overflowed`] says so.
     max_buckets: usize,
@@ -69,7 +75,9 @@ impl Aggregator {
         Aggregator {
             step_us,
             aggregation,
-            buckets: BTreeMap::new(),
+            metrics: MetricSlots::default(),
+            buckets: Vec::new(),
+            len: 0,
             max_buckets,
             overflowed: false,
             earliest: None,
@@ -81,7 +89,12 @@ impl Aggregator {
         let ts = s.timestamp.0;
         let bucket = self.step_us.map_or(0, |step| ts.div_euclid(step) * step);
         self.earliest = Some(self.earliest.map_or(ts, |e| e.min(ts)));
-        if let Some(acc) = self.buckets.get_mut(&(bucket, s.metric.clone())) {
+        let slot = self.metrics.slot(&s.metric);
+        if slot == self.buckets.len() {
+            self.buckets.push(BTreeMap::new());
+        }
+        let buckets = &mut self.buckets[slot];
+        if let Some(acc) = buckets.get_mut(&bucket) {
             acc.sum += s.value;
             acc.min = acc.min.min(s.value);
             acc.max = acc.max.max(s.value);
@@ -92,12 +105,13 @@ impl Aggregator {
             acc.count += 1;
             return;
         }
-        if self.buckets.len() >= self.max_buckets {
+        if self.len >= self.max_buckets {
             self.overflowed = true;
             return;
         }
-        self.buckets.insert(
-            (bucket, s.metric.clone()),
+        self.len += 1;
+        buckets.insert(
+            bucket,
             Acc {
                 sum: s.value,
                 min: s.value,
@@ -123,11 +137,23 @@ impl Aggregator {
             .is_none()
             .then(|| window_start.map_or(self.earliest.unwrap_or_default(), |t| t.0));
         let aggregation = self.aggregation;
-        self.buckets
-            .into_iter()
-            .map(|((bucket, metric), acc)| StoredSample {
+        // Each metric's rank by name: buckets come out by (start, metric name).
+        let names = self.metrics.names();
+        let mut by_name: Vec<usize> = (0..names.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| names[a].cmp(&names[b]));
+        let mut rank = vec![0; names.len()];
+        for (position, &slot) in by_name.iter().enumerate() {
+            rank[slot] = position;
+        }
+        let mut all: Vec<(i64, usize, Acc)> = Vec::with_capacity(self.len);
+        for (slot, buckets) in self.buckets.into_iter().enumerate() {
+            all.extend(buckets.into_iter().map(|(bucket, acc)| (bucket, slot, acc)));
+        }
+        all.sort_unstable_by_key(|&(bucket, slot, _)| (bucket, rank[slot]));
+        all.into_iter()
+            .map(|(bucket, slot, acc)| StoredSample {
                 timestamp: TimestampMicros(whole.unwrap_or(bucket)),
-                metric,
+                metric: Arc::clone(&names[slot]),
                 value: match aggregation {
                     Aggregation::Avg => acc.sum / acc.count as f64,
                     Aggregation::Min => acc.min,
@@ -210,6 +236,56 @@ mod tests {
         let finished = aggregator.finish(Some(TimestampMicros(0)));
         assert_eq!(finished[0].timestamp, TimestampMicros(0));
         assert_eq!(finished[0].value, 1.0, "the latest sample of a");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn folding_matches_grouping_every_sample_first(
+            samples in proptest::collection::vec((-20i64..20, 0usize..3, -1e3f64..1e3), 0..60),
+            step in proptest::option::of(1i64..7),
+        ) {
+            // Not in name order: buckets come out by (start, name) whatever order metrics come in.
+            let names = ["x", "DCGM_A", "DCGM_B"];
+            let samples: Vec<StoredSample> =
+                samples.iter().map(|&(ts, m, v)| s(ts, names[m], v)).collect();
+            // Each (bucket, metric)'s values in the order they came, then reduced.
+            let mut groups: BTreeMap<(i64, String), Vec<(i64, f64)>> = BTreeMap::new();
+            for sample in &samples {
+                let ts = sample.timestamp.0;
+                let bucket = step.map_or(0, |step| ts.div_euclid(step) * step);
+                groups
+                    .entry((bucket, sample.metric.to_string()))
+                    .or_default()
+                    .push((ts, sample.value));
+            }
+            let earliest = samples.iter().map(|s| s.timestamp.0).min().unwrap_or_default();
+            use Aggregation::*;
+            for aggregation in [Avg, Min, Max, Last, Count] {
+                let expected: Vec<(i64, String, u64)> = groups
+                    .iter()
+                    .map(|((bucket, metric), points)| {
+                        let first = points[0].1;
+                        let values = points[1..].iter().map(|p| p.1);
+                        let value = match aggregation {
+                            Avg => values.fold(first, |sum, v| sum + v) / points.len() as f64,
+                            Min => values.fold(first, f64::min),
+                            Max => values.fold(first, f64::max),
+                            // The latest sample, the last given among equal times.
+                            Last => points.iter().fold(points[0], |last, p| {
+                                if p.0 >= last.0 { *p } else { last }
+                            }).1,
+                            Count => points.len() as f64,
+                        };
+                        (step.map_or(earliest, |_| *bucket), metric.clone(), value.to_bits())
+                    })
+                    .collect();
+                let got: Vec<(i64, String, u64)> = aggregate(&samples, step, aggregation)
+                    .into_iter()
+                    .map(|(ts, metric, value)| (ts, metric, value.to_bits()))
+                    .collect();
+                proptest::prop_assert_eq!(got, expected, "{:?}", aggregation);
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! This file is the façade: the store's handle and configuration. The rest lives by job: `chunk`
 //! (the codec), `chunk_write` (the write core), `writer` and `idempotent` (the two write paths),
 //! `record` and `registry` (the registry model and its persistence), `retention` (bucket leases),
-//! `reader` and `aggregate` (queries), `footprint` (what the store holds).
+//! `reader` and `aggregate` (queries, with `metric_slots` numbering a read's metrics), `footprint` (what the store holds).
 
 mod aggregate;
 mod chunk;
@@ -22,6 +22,7 @@ mod error;
 mod footprint;
 mod idempotent;
 pub mod keys;
+mod metric_slots;
 mod open_chunk;
 mod reader;
 mod record;
@@ -41,6 +42,7 @@ pub use error::StoreError;
 pub use footprint::StoreFootprint;
 pub use idempotent::WriteStats;
 pub use keys::{ChunkTag, GpuKey, StoreKeys};
+pub use metric_slots::MetricSlots;
 pub use open_chunk::Applied;
 pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample, WindowStats};
 pub use record::{GpuRecord, LatestValue};

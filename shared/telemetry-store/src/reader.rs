@@ -258,7 +258,7 @@ impl TelemetryStore {
             return Ok(stats);
         }
         let scan = self.scan(uuid, start, end).await?;
-        let selection = Selection::new(start, end, metrics);
+        let mut selection = Selection::new(start, end, metrics);
         if let Some(bytes) = &scan.open {
             stats.samples +=
                 selection.decode_each(self.keys().open_chunk(uuid), bytes, &mut visit)?;
@@ -343,10 +343,13 @@ impl TelemetryStore {
             (Order::Asc, Some(bound)) => sample.timestamp.0 < bound,
             (Order::Desc, Some(bound)) => sample.timestamp.0 > bound,
         };
-        let selection = Selection::new(start, end, query.metrics.as_deref());
+        let mut selection = Selection::new(start, end, query.metrics.as_deref());
         let mut samples = Vec::new();
+        // Where each chunk's samples begin in `samples`: every chunk's are in order already.
+        let mut runs = Vec::new();
         let mut chunks_read = 0;
         if let Some(bytes) = open {
+            runs.push(samples.len());
             selection.decode_into(&mut samples, self.keys().open_chunk(uuid), &bytes)?;
             chunks_read += 1;
         }
@@ -381,6 +384,7 @@ impl TelemetryStore {
             for (bytes, chunk) in self.fetch(batch).await?.into_iter().zip(batch) {
                 let Some(bytes) = bytes else { continue };
                 largest = largest.max(bytes.len());
+                runs.push(samples.len());
                 let added = selection.decode_into(&mut samples, chunk.key.clone(), &bytes)?;
                 if chunk.start >= start && chunk.end <= end {
                     per_chunk = per_chunk.max(added);
@@ -390,8 +394,9 @@ impl TelemetryStore {
             next += batch.len();
         }
         let unread_bound = sealed.get(next).map(bound);
+        // Dropping samples keeps the order of the rest, so the runs can be ordered first.
+        let mut samples = sort_by_time(samples, &runs);
         samples.retain(|s| settled(s, unread_bound));
-        sort_by_time(&mut samples);
         let (samples, next_cursor) = query.page(samples);
         Ok(SamplePage {
             samples,
@@ -407,6 +412,9 @@ struct Selection<'a> {
     start: i64,
     end: i64,
     names: Option<Vec<&'a str>>,
+    /// One name per metric met so far: the samples of a read share it whichever chunk they come
+    /// from, so comparing two samples' metrics mostly stops at the pointer.
+    interned: Vec<Arc<str>>,
 }
 
 impl<'a> Selection<'a> {
@@ -415,12 +423,13 @@ impl<'a> Selection<'a> {
             start,
             end,
             names: metrics.map(|m| m.iter().map(MetricName::as_str).collect()),
+            interned: Vec::new(),
         }
     }
 
     /// Decodes one chunk and appends the selected samples; returns how many it appended.
     fn decode_into(
-        &self,
+        &mut self,
         samples: &mut Vec<StoredSample>,
         key: String,
         bytes: &[u8],
@@ -428,9 +437,10 @@ impl<'a> Selection<'a> {
         self.decode_each(key, bytes, &mut |sample| samples.push(sample))
     }
 
-    /// Decodes one chunk and hands each selected sample to `visit`; returns how many.
+    /// Decodes one chunk and hands each selected sample to `visit`, in (timestamp, metric)
+    /// order; returns how many.
     fn decode_each(
-        &self,
+        &mut self,
         key: String,
         bytes: &[u8],
         visit: &mut impl FnMut(StoredSample),
@@ -448,26 +458,82 @@ impl<'a> Selection<'a> {
                 source: ChunkError::Corrupt("series name is not a metric name"),
             });
         }
+        // The read's own name for each of the chunk's series, in the chunk's series order.
+        let names: Vec<Arc<str>> = chunk.metrics().map(|name| self.intern(name)).collect();
         let mut count = 0;
-        for s in chunk.samples_in(self.start, self.end, self.names.as_deref()) {
-            visit(StoredSample {
-                timestamp: TimestampMicros(s.timestamp_us),
-                metric: s.metric,
-                value: s.value,
-            });
-            count += 1;
-        }
+        chunk.visit_in(
+            self.start,
+            self.end,
+            self.names.as_deref(),
+            |series, timestamp, value| {
+                visit(StoredSample {
+                    timestamp: TimestampMicros(timestamp),
+                    metric: Arc::clone(&names[series]),
+                    value,
+                });
+                count += 1;
+            },
+        );
         Ok(count)
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        match self.interned.iter().find(|known| &***known == name) {
+            Some(known) => Arc::clone(known),
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                self.interned.push(Arc::clone(&name));
+                name
+            }
+        }
     }
 }
 
-/// Orders samples by (timestamp, metric name).
-fn sort_by_time(samples: &mut [StoredSample]) {
-    samples.sort_by(|a, b| {
-        a.timestamp
-            .cmp(&b.timestamp)
-            .then_with(|| a.metric.cmp(&b.metric))
+/// Orders two samples by (timestamp, metric name).
+fn by_time(a: &StoredSample, b: &StoredSample) -> std::cmp::Ordering {
+    a.timestamp.cmp(&b.timestamp).then_with(|| {
+        if Arc::ptr_eq(&a.metric, &b.metric) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.metric.cmp(&b.metric)
+        }
+    })
+}
+
+/// Sorts samples by (timestamp, metric name), stably, given where the runs start that are each
+/// sorted already (one per chunk). Chunks rarely overlap in time, so putting whole runs in order
+/// of their first sample usually sorts everything; only when runs interleave (or share a sample
+/// key, whose order a stable sort defines) is every sample sorted.
+fn sort_by_time(mut samples: Vec<StoredSample>, runs: &[usize]) -> Vec<StoredSample> {
+    let mut bounds: Vec<(usize, usize)> = runs
+        .iter()
+        .zip(runs.iter().skip(1).chain([&samples.len()]))
+        .map(|(&from, &to)| (from, to))
+        .filter(|(from, to)| from < to)
+        .collect();
+    bounds.sort_by(|a, b| by_time(&samples[a.0], &samples[b.0]));
+    let disjoint = bounds.windows(2).all(|pair| {
+        by_time(&samples[pair[0].1 - 1], &samples[pair[1].0]) == std::cmp::Ordering::Less
     });
+    if !disjoint {
+        samples.sort_by(by_time);
+        return samples;
+    }
+    if bounds.windows(2).all(|pair| pair[0].1 == pair[1].0) {
+        return samples;
+    }
+    let mut pieces: Vec<Option<Vec<StoredSample>>> = Vec::with_capacity(bounds.len());
+    let mut by_start: Vec<usize> = (0..bounds.len()).collect();
+    by_start.sort_by_key(|&i| std::cmp::Reverse(bounds[i].0));
+    pieces.resize_with(bounds.len(), || None);
+    for i in by_start {
+        pieces[i] = Some(samples.split_off(bounds[i].0));
+    }
+    let mut sorted = Vec::with_capacity(pieces.iter().flatten().map(Vec::len).sum());
+    for piece in pieces.into_iter().flatten() {
+        sorted.extend(piece);
+    }
+    sorted
 }
 
 #[cfg(test)]
@@ -532,6 +598,78 @@ mod tests {
         let (page, next) = query.page(vec![sample(1, "A")]);
         assert!(page.is_empty());
         assert_eq!(next, None);
+    }
+
+    /// (timestamp, metric, value bits): what tells two orders of the same samples apart.
+    fn exact(samples: &[StoredSample]) -> Vec<(i64, String, u64)> {
+        samples
+            .iter()
+            .map(|s| (s.timestamp.0, s.metric.to_string(), s.value.to_bits()))
+            .collect()
+    }
+
+    fn stable_sorted(mut samples: Vec<StoredSample>) -> Vec<StoredSample> {
+        samples.sort_by(|a, b| (a.timestamp, &*a.metric).cmp(&(b.timestamp, &*b.metric)));
+        samples
+    }
+
+    #[test]
+    fn runs_of_chunks_are_put_in_order_whole() {
+        // The open chunk first (newest), then two sealed chunks, one of them empty.
+        let newest = [sample(5, "A"), sample(5, "B"), sample(6, "A")];
+        let older = [sample(1, "B"), sample(2, "A")];
+        let middle = [sample(3, "A"), sample(3, "B")];
+        let all: Vec<StoredSample> = newest
+            .iter()
+            .chain(&older)
+            .chain(&middle)
+            .cloned()
+            .collect();
+        let sorted = sort_by_time(all.clone(), &[0, 3, 5, 5]);
+        assert_eq!(
+            keys(&sorted),
+            [
+                (1, "B"),
+                (2, "A"),
+                (3, "A"),
+                (3, "B"),
+                (5, "A"),
+                (5, "B"),
+                (6, "A")
+            ]
+            .map(|(t, m)| (t, m.to_string()))
+        );
+        assert_eq!(exact(&sorted), exact(&stable_sorted(all)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sorting_by_runs_is_a_stable_sort(
+            runs in proptest::collection::vec(
+                proptest::collection::vec((0i64..12, 0usize..3, proptest::num::u64::ANY), 0..8),
+                0..6,
+            ),
+        ) {
+            let names = ["A", "B", "C"];
+            let mut all = Vec::new();
+            let mut starts = Vec::new();
+            for run in runs {
+                starts.push(all.len());
+                let mut run: Vec<StoredSample> = run
+                    .into_iter()
+                    .map(|(ts, metric, bits)| StoredSample {
+                        timestamp: TimestampMicros(ts),
+                        // A name of its own per sample: equal names need not share a pointer.
+                        metric: Arc::from(names[metric]),
+                        value: f64::from_bits(bits),
+                    })
+                    .collect();
+                run = stable_sorted(run);
+                all.extend(run);
+            }
+            let expected = exact(&stable_sorted(all.clone()));
+            proptest::prop_assert_eq!(exact(&sort_by_time(all, &starts)), expected);
+        }
     }
 
     #[test]

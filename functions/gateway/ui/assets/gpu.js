@@ -1,7 +1,8 @@
 // The GPU page: the GPU's details (GET /api/v1/gpus/{id}) and one chart per metric over the
 // chosen window. Each chart asks the telemetry API for its metric downsampled with a step of
 // window / plot width rounded up to a round duration, so no chart receives more points than it
-// has pixels, and links that query as JSON and as PromQL.
+// has pixels, in the series form (arrays of times and values, no timestamp text to parse), and
+// links that query as JSON and as PromQL.
 import { el, getJson, metricCatalog, metricTitle, setupThemeToggle, showError, formatDuration, formatNumber, formatTime, unitLabel } from "./common.js";
 import { TimeSeriesChart, chooseStep, plotWidth, stepText } from "./chart.js";
 
@@ -148,6 +149,7 @@ async function readSeries(metric, start, end, step) {
     end_time: iso(end),
     step: stepText(step),
     agg: "avg",
+    format: "series",
     limit: "10000",
   });
   const first = `/api/v1/gpus/${encodeURIComponent(gpuId)}/telemetry?${query}`;
@@ -155,7 +157,10 @@ async function readSeries(metric, start, end, step) {
   let url = first;
   for (let page = 0; url && page < MAX_PAGES; page++) {
     const { body } = await getJson(url);
-    for (const entry of body.entries) points.push({ t: Date.parse(entry.timestamp), v: entry.value });
+    // One series (the chart's metric), or none when the window holds no samples.
+    for (const series of body.series) {
+      series.timestamps_us.forEach((us, i) => points.push({ t: us / 1000, v: series.values[i] }));
+    }
     url = body.next_cursor ? `${first}&cursor=${encodeURIComponent(body.next_cursor)}` : null;
   }
   return { points, url: first };

@@ -115,7 +115,7 @@ function stepMs(text) {
 }
 
 /**
- * Checks one chart against the API: the points drawn are the entries of its JSON query, which are
+ * Checks one chart against the API: the points drawn are the points of its JSON query, which are
  * exactly the step buckets holding raw samples, and there are no more of them than pixels.
  */
 async function checkChart(chart, uuid, units) {
@@ -128,9 +128,12 @@ async function checkChart(chart, uuid, units) {
   assert.equal(json.searchParams.get("metric_name"), chart.metric);
   assert.equal(json.searchParams.get("step"), chart.step);
   assert.equal(json.searchParams.get("agg"), "avg");
+  assert.equal(json.searchParams.get("format"), "series");
   const page = await api(json.pathname + json.search);
   assert.equal(page.next_cursor, null);
-  assert.equal(page.count, chart.points, `${chart.metric}: entries of the JSON query`);
+  assert.equal(page.count, chart.points, `${chart.metric}: points of the JSON query`);
+  assert.deepEqual(page.series.map((s) => s.metric_name), [chart.metric]);
+  assert.equal(page.series[0].timestamps_us.length, chart.points, `${chart.metric}: one series`);
 
   const start = json.searchParams.get("start_time");
   const end = json.searchParams.get("end_time");

@@ -236,29 +236,64 @@ impl Chunk {
         metrics: Option<&[&str]>,
     ) -> Vec<ChunkSample> {
         let mut out = Vec::new();
-        if start_us > end_us {
-            return out;
-        }
-        for series in &self.series {
-            if metrics.is_some_and(|wanted| !wanted.contains(&series.name.as_ref())) {
-                continue;
-            }
-            let from = series.timestamps.partition_point(|&ts| ts < start_us);
-            let to = series.timestamps.partition_point(|&ts| ts <= end_us);
-            out.extend(
-                series.timestamps[from..to]
-                    .iter()
-                    .zip(&series.values[from..to])
-                    .map(|(&timestamp_us, &value)| ChunkSample {
-                        metric: Arc::clone(&series.name),
-                        timestamp_us,
-                        value,
-                    }),
-            );
-        }
-        // Series are visited in name order, so a stable sort by timestamp yields (timestamp, name).
-        out.sort_by_key(|sample| sample.timestamp_us);
+        self.visit_in(start_us, end_us, metrics, |series, timestamp_us, value| {
+            out.push(ChunkSample {
+                metric: Arc::clone(&self.series[series].name),
+                timestamp_us,
+                value,
+            })
+        });
         out
+    }
+
+    /// Hands the samples [`Chunk::samples_in`] returns to `visit`, in the same order, without
+    /// collecting them: the index of the sample's metric in [`Chunk::metrics`], its timestamp
+    /// and its value.
+    pub fn visit_in(
+        &self,
+        start_us: i64,
+        end_us: i64,
+        metrics: Option<&[&str]>,
+        mut visit: impl FnMut(usize, i64, f64),
+    ) {
+        if start_us > end_us {
+            return;
+        }
+        // Each selected series' samples in the window, as a run sorted by timestamp.
+        let mut runs: Vec<(usize, &Series, usize, usize)> = self
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(_, series)| {
+                metrics.is_none_or(|wanted| wanted.contains(&series.name.as_ref()))
+            })
+            .map(|(index, series)| {
+                let from = series.timestamps.partition_point(|&ts| ts < start_us);
+                let to = series.timestamps.partition_point(|&ts| ts <= end_us);
+                (index, series, from, to)
+            })
+            .filter(|(_, _, from, to)| from < to)
+            .collect();
+        // Merging the runs, a tie going to the first in name order, gives (timestamp, name)
+        // order without sorting: series share timestamps, and a chunk holds a few of them.
+        while !runs.is_empty() {
+            let mut best = 0;
+            let mut best_ts = runs[0].1.timestamps[runs[0].2];
+            for (run, (_, series, at, _)) in runs.iter().enumerate().skip(1) {
+                let ts = series.timestamps[*at];
+                if ts < best_ts {
+                    (best, best_ts) = (run, ts);
+                }
+            }
+            let (index, series, at, to) = &mut runs[best];
+            while *at < *to && series.timestamps[*at] == best_ts {
+                visit(*index, best_ts, series.values[*at]);
+                *at += 1;
+            }
+            if *at == *to {
+                runs.remove(best);
+            }
+        }
     }
 
     /// The sample with the largest timestamp of each metric (the last pushed among equals), in
