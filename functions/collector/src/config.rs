@@ -40,7 +40,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             member_id: member_id_for("", "collector"),
             max_messages: ConsumerConfig::new("").max_messages,
-            partitions_per_commit: 16,
+            partitions_per_commit: 1,
             grace_period: Duration::from_secs(20),
             ingest: IngestSettings::default(),
         }
