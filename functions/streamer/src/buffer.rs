@@ -5,13 +5,11 @@
 //! Sizes are upper bounds computed as rows arrive, without encoding: the encoded events are never
 //! larger than the estimate, so a full buffer always fits its transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use etcd_queue::Producer;
-use telemetry_model::{
-    CsvRow, GpuUuid, MetricName, SampleBatch, SampleBatchBuilder, TimestampMicros,
-};
+use telemetry_model::{CsvRow, SampleBatch, SampleBatchBuilder, TimestampMicros};
 
 use crate::shard::{FENCE_BYTES, FENCE_OPS};
 
@@ -42,8 +40,6 @@ impl BufferLimits {
 #[derive(Debug)]
 struct OpenBatch {
     builder: SampleBatchBuilder,
-    gpus: HashSet<GpuUuid>,
-    metrics: HashSet<MetricName>,
     bytes: usize,
     first_ts: i64,
 }
@@ -130,8 +126,8 @@ impl ShardBuffer {
         };
         let first_ts = batch.map_or(ts.0, |b| b.first_ts);
         let mut bytes = row_bytes(ts.0.wrapping_sub(first_ts), row.value);
-        let new_gpu = batch.is_none_or(|b| !b.gpus.contains(&row.info.uuid));
-        let new_metric = batch.is_none_or(|b| !b.metrics.contains(&row.metric));
+        let new_gpu = batch.is_none_or(|b| !b.builder.has_gpu(&row.info.uuid));
+        let new_metric = batch.is_none_or(|b| !b.builder.has_metric(&row.metric));
         if new_gpu {
             bytes += json_len(&row.info) + 1;
         }
@@ -165,7 +161,10 @@ impl ShardBuffer {
 
     /// Whether the row fits one transaction together with everything buffered.
     pub fn fits(&self, row: &CsvRow, partition: u32, ts: TimestampMicros) -> bool {
-        let cost = self.cost(row, partition, ts);
+        self.fits_at(&self.cost(row, partition, ts))
+    }
+
+    fn fits_at(&self, cost: &RowCost) -> bool {
         if cost.opens && cost.bytes > self.limits.max_payload_bytes {
             return false;
         }
@@ -186,9 +185,23 @@ impl ShardBuffer {
         ShardBuffer::new(limits).fits(row, partition, ts)
     }
 
+    /// Adds the row if it [`fits`](ShardBuffer::fits); says whether it did.
+    pub fn try_push(&mut self, row: &CsvRow, partition: u32, ts: TimestampMicros) -> bool {
+        let cost = self.cost(row, partition, ts);
+        let fits = self.fits_at(&cost);
+        if fits {
+            self.push_at(row, partition, ts, cost);
+        }
+        fits
+    }
+
     /// Adds a row. Call only after [`ShardBuffer::fits`] said yes.
     pub fn push(&mut self, row: &CsvRow, partition: u32, ts: TimestampMicros) {
         let cost = self.cost(row, partition, ts);
+        self.push_at(row, partition, ts, cost);
+    }
+
+    fn push_at(&mut self, row: &CsvRow, partition: u32, ts: TimestampMicros, cost: RowCost) {
         if cost.seal {
             if let Some(full) = self.open.remove(&partition) {
                 self.sealed_bytes += full.bytes;
@@ -197,13 +210,9 @@ impl ShardBuffer {
         }
         let batch = self.open.entry(partition).or_insert_with(|| OpenBatch {
             builder: SampleBatch::builder(),
-            gpus: HashSet::new(),
-            metrics: HashSet::new(),
             bytes: 0,
             first_ts: ts.0,
         });
-        batch.gpus.insert(row.info.uuid.clone());
-        batch.metrics.insert(row.metric.clone());
         batch.builder.push(&row.info, &row.metric, ts, row.value);
         batch.bytes += cost.bytes;
         self.partitions.insert(partition);
@@ -289,7 +298,7 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use telemetry_model::{DataEncoding, GpuInfo};
+    use telemetry_model::{DataEncoding, GpuInfo, GpuUuid, MetricName};
 
     use super::*;
 
@@ -395,6 +404,43 @@ mod tests {
         ));
         assert_eq!(taken.rows, pushed);
         assert!(pushed > 1_000, "only {pushed} rows per transaction");
+    }
+
+    #[test]
+    fn try_push_adds_exactly_what_fits_then_push_would() {
+        // Batches of five seal often, so the transaction's message budget runs out.
+        let limits = BufferLimits::new(5, 1024 * 1024, SOURCE);
+        let (mut checked, mut tried) = (ShardBuffer::new(limits), ShardBuffer::new(limits));
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..3_000u32 {
+            let r = row(
+                &format!("GPU-{:05}", i % 1_500),
+                &format!("DCGM_FI_DEV_M{}", i % 7),
+                f64::from(i),
+            );
+            let (partition, ts) = (i % 16, TimestampMicros(i64::from(i) * 1_000));
+            let fits = checked.fits(&r, partition, ts);
+            if fits {
+                checked.push(&r, partition, ts);
+            }
+            assert_eq!(tried.try_push(&r, partition, ts), fits, "row {i}");
+            if fits {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+        let (checked, tried) = (checked.take(), tried.take());
+        assert_eq!((tried.rows, tried.samples), (accepted, accepted));
+        assert_eq!(
+            (tried.bytes, tried.last_ts),
+            (checked.bytes, checked.last_ts)
+        );
+        assert_eq!(tried.batches, checked.batches);
     }
 
     #[test]

@@ -265,21 +265,23 @@ impl Passes {
         let slot = slots.get_mut(&shard).expect("checked above");
         let ts = self.stamper.stamp();
         let partition = self.queue.partition_for(row.info.uuid.as_str().as_bytes());
-        if !slot.buffer.fits(&row, partition, ts) {
-            if !ShardBuffer::fits_alone(self.limits, &row, partition, ts) {
-                tracing::warn!(
-                    line = row.line,
-                    shard,
-                    "skipping a row too large for one queue message"
-                );
-                self.metrics.bad_rows.inc();
-                slot.buffer.skip_row();
-                return Ok(());
-            }
-            // A full buffer goes out on its own, in one transaction.
-            if self.publisher.wait_idle(shard).await? {
-                self.publisher.launch(vec![slot.take_part(false)]).await?;
-            }
+        if slot.buffer.try_push(&row, partition, ts) {
+            self.oldest_buffered.get_or_insert_with(Instant::now);
+            return Ok(());
+        }
+        if !ShardBuffer::fits_alone(self.limits, &row, partition, ts) {
+            tracing::warn!(
+                line = row.line,
+                shard,
+                "skipping a row too large for one queue message"
+            );
+            self.metrics.bad_rows.inc();
+            slot.buffer.skip_row();
+            return Ok(());
+        }
+        // A full buffer goes out on its own, in one transaction.
+        if self.publisher.wait_idle(shard).await? {
+            self.publisher.launch(vec![slot.take_part(false)]).await?;
         }
         if !self.publisher.is_dropped(shard) {
             slot.buffer.push(&row, partition, ts);

@@ -186,11 +186,12 @@ impl SampleBatch {
     }
 }
 
-/// Builds a [`SampleBatch`], storing each GPU (by UUID) and metric once.
+/// Builds a [`SampleBatch`], storing each GPU (by UUID) and metric once. Its indexes hash with
+/// foldhash (seeded per process): a streamer looks a GPU and a metric up for every row it reads.
 #[derive(Debug, Default)]
 pub struct SampleBatchBuilder {
-    gpu_index: HashMap<GpuUuid, u32>,
-    metric_index: HashMap<MetricName, u32>,
+    gpu_index: HashMap<GpuUuid, u32, foldhash::fast::RandomState>,
+    metric_index: HashMap<MetricName, u32, foldhash::fast::RandomState>,
     batch: SampleBatch,
 }
 
@@ -233,6 +234,16 @@ impl SampleBatchBuilder {
     /// Number of samples pushed so far.
     pub fn len(&self) -> usize {
         self.batch.rows.len()
+    }
+
+    /// Whether a sample of the GPU `uuid` was pushed.
+    pub fn has_gpu(&self, uuid: &GpuUuid) -> bool {
+        self.gpu_index.contains_key(uuid)
+    }
+
+    /// Whether a sample of `metric` was pushed.
+    pub fn has_metric(&self, metric: &MetricName) -> bool {
+        self.metric_index.contains_key(metric)
     }
 
     pub fn is_empty(&self) -> bool {
