@@ -69,30 +69,47 @@ pub(crate) fn group_where<'a>(
     messages: impl IntoIterator<Item = (u64, &'a SampleBatch)>,
     mut keep: impl FnMut(u64, &GpuInfo) -> bool,
 ) -> BTreeMap<&'a GpuUuid, GpuRows<'a>> {
-    let mut by_gpu: BTreeMap<&'a GpuUuid, GpuRows<'a>> = BTreeMap::new();
+    // GPUs in first-seen order, and where each UUID's rows are: the UUID is looked up once per
+    // GPU of a batch, and each row goes straight to its GPU's rows.
+    let mut position: BTreeMap<&'a GpuUuid, usize> = BTreeMap::new();
+    let mut grouped: Vec<GpuRows<'a>> = Vec::new();
+    let mut slots: Vec<Option<Option<usize>>> = Vec::new();
     for (offset, batch) in messages {
-        // Per GPU of the batch, whether its samples are kept, decided at its first row: a GPU
-        // listed without rows neither appears nor changes metadata.
-        let mut kept: Vec<Option<bool>> = vec![None; batch.gpus.len()];
+        // Per GPU of the batch, where its samples go (`None`: left out), decided at its first
+        // row: a GPU listed without rows neither appears nor changes metadata.
+        slots.clear();
+        slots.resize(batch.gpus.len(), None);
         for row in &batch.rows {
-            let info = &batch.gpus[row.gpu as usize];
-            let kept = kept[row.gpu as usize].get_or_insert_with(|| keep(offset, info));
-            if !*kept {
-                continue;
-            }
-            let gpu = by_gpu.entry(&info.uuid).or_insert_with(|| GpuRows {
-                info,
-                samples: Vec::new(),
+            let slot = slots[row.gpu as usize].get_or_insert_with(|| {
+                let info = &batch.gpus[row.gpu as usize];
+                if !keep(offset, info) {
+                    return None;
+                }
+                let at = *position.entry(&info.uuid).or_insert_with(|| {
+                    grouped.push(GpuRows {
+                        info,
+                        samples: Vec::new(),
+                    });
+                    grouped.len() - 1
+                });
+                grouped[at].info = info;
+                Some(at)
             });
-            gpu.info = info;
-            gpu.samples.push((
+            let Some(at) = *slot else {
+                continue;
+            };
+            grouped[at].samples.push((
                 &batch.metrics[row.metric as usize],
                 row.timestamp,
                 row.value,
             ));
         }
     }
-    by_gpu
+    let mut grouped: Vec<Option<GpuRows<'a>>> = grouped.into_iter().map(Some).collect();
+    position
+        .into_iter()
+        .map(|(uuid, at)| (uuid, grouped[at].take().expect("one position per GPU")))
+        .collect()
 }
 
 /// A sample still within retention, with the start of its retention bucket.
@@ -278,5 +295,52 @@ mod tests {
             ]
         );
         assert_eq!(grouped[&b.uuid].info, b);
+    }
+
+    #[test]
+    fn grouping_leaves_out_what_keep_refuses_per_message_and_gpu() {
+        let util = MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap();
+        let a = GpuInfo::new(GpuUuid::parse("GPU-a").unwrap());
+        let b = GpuInfo::new(GpuUuid::parse("GPU-b").unwrap());
+        let mut a_moved = a.clone();
+        a_moved.hostname = Some("host-2".into());
+        let mut first = SampleBatch::builder();
+        first
+            .push(&a, &util, TimestampMicros(1), 1.0)
+            .push(&b, &util, TimestampMicros(2), 2.0);
+        let mut second = SampleBatch::builder();
+        second
+            .push(&b, &util, TimestampMicros(3), 3.0)
+            .push(&a_moved, &util, TimestampMicros(4), 4.0)
+            .push(&b, &util, TimestampMicros(5), 5.0);
+        let (first, second) = (first.build(), second.build());
+        let mut asked = Vec::new();
+        let grouped = group_where([(7, &first), (8, &second)], |offset, info| {
+            asked.push((offset, info.uuid.as_str().to_string()));
+            !(offset == 8 && info.uuid == a.uuid)
+        });
+        // Asked once per GPU of each message, at its first row.
+        assert_eq!(
+            asked,
+            [
+                (7, "GPU-a".to_string()),
+                (7, "GPU-b".to_string()),
+                (8, "GPU-b".to_string()),
+                (8, "GPU-a".to_string())
+            ]
+        );
+        let samples = |uuid: &GpuUuid| -> Vec<(i64, f64)> {
+            grouped[uuid]
+                .samples
+                .iter()
+                .map(|(_, ts, v)| (ts.0, *v))
+                .collect()
+        };
+        assert_eq!(samples(&a.uuid), [(1, 1.0)]);
+        assert_eq!(
+            grouped[&a.uuid].info, &a,
+            "a refused message changes no metadata"
+        );
+        assert_eq!(samples(&b.uuid), [(2, 2.0), (3, 3.0), (5, 5.0)]);
     }
 }
