@@ -84,7 +84,7 @@ impl TelemetryAnswer {
     }
 
     /// `{"gpu":...,"series":[{"metric_name":...,"timestamps_us":[...],"values":[...]},...],
-    /// "count":n,"next_cursor":...}`, each column written as serde writes a `Vec`.
+    /// "count":n,"next_cursor":...}`.
     fn series_json(&self, page: &SeriesPage) -> Vec<u8> {
         let mut out = Vec::with_capacity(1024 + page.count * SERIES_POINT_BYTES);
         out.extend_from_slice(b"{\"gpu\":");
@@ -97,9 +97,9 @@ impl TelemetryAnswer {
             out.extend_from_slice(b"{\"metric_name\":");
             write_json_string(&column.metric, &mut out);
             out.extend_from_slice(b",\"timestamps_us\":");
-            serde_json::to_writer(&mut out, &column.timestamps).expect("integers serialize");
+            write_integers(&column.timestamps, &mut out);
             out.extend_from_slice(b",\"values\":");
-            serde_json::to_writer(&mut out, &column.values).expect("floats serialize");
+            write_floats(&column.values, &mut out);
             out.push(b'}');
         }
         out.extend_from_slice(b"],\"count\":");
@@ -117,6 +117,49 @@ fn write_cursor(next_cursor: Option<&Cursor>, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
+}
+
+/// `values` as serde_json writes a `Vec<i64>` (with the same formatter, without its writer's
+/// overhead per number).
+fn write_integers(values: &[i64], out: &mut Vec<u8>) {
+    let mut text = itoa::Buffer::new();
+    out.push(b'[');
+    for (i, &value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(text.format(value).as_bytes());
+    }
+    out.push(b']');
+}
+
+/// Integers below this in magnitude are exact in f64 and written in full by serde_json.
+const EXACT_INTEGER_LIMIT: f64 = (1u64 << 53) as f64;
+
+/// `values` as serde_json writes a `Vec<f64>`: `null` for a value that is not finite, else its
+/// shortest form through the formatter serde_json uses (`zmij`). Most telemetry is whole
+/// numbers, whose shortest form is the integer and `.0`: those are written as integers.
+fn write_floats(values: &[f64], out: &mut Vec<u8>) {
+    let mut integer = itoa::Buffer::new();
+    let mut float = zmij::Buffer::new();
+    out.push(b'[');
+    for (i, &value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if value.fract() == 0.0
+            && value.abs() < EXACT_INTEGER_LIMIT
+            && !(value == 0.0 && value.is_sign_negative())
+        {
+            out.extend_from_slice(integer.format(value as i64).as_bytes());
+            out.extend_from_slice(b".0");
+        } else if value.is_finite() {
+            out.extend_from_slice(float.format_finite(value).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out.push(b']');
 }
 
 /// `text` as a JSON string. Metric names and cursors never need escaping; anything else goes
@@ -394,8 +437,70 @@ mod tests {
         );
     }
 
+    #[test]
+    fn numbers_are_written_as_serde_writes_them() {
+        let mut floats = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            87.0,
+            1e15,
+            9_999_999_999_999_998.0,
+            EXACT_INTEGER_LIMIT - 1.0,
+            EXACT_INTEGER_LIMIT,
+            -EXACT_INTEGER_LIMIT + 1.0,
+            1e16,
+            1e17,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for exponent in 0..64 {
+            let power = 2f64.powi(exponent);
+            floats.extend([power, power - 1.0, power + 1.0, -power, power / 3.0]);
+        }
+        let mut out = Vec::new();
+        write_floats(&floats, &mut out);
+        assert_eq!(out, serde_json::to_vec(&floats).unwrap());
+        let integers = [0, 1, -1, i64::MIN, i64::MAX, 1_752_871_354_000_000];
+        let mut out = Vec::new();
+        write_integers(&integers, &mut out);
+        assert_eq!(out, serde_json::to_vec(&integers).unwrap());
+        let mut out = Vec::new();
+        write_floats(&[], &mut out);
+        assert_eq!(out, b"[]");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn numbers_of_any_bits_are_written_as_serde_writes_them(
+            bits in proptest::collection::vec(any::<u64>(), 0..20),
+            whole in proptest::collection::vec(-(1i64 << 54)..(1i64 << 54), 0..20),
+            scaled in proptest::collection::vec((-1_000_000i64..1_000_000, 0u32..6), 0..20),
+            integers in proptest::collection::vec(any::<i64>(), 0..20),
+        ) {
+            let floats: Vec<f64> = bits
+                .iter()
+                .map(|&b| f64::from_bits(b))
+                .chain(whole.iter().map(|&w| w as f64))
+                .chain(scaled.iter().map(|&(m, e)| m as f64 / 10f64.powi(e as i32)))
+                .collect();
+            let mut out = Vec::new();
+            write_floats(&floats, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&floats).unwrap());
+            let mut out = Vec::new();
+            write_integers(&integers, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&integers).unwrap());
+        }
 
         #[test]
         fn entries_are_byte_for_byte_what_serde_writes(
