@@ -13,9 +13,7 @@ use bytes::Bytes;
 use etcd_client::Client;
 use promql_engine::Engine;
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
-use telemetry_store::{
-    Aggregator, Cursor, GpuPages, GpuRecord, MetricSlots, SampleQuery, StoredSample, TelemetryStore,
-};
+use telemetry_store::{Aggregator, GpuPages, GpuRecord, SampleQuery, SeriesPage, TelemetryStore};
 
 use crate::config::Config;
 use crate::dcgm_fields::dcgm_field;
@@ -26,7 +24,7 @@ use crate::error::ApiError;
 use crate::fleet_latest::GpuLatest;
 use crate::params::{GpuListRequest, TelemetryFormat, TelemetryRequest, MAX_SERIES_PAGE_POINTS};
 use crate::queue_view::QueueView;
-use crate::telemetry_body::TelemetryAnswer;
+use crate::telemetry_body::{TelemetryAnswer, TelemetryRows};
 
 /// The store and queue readers of one deployment (one key prefix).
 #[derive(Clone)]
@@ -135,7 +133,8 @@ impl Backend {
     /// One page of a GPU's samples (or of its aggregated buckets). In the series form `limit`
     /// counts points per metric: the page is the entry page of `limit` points per selected
     /// metric (at most [`MAX_SERIES_PAGE_POINTS`] in all), cut short before any metric's
-    /// `limit + 1`-th point, so its cursor continues exactly where it stops.
+    /// `limit + 1`-th point, so its cursor continues exactly where it stops; raw samples are
+    /// read per metric for it ([`TelemetryStore::query_series`]).
     pub async fn telemetry(
         &self,
         id: &GpuUuid,
@@ -164,7 +163,19 @@ impl Backend {
                 &series_query
             }
         };
-        let (mut samples, mut next_cursor) = match request.aggregation {
+        let (samples, next_cursor) = match request.aggregation {
+            None if request.format == TelemetryFormat::Series => {
+                let page = self
+                    .bounded(
+                        "read telemetry",
+                        self.store.query_series(id, query, request.query.limit),
+                    )
+                    .await?;
+                return Ok(TelemetryAnswer {
+                    gpu: GpuSummary::from(&record),
+                    rows: TelemetryRows::Series(page),
+                });
+            }
             None => {
                 let page = self
                     .bounded("read telemetry", self.store.query(id, query))
@@ -198,15 +209,20 @@ impl Backend {
                 query.page(aggregator.finish(query.start))
             }
         };
-        if request.format == TelemetryFormat::Series {
-            if let Some(cut) = cut_per_series(&mut samples, request.query.limit) {
-                next_cursor = Some(cut);
-            }
-        }
+        let rows = match request.format {
+            TelemetryFormat::Entries => TelemetryRows::Entries {
+                samples,
+                next_cursor,
+            },
+            TelemetryFormat::Series => TelemetryRows::Series(SeriesPage::from_entries(
+                samples,
+                next_cursor,
+                request.query.limit,
+            )),
+        };
         Ok(TelemetryAnswer {
             gpu: GpuSummary::from(&record),
-            samples,
-            next_cursor,
+            rows,
         })
     }
 
@@ -277,26 +293,6 @@ impl Backend {
             },
         })
     }
-}
-
-/// Truncates `samples` (in page order) before the first that would be its metric's
-/// `per_series + 1`-th, giving the cursor after the last one kept; `None` when none is.
-fn cut_per_series(samples: &mut Vec<StoredSample>, per_series: usize) -> Option<Cursor> {
-    let mut slots = MetricSlots::default();
-    let mut counts: Vec<usize> = Vec::new();
-    let cut = samples.iter().position(|sample| {
-        let slot = slots.slot(&sample.metric);
-        if slot == counts.len() {
-            counts.push(0);
-        }
-        counts[slot] += 1;
-        counts[slot] > per_series
-    })?;
-    samples.truncate(cut);
-    samples.last().map(|last| Cursor {
-        timestamp: last.timestamp,
-        metric: MetricName::parse(&last.metric).expect("chunk decoding validates metric names"),
-    })
 }
 
 /// Step-aligned buckets (one without a step) that the inclusive window `[lo, hi]` touches.
@@ -548,34 +544,6 @@ impl ApiState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn samples(metrics: &str) -> Vec<StoredSample> {
-        metrics
-            .chars()
-            .enumerate()
-            .map(|(i, metric)| StoredSample {
-                timestamp: TimestampMicros(i as i64),
-                metric: metric.to_string().into(),
-                value: i as f64,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_series_page_stops_before_any_metric_passes_its_limit() {
-        let mut page = samples("ABABBBA");
-        let cursor = cut_per_series(&mut page, 2).expect("B's third point is cut");
-        assert_eq!(page, samples("ABAB"));
-        assert_eq!(cursor.timestamp, TimestampMicros(3));
-        assert_eq!(cursor.metric.as_str(), "B");
-
-        let mut page = samples("ABBA");
-        assert_eq!(cut_per_series(&mut page, 2), None);
-        assert_eq!(page, samples("ABBA"));
-        let mut page = samples("AA");
-        let cursor = cut_per_series(&mut page, 1).unwrap();
-        assert_eq!((page.len(), cursor.timestamp), (1, TimestampMicros(0)));
-    }
 
     #[test]
     fn an_unconnected_state_answers_not_connected() {

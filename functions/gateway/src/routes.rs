@@ -14,9 +14,7 @@ use utoipa_axum::routes;
 use crate::backend::{ApiState, GpuListing, ListingEntry};
 use crate::dto::{GpuDetail, GpuList, LatestValues, MetricList, QueueInfo, TelemetryResponse};
 use crate::error::{ApiError, BadGateway, BadRequest, NotFound, Unavailable};
-use crate::params::{
-    no_query_parameters, GpuId, GpuIdPath, ListGpusParams, TelemetryFormat, TelemetryParams,
-};
+use crate::params::{no_query_parameters, GpuId, GpuIdPath, ListGpusParams, TelemetryParams};
 
 pub const TAG_GPUS: &str = "gpus";
 pub const TAG_METRICS: &str = "metrics";
@@ -127,11 +125,7 @@ pub async fn get_telemetry(
 ) -> Result<Response, ApiError> {
     let request = TelemetryParams::from_query(query.as_deref())?.validate()?;
     let answer = state.backend()?.telemetry(&id, &request).await?;
-    let body = match request.format {
-        TelemetryFormat::Entries => answer.entries_json(),
-        TelemetryFormat::Series => answer.series_json(),
-    };
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer.json()).into_response())
 }
 
 /// The latest value of every metric of a GPU.

@@ -1,33 +1,56 @@
-//! The bodies of `GET /api/v1/gpus/{id}/telemetry`, made straight from the store's samples: the
-//! entry list written by hand, byte for byte what serde makes of a
-//! [`TelemetryPage`](crate::dto::TelemetryPage) but without a
-//! `String` per timestamp and per metric name, and the series form, per metric.
+//! The bodies of `GET /api/v1/gpus/{id}/telemetry`, made straight from the store's pages and
+//! written by hand, byte for byte what serde makes of the DTOs: the entry list (a
+//! [`TelemetryPage`](crate::dto::TelemetryPage)) without a `String` per timestamp and per metric
+//! name, and the series form (a [`TelemetrySeriesPage`](crate::dto::TelemetrySeriesPage)) from
+//! the store's per-metric columns, without copying them into DTOs.
 //!
 //! A page of 10,000 entries is about a megabyte of JSON; building it as DTOs first spent most of
 //! the request formatting each timestamp through chrono and copying the strings around.
 
 use telemetry_model::TimestampMicros;
-use telemetry_store::{Cursor, MetricSlots, StoredSample};
+use telemetry_store::{Cursor, MetricSlots, SeriesPage, StoredSample};
 
-use crate::dto::{GpuSummary, MetricSeries, TelemetrySeriesPage};
+use crate::dto::GpuSummary;
 
 /// Bytes of JSON an entry takes, about: enough to size the body once.
 const ENTRY_BYTES: usize = 96;
+/// Bytes of JSON a point of a series takes, about (a 16-digit timestamp, a short value).
+const SERIES_POINT_BYTES: usize = 24;
 
-/// One page of samples of one GPU, ready to be written in either shape.
+/// One page of samples of one GPU, in the shape it is written in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryAnswer {
     pub gpu: GpuSummary,
-    /// In the page's order: by time (ties by metric name), ascending unless `order=desc`.
-    pub samples: Vec<StoredSample>,
-    pub next_cursor: Option<Cursor>,
+    pub rows: TelemetryRows,
+}
+
+/// A page's samples: an entry list, or per metric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TelemetryRows {
+    Entries {
+        /// In the page's order: by time (ties by metric name), ascending unless `order=desc`.
+        samples: Vec<StoredSample>,
+        next_cursor: Option<Cursor>,
+    },
+    Series(SeriesPage),
 }
 
 impl TelemetryAnswer {
-    /// `{"gpu":...,"entries":[...],"count":n,"next_cursor":...}`, as a
-    /// [`TelemetryPage`](crate::dto::TelemetryPage).
-    pub fn entries_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1024 + self.samples.len() * ENTRY_BYTES);
+    /// The body: a [`TelemetryPage`](crate::dto::TelemetryPage) or a
+    /// [`TelemetrySeriesPage`](crate::dto::TelemetrySeriesPage) as JSON.
+    pub fn json(&self) -> Vec<u8> {
+        match &self.rows {
+            TelemetryRows::Entries {
+                samples,
+                next_cursor,
+            } => self.entries_json(samples, next_cursor.as_ref()),
+            TelemetryRows::Series(page) => self.series_json(page),
+        }
+    }
+
+    /// `{"gpu":...,"entries":[...],"count":n,"next_cursor":...}`.
+    fn entries_json(&self, samples: &[StoredSample], next_cursor: Option<&Cursor>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024 + samples.len() * ENTRY_BYTES);
         out.extend_from_slice(b"{\"gpu\":");
         serde_json::to_writer(&mut out, &self.gpu).expect("a GPU summary serializes");
         out.extend_from_slice(b",\"entries\":[");
@@ -35,7 +58,7 @@ impl TelemetryAnswer {
         // Each metric's name as JSON, written once per page.
         let mut slots = MetricSlots::default();
         let mut names: Vec<Vec<u8>> = Vec::new();
-        for (i, sample) in self.samples.iter().enumerate() {
+        for (i, sample) in samples.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -55,50 +78,88 @@ impl TelemetryAnswer {
             out.push(b'}');
         }
         out.extend_from_slice(b"],\"count\":");
-        out.extend_from_slice(self.samples.len().to_string().as_bytes());
-        self.write_cursor(&mut out);
+        out.extend_from_slice(samples.len().to_string().as_bytes());
+        write_cursor(next_cursor, &mut out);
         out
     }
 
-    /// The same samples per metric: series sorted by metric name, each in the page's order.
-    pub fn series(&self) -> TelemetrySeriesPage {
-        let mut slots = MetricSlots::default();
-        let mut series: Vec<MetricSeries> = Vec::new();
-        for sample in &self.samples {
-            let slot = slots.slot(&sample.metric);
-            if slot == series.len() {
-                series.push(MetricSeries {
-                    metric_name: sample.metric.to_string(),
-                    timestamps_us: Vec::new(),
-                    values: Vec::new(),
-                });
+    /// `{"gpu":...,"series":[{"metric_name":...,"timestamps_us":[...],"values":[...]},...],
+    /// "count":n,"next_cursor":...}`.
+    fn series_json(&self, page: &SeriesPage) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024 + page.count * SERIES_POINT_BYTES);
+        out.extend_from_slice(b"{\"gpu\":");
+        serde_json::to_writer(&mut out, &self.gpu).expect("a GPU summary serializes");
+        out.extend_from_slice(b",\"series\":[");
+        for (i, column) in page.series.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-            series[slot].timestamps_us.push(sample.timestamp.0);
-            series[slot].values.push(sample.value);
+            out.extend_from_slice(b"{\"metric_name\":");
+            write_json_string(&column.metric, &mut out);
+            out.extend_from_slice(b",\"timestamps_us\":");
+            write_integers(&column.timestamps, &mut out);
+            out.extend_from_slice(b",\"values\":");
+            write_floats(&column.values, &mut out);
+            out.push(b'}');
         }
-        series.sort_unstable_by(|a, b| a.metric_name.cmp(&b.metric_name));
-        TelemetrySeriesPage {
-            gpu: self.gpu.clone(),
-            series,
-            count: self.samples.len(),
-            next_cursor: self.next_cursor.as_ref().map(Cursor::encode),
-        }
+        out.extend_from_slice(b"],\"count\":");
+        out.extend_from_slice(page.count.to_string().as_bytes());
+        write_cursor(page.next_cursor.as_ref(), &mut out);
+        out
     }
+}
 
-    /// The series form as JSON.
-    pub fn series_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.series()).expect("a series page serializes")
+/// `,"next_cursor":...}`: the end of either body.
+fn write_cursor(next_cursor: Option<&Cursor>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => write_json_string(&cursor.encode(), out),
+        None => out.extend_from_slice(b"null"),
     }
+    out.push(b'}');
+}
 
-    /// `,"next_cursor":...}`: the end of either body.
-    fn write_cursor(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b",\"next_cursor\":");
-        match &self.next_cursor {
-            Some(cursor) => write_json_string(&cursor.encode(), out),
-            None => out.extend_from_slice(b"null"),
+/// `values` as serde_json writes a `Vec<i64>` (with the same formatter, without its writer's
+/// overhead per number).
+fn write_integers(values: &[i64], out: &mut Vec<u8>) {
+    let mut text = itoa::Buffer::new();
+    out.push(b'[');
+    for (i, &value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.push(b'}');
+        out.extend_from_slice(text.format(value).as_bytes());
     }
+    out.push(b']');
+}
+
+/// Integers below this in magnitude are exact in f64 and written in full by serde_json.
+const EXACT_INTEGER_LIMIT: f64 = (1u64 << 53) as f64;
+
+/// `values` as serde_json writes a `Vec<f64>`: `null` for a value that is not finite, else its
+/// shortest form through the formatter serde_json uses (`zmij`). Most telemetry is whole
+/// numbers, whose shortest form is the integer and `.0`: those are written as integers.
+fn write_floats(values: &[f64], out: &mut Vec<u8>) {
+    let mut integer = itoa::Buffer::new();
+    let mut float = zmij::Buffer::new();
+    out.push(b'[');
+    for (i, &value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if value.fract() == 0.0
+            && value.abs() < EXACT_INTEGER_LIMIT
+            && !(value == 0.0 && value.is_sign_negative())
+        {
+            out.extend_from_slice(integer.format(value as i64).as_bytes());
+            out.extend_from_slice(b".0");
+        } else if value.is_finite() {
+            out.extend_from_slice(float.format_finite(value).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out.push(b']');
 }
 
 /// `text` as a JSON string. Metric names and cursors never need escaping; anything else goes
@@ -186,7 +247,7 @@ mod tests {
     use telemetry_model::MetricName;
 
     use super::*;
-    use crate::dto::{TelemetryEntry, TelemetryPage};
+    use crate::dto::{MetricSeries, TelemetryEntry, TelemetryPage, TelemetrySeriesPage};
 
     fn gpu() -> GpuSummary {
         GpuSummary {
@@ -204,20 +265,58 @@ mod tests {
     fn answer(samples: Vec<StoredSample>, next_cursor: Option<Cursor>) -> TelemetryAnswer {
         TelemetryAnswer {
             gpu: gpu(),
-            samples,
-            next_cursor,
+            rows: TelemetryRows::Entries {
+                samples,
+                next_cursor,
+            },
         }
     }
 
     /// What serde makes of the same page built as DTOs.
     fn serde_entries(answer: &TelemetryAnswer) -> Vec<u8> {
-        let entries: Vec<TelemetryEntry> =
-            answer.samples.iter().map(TelemetryEntry::from).collect();
+        let TelemetryRows::Entries {
+            samples,
+            next_cursor,
+        } = &answer.rows
+        else {
+            panic!("an entry page");
+        };
+        let entries: Vec<TelemetryEntry> = samples.iter().map(TelemetryEntry::from).collect();
         serde_json::to_vec(&TelemetryPage {
             gpu: answer.gpu.clone(),
             count: entries.len(),
             entries,
-            next_cursor: answer.next_cursor.as_ref().map(Cursor::encode),
+            next_cursor: next_cursor.as_ref().map(Cursor::encode),
+        })
+        .unwrap()
+    }
+
+    /// A series page of `samples` (in page order), as the aggregated reads make it.
+    fn series_answer(samples: Vec<StoredSample>, next_cursor: Option<Cursor>) -> TelemetryAnswer {
+        TelemetryAnswer {
+            gpu: gpu(),
+            rows: TelemetryRows::Series(SeriesPage::from_entries(samples, next_cursor, usize::MAX)),
+        }
+    }
+
+    /// What serde makes of the same series page built as DTOs.
+    fn serde_series(answer: &TelemetryAnswer) -> Vec<u8> {
+        let TelemetryRows::Series(page) = &answer.rows else {
+            panic!("a series page");
+        };
+        serde_json::to_vec(&TelemetrySeriesPage {
+            gpu: answer.gpu.clone(),
+            series: page
+                .series
+                .iter()
+                .map(|column| MetricSeries {
+                    metric_name: column.metric.to_string(),
+                    timestamps_us: column.timestamps.clone(),
+                    values: column.values.clone(),
+                })
+                .collect(),
+            count: page.count,
+            next_cursor: page.next_cursor.as_ref().map(Cursor::encode),
         })
         .unwrap()
     }
@@ -264,7 +363,7 @@ mod tests {
     #[test]
     fn an_empty_page_and_a_page_with_a_cursor_match_serde() {
         let empty = answer(Vec::new(), None);
-        assert_eq!(empty.entries_json(), serde_entries(&empty));
+        assert_eq!(empty.json(), serde_entries(&empty));
         let cursor = Cursor {
             timestamp: TimestampMicros(-5),
             metric: MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap(),
@@ -276,7 +375,26 @@ mod tests {
             ],
             Some(cursor),
         );
-        assert_eq!(page.entries_json(), serde_entries(&page));
+        assert_eq!(page.json(), serde_entries(&page));
+    }
+
+    #[test]
+    fn an_empty_series_page_and_one_with_a_cursor_match_serde() {
+        let empty = series_answer(Vec::new(), None);
+        assert_eq!(empty.json(), serde_series(&empty));
+        let cursor = Cursor {
+            timestamp: TimestampMicros(7),
+            metric: MetricName::parse("DCGM_FI_DEV_GPU_UTIL").unwrap(),
+        };
+        let page = series_answer(
+            vec![
+                sample(-5, "DCGM_FI_DEV_GPU_UTIL", f64::NAN),
+                sample(7, "odd \"name\"\n", f64::INFINITY),
+                sample(7, "DCGM_FI_DEV_GPU_UTIL", -0.0),
+            ],
+            Some(cursor),
+        );
+        assert_eq!(page.json(), serde_series(&page));
     }
 
     #[test]
@@ -290,7 +408,14 @@ mod tests {
             ],
             None,
         );
-        let series = page.series();
+        let page = series_answer(
+            match page.rows {
+                TelemetryRows::Entries { samples, .. } => samples,
+                TelemetryRows::Series(_) => unreachable!(),
+            },
+            None,
+        );
+        let series: TelemetrySeriesPage = serde_json::from_slice(&page.json()).unwrap();
         assert_eq!(series.count, 4);
         let names: Vec<&str> = series
             .series
@@ -300,7 +425,7 @@ mod tests {
         assert_eq!(names, ["A", "B"]);
         assert_eq!(series.series[0].timestamps_us, [3, 1]);
         assert_eq!(series.series[1].timestamps_us, [3, 2]);
-        let parsed: TelemetrySeriesPage = serde_json::from_slice(&page.series_json()).unwrap();
+        let parsed = series;
         let bits = |s: &MetricSeries| s.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(&parsed.series[0]),
@@ -312,8 +437,70 @@ mod tests {
         );
     }
 
+    #[test]
+    fn numbers_are_written_as_serde_writes_them() {
+        let mut floats = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            87.0,
+            1e15,
+            9_999_999_999_999_998.0,
+            EXACT_INTEGER_LIMIT - 1.0,
+            EXACT_INTEGER_LIMIT,
+            -EXACT_INTEGER_LIMIT + 1.0,
+            1e16,
+            1e17,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for exponent in 0..64 {
+            let power = 2f64.powi(exponent);
+            floats.extend([power, power - 1.0, power + 1.0, -power, power / 3.0]);
+        }
+        let mut out = Vec::new();
+        write_floats(&floats, &mut out);
+        assert_eq!(out, serde_json::to_vec(&floats).unwrap());
+        let integers = [0, 1, -1, i64::MIN, i64::MAX, 1_752_871_354_000_000];
+        let mut out = Vec::new();
+        write_integers(&integers, &mut out);
+        assert_eq!(out, serde_json::to_vec(&integers).unwrap());
+        let mut out = Vec::new();
+        write_floats(&[], &mut out);
+        assert_eq!(out, b"[]");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn numbers_of_any_bits_are_written_as_serde_writes_them(
+            bits in proptest::collection::vec(any::<u64>(), 0..20),
+            whole in proptest::collection::vec(-(1i64 << 54)..(1i64 << 54), 0..20),
+            scaled in proptest::collection::vec((-1_000_000i64..1_000_000, 0u32..6), 0..20),
+            integers in proptest::collection::vec(any::<i64>(), 0..20),
+        ) {
+            let floats: Vec<f64> = bits
+                .iter()
+                .map(|&b| f64::from_bits(b))
+                .chain(whole.iter().map(|&w| w as f64))
+                .chain(scaled.iter().map(|&(m, e)| m as f64 / 10f64.powi(e as i32)))
+                .collect();
+            let mut out = Vec::new();
+            write_floats(&floats, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&floats).unwrap());
+            let mut out = Vec::new();
+            write_integers(&integers, &mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&integers).unwrap());
+        }
 
         #[test]
         fn entries_are_byte_for_byte_what_serde_writes(
@@ -329,8 +516,10 @@ mod tests {
                     sample(at, metrics[*metric], f64::from_bits(*bits))
                 })
                 .collect();
-            let page = answer(samples, None);
-            prop_assert_eq!(page.entries_json(), serde_entries(&page));
+            let page = answer(samples.clone(), None);
+            prop_assert_eq!(page.json(), serde_entries(&page));
+            let page = series_answer(samples, None);
+            prop_assert_eq!(page.json(), serde_series(&page));
         }
     }
 }

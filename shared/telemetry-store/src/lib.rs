@@ -28,6 +28,7 @@ mod reader;
 mod record;
 mod registry;
 mod retention;
+mod series_page;
 mod writer;
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub use reader::{Cursor, Order, SamplePage, SampleQuery, StoredSample, WindowSta
 pub use record::{GpuRecord, LatestValue};
 pub use registry::GpuPages;
 pub use retention::RetentionLeases;
+pub use series_page::{MetricColumn, SeriesPage};
 pub use writer::{FenceBudget, PreparedWrite, StoreWriter, COMPARES_PER_GPU, OPS_PER_GPU};
 
 /// How the store keeps data.

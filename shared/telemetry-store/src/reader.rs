@@ -11,10 +11,11 @@ use etcd_queue::kv::first_kv;
 use etcd_queue::{RangeRead, MAX_RESPONSE_BYTES, MAX_TXN_OPS};
 use telemetry_model::{GpuUuid, MetricName, TimestampMicros};
 
-use crate::chunk::ChunkError;
+use crate::chunk::{Chunk, ChunkError};
 use crate::error::StoreError;
 use crate::keys::parse_sealed;
 use crate::open_chunk;
+use crate::series_page::{SeriesPage, SeriesRows};
 
 use crate::TelemetryStore;
 
@@ -48,10 +49,11 @@ impl Cursor {
         })
     }
 
-    /// Whether `sample` comes after this cursor in `order` (belongs to the next page).
-    fn precedes(&self, sample: &StoredSample, order: Order) -> bool {
+    /// Whether the sample `(timestamp, metric)` comes after this cursor in `order` (belongs to
+    /// the next page).
+    fn precedes(&self, timestamp: i64, metric: &str, order: Order) -> bool {
         let cursor = (self.timestamp.0, self.metric.as_str());
-        let sample = (sample.timestamp.0, &*sample.metric);
+        let sample = (timestamp, metric);
         match order {
             Order::Asc => sample > cursor,
             Order::Desc => sample < cursor,
@@ -87,6 +89,20 @@ impl Default for SampleQuery {
 }
 
 impl SampleQuery {
+    /// The inclusive time window a page of this query reads: the query's, narrowed to the
+    /// cursor's side.
+    fn window(&self) -> (i64, i64) {
+        let mut start = self.start.map(|t| t.0).unwrap_or(0);
+        let mut end = self.end.map(|t| t.0).unwrap_or(i64::MAX);
+        if let Some(cursor) = &self.cursor {
+            match self.order {
+                Order::Asc => start = start.max(cursor.timestamp.0),
+                Order::Desc => end = end.min(cursor.timestamp.0),
+            }
+        }
+        (start, end)
+    }
+
     /// Applies this query's order, cursor and limit to samples sorted ascending by (timestamp,
     /// metric): the page and the cursor of the next one. Raw samples and aggregated buckets page
     /// alike through it.
@@ -95,7 +111,7 @@ impl SampleQuery {
             sorted.reverse();
         }
         if let Some(cursor) = &self.cursor {
-            sorted.retain(|s| cursor.precedes(s, self.order));
+            sorted.retain(|s| cursor.precedes(s.timestamp.0, &s.metric, self.order));
         }
         if sorted.len() <= self.limit {
             return (sorted, None);
@@ -301,30 +317,65 @@ impl TelemetryStore {
         uuid: &GpuUuid,
         query: &SampleQuery,
     ) -> Result<SamplePage, StoreError> {
+        let mut rows = EntryRows::default();
+        let read = self.read_page(uuid, query, &mut rows).await?;
+        // Dropping samples keeps the order of the rest, so the runs can be ordered first.
+        let mut samples = sort_by_time(rows.samples, &rows.runs);
+        samples.retain(|s| settled(query.order, read.unread_bound, s.timestamp.0));
+        let (samples, next_cursor) = query.page(samples);
+        Ok(SamplePage {
+            samples,
+            next_cursor,
+            chunks_read: read.chunks_read,
+        })
+    }
+
+    /// One page of a query per metric: the page [`TelemetryStore::query`] returns, cut short
+    /// before any metric's `per_series + 1`-th sample (the cursor then after the last one kept),
+    /// grouped per metric ([`SeriesPage::from_entries`]). Made from each chunk's columns: no
+    /// sample is put in (time, metric) order, and a metric's chunks are only merged sample by
+    /// sample where they overlap in time.
+    pub async fn query_series(
+        &self,
+        uuid: &GpuUuid,
+        query: &SampleQuery,
+        per_series: usize,
+    ) -> Result<SeriesPage, StoreError> {
+        if per_series == 0 {
+            return Err(StoreError::InvalidQuery(
+                "points per series must be at least 1".into(),
+            ));
+        }
+        let mut rows = SeriesRows::default();
+        let read = self.read_page(uuid, query, &mut rows).await?;
+        Ok(rows.into_page(query, read.unread_bound, per_series))
+    }
+
+    /// Reads the chunks a page of `query` needs into `rows`: in the page's direction, in rounds,
+    /// until more than `limit` samples after the cursor are known to come before everything
+    /// still unread (or nothing is left).
+    async fn read_page(
+        &self,
+        uuid: &GpuUuid,
+        query: &SampleQuery,
+        rows: &mut impl PageRows,
+    ) -> Result<PageRead, StoreError> {
         if query.limit == 0 {
             return Err(StoreError::InvalidQuery("limit must be at least 1".into()));
         }
-        let mut start = query.start.map(|t| t.0).unwrap_or(0);
-        let mut end = query.end.map(|t| t.0).unwrap_or(i64::MAX);
-        if let Some(cursor) = &query.cursor {
-            match query.order {
-                Order::Asc => start = start.max(cursor.timestamp.0),
-                Order::Desc => end = end.min(cursor.timestamp.0),
-            }
-        }
+        let (start, end) = query.window();
         if start > end {
-            return Ok(SamplePage {
-                samples: Vec::new(),
-                next_cursor: None,
+            return Ok(PageRead {
+                unread_bound: None,
                 chunks_read: 0,
             });
         }
         let order = query.order;
-        let after_cursor = |sample: &StoredSample| {
+        let after_cursor = |timestamp: i64, metric: &str| {
             query
                 .cursor
                 .as_ref()
-                .is_none_or(|cursor| cursor.precedes(sample, order))
+                .is_none_or(|cursor| cursor.precedes(timestamp, metric, order))
         };
         let Scan {
             open, mut sealed, ..
@@ -338,19 +389,10 @@ impl TelemetryStore {
             Order::Asc => chunk.start,
             Order::Desc => chunk.end,
         };
-        let settled = |sample: &StoredSample, bound: Option<i64>| match (order, bound) {
-            (_, None) => true,
-            (Order::Asc, Some(bound)) => sample.timestamp.0 < bound,
-            (Order::Desc, Some(bound)) => sample.timestamp.0 > bound,
-        };
         let mut selection = Selection::new(start, end, query.metrics.as_deref());
-        let mut samples = Vec::new();
-        // Where each chunk's samples begin in `samples`: every chunk's are in order already.
-        let mut runs = Vec::new();
         let mut chunks_read = 0;
         if let Some(bytes) = open {
-            runs.push(samples.len());
-            selection.decode_into(&mut samples, self.keys().open_chunk(uuid), &bytes)?;
+            rows.add(&mut selection, self.keys().open_chunk(uuid), &bytes)?;
             chunks_read += 1;
         }
         let mut next = 0;
@@ -365,10 +407,9 @@ impl TelemetryStore {
             if unread_bound.is_none() {
                 break;
             }
-            let ready = samples
-                .iter()
-                .filter(|s| settled(s, unread_bound) && after_cursor(s))
-                .count();
+            let ready = rows.count(|timestamp, metric| {
+                settled(order, unread_bound, timestamp) && after_cursor(timestamp, metric)
+            });
             if ready > query.limit {
                 break;
             }
@@ -384,8 +425,7 @@ impl TelemetryStore {
             for (bytes, chunk) in self.fetch(batch).await?.into_iter().zip(batch) {
                 let Some(bytes) = bytes else { continue };
                 largest = largest.max(bytes.len());
-                runs.push(samples.len());
-                let added = selection.decode_into(&mut samples, chunk.key.clone(), &bytes)?;
+                let added = rows.add(&mut selection, chunk.key.clone(), &bytes)?;
                 if chunk.start >= start && chunk.end <= end {
                     per_chunk = per_chunk.max(added);
                 }
@@ -393,16 +433,94 @@ impl TelemetryStore {
             }
             next += batch.len();
         }
-        let unread_bound = sealed.get(next).map(bound);
-        // Dropping samples keeps the order of the rest, so the runs can be ordered first.
-        let mut samples = sort_by_time(samples, &runs);
-        samples.retain(|s| settled(s, unread_bound));
-        let (samples, next_cursor) = query.page(samples);
-        Ok(SamplePage {
-            samples,
-            next_cursor,
+        Ok(PageRead {
+            unread_bound: sealed.get(next).map(bound),
             chunks_read,
         })
+    }
+}
+
+/// How a page read ended: the bound of the first chunk left unread (in the page's direction,
+/// samples beyond it may be missing), and the chunks read (the open chunk counts as one).
+struct PageRead {
+    unread_bound: Option<i64>,
+    chunks_read: usize,
+}
+
+/// Whether a sample at `timestamp` is known to come before everything in the chunks left
+/// unread, the first of which has `unread_bound` (none: everything is read).
+fn settled(order: Order, unread_bound: Option<i64>, timestamp: i64) -> bool {
+    match (order, unread_bound) {
+        (_, None) => true,
+        (Order::Asc, Some(bound)) => timestamp < bound,
+        (Order::Desc, Some(bound)) => timestamp > bound,
+    }
+}
+
+/// What a page read keeps of the chunks it decodes.
+trait PageRows {
+    /// Decodes one chunk and keeps its selected samples; returns how many.
+    fn add(
+        &mut self,
+        selection: &mut Selection<'_>,
+        key: String,
+        bytes: &[u8],
+    ) -> Result<usize, StoreError>;
+
+    /// Samples kept so far that `keep` accepts (by timestamp and metric).
+    fn count(&self, keep: impl Fn(i64, &str) -> bool) -> usize;
+}
+
+/// The samples of an entry page as read, chunk after chunk.
+#[derive(Debug, Default)]
+struct EntryRows {
+    samples: Vec<StoredSample>,
+    /// Where each chunk's samples begin in `samples`: every chunk's are in order already.
+    runs: Vec<usize>,
+}
+
+impl PageRows for EntryRows {
+    fn add(
+        &mut self,
+        selection: &mut Selection<'_>,
+        key: String,
+        bytes: &[u8],
+    ) -> Result<usize, StoreError> {
+        self.runs.push(self.samples.len());
+        let samples = &mut self.samples;
+        selection.decode_each(key, bytes, &mut |sample| samples.push(sample))
+    }
+
+    fn count(&self, keep: impl Fn(i64, &str) -> bool) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| keep(s.timestamp.0, &s.metric))
+            .count()
+    }
+}
+
+impl PageRows for SeriesRows {
+    fn add(
+        &mut self,
+        selection: &mut Selection<'_>,
+        key: String,
+        bytes: &[u8],
+    ) -> Result<usize, StoreError> {
+        let chunk = selection.decode_chunk(key, bytes)?;
+        let columns: Vec<_> = chunk
+            .into_series_in(selection.start, selection.end, selection.names.as_deref())
+            .collect();
+        let mut added = 0;
+        for (name, timestamps, values) in columns {
+            added += timestamps.len();
+            let name = selection.intern(&name);
+            self.push_run(name, timestamps, values);
+        }
+        Ok(added)
+    }
+
+    fn count(&self, keep: impl Fn(i64, &str) -> bool) -> usize {
+        self.count_kept(keep)
     }
 }
 
@@ -427,16 +545,6 @@ impl<'a> Selection<'a> {
         }
     }
 
-    /// Decodes one chunk and appends the selected samples; returns how many it appended.
-    fn decode_into(
-        &mut self,
-        samples: &mut Vec<StoredSample>,
-        key: String,
-        bytes: &[u8],
-    ) -> Result<usize, StoreError> {
-        self.decode_each(key, bytes, &mut |sample| samples.push(sample))
-    }
-
     /// Decodes one chunk and hands each selected sample to `visit`, in (timestamp, metric)
     /// order; returns how many.
     fn decode_each(
@@ -445,19 +553,7 @@ impl<'a> Selection<'a> {
         bytes: &[u8],
         visit: &mut impl FnMut(StoredSample),
     ) -> Result<usize, StoreError> {
-        let chunk = open_chunk::decode(bytes).map(|(chunk, _)| chunk);
-        let chunk = chunk.map_err(|source| StoreError::CorruptChunk {
-            key: key.clone(),
-            source,
-        })?;
-        // Samples leave the store with names that are metric names (cursors are built from
-        // them); the codec itself takes any name.
-        if chunk.metrics().any(|name| MetricName::parse(name).is_err()) {
-            return Err(StoreError::CorruptChunk {
-                key,
-                source: ChunkError::Corrupt("series name is not a metric name"),
-            });
-        }
+        let chunk = self.decode_chunk(key, bytes)?;
         // The read's own name for each of the chunk's series, in the chunk's series order.
         let names: Vec<Arc<str>> = chunk.metrics().map(|name| self.intern(name)).collect();
         let mut count = 0;
@@ -475,6 +571,24 @@ impl<'a> Selection<'a> {
             },
         );
         Ok(count)
+    }
+
+    /// Decodes one chunk, checking that its series names are metric names.
+    fn decode_chunk(&self, key: String, bytes: &[u8]) -> Result<Chunk, StoreError> {
+        let chunk = open_chunk::decode(bytes).map(|(chunk, _)| chunk);
+        let chunk = chunk.map_err(|source| StoreError::CorruptChunk {
+            key: key.clone(),
+            source,
+        })?;
+        // Samples leave the store with names that are metric names (cursors are built from
+        // them); the codec itself takes any name.
+        if chunk.metrics().any(|name| MetricName::parse(name).is_err()) {
+            return Err(StoreError::CorruptChunk {
+                key,
+                source: ChunkError::Corrupt("series name is not a metric name"),
+            });
+        }
+        Ok(chunk)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -670,6 +784,130 @@ mod tests {
             let expected = exact(&stable_sorted(all.clone()));
             proptest::prop_assert_eq!(exact(&sort_by_time(all, &starts)), expected);
         }
+    }
+
+    /// A chunk of `(timestamp, metric, value)` pushes, encoded as the store keeps it.
+    fn encoded_chunk(samples: &[(i64, usize, f64)]) -> Vec<u8> {
+        let mut chunk = Chunk::new();
+        for &(ts, metric, value) in samples {
+            chunk.push(METRICS[metric], ts, value);
+        }
+        chunk.encode()
+    }
+
+    const METRICS: [&str; 4] = ["A", "AB", "B", "C"];
+
+    /// Both ways to a series page over the same chunks, read in the same order: the entry page
+    /// (as [`TelemetryStore::query`] makes it) cut per series, and [`SeriesRows`].
+    fn both_series_pages(
+        chunks: &[Vec<u8>],
+        query: &SampleQuery,
+        unread_bound: Option<i64>,
+        per_series: usize,
+    ) -> (SeriesPage, SeriesPage) {
+        let (start, end) = query.window();
+        let mut selection = Selection::new(start, end, query.metrics.as_deref());
+        let mut entries = EntryRows::default();
+        let mut series = SeriesRows::default();
+        for (at, bytes) in chunks.iter().enumerate() {
+            let added = PageRows::add(&mut entries, &mut selection, format!("c{at}"), bytes)
+                .expect("decodes");
+            let also = PageRows::add(&mut series, &mut selection, format!("c{at}"), bytes)
+                .expect("decodes");
+            assert_eq!(added, also);
+        }
+        let keep = |ts: i64, metric: &str| {
+            settled(query.order, unread_bound, ts)
+                && query
+                    .cursor
+                    .as_ref()
+                    .is_none_or(|c| c.precedes(ts, metric, query.order))
+        };
+        assert_eq!(
+            PageRows::count(&entries, keep),
+            PageRows::count(&series, keep)
+        );
+        let mut samples = sort_by_time(entries.samples, &entries.runs);
+        samples.retain(|s| settled(query.order, unread_bound, s.timestamp.0));
+        let (samples, next_cursor) = query.page(samples);
+        let old = SeriesPage::from_entries(samples, next_cursor, per_series);
+        (old, series.into_page(query, unread_bound, per_series))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Chunks that follow each other, overlap or repeat samples, any window, metrics,
+        /// cursor, order, page limit and points per series.
+        #[test]
+        fn series_pages_from_columns_are_entry_pages_cut_per_series(
+            chunks in proptest::collection::vec(
+                (0i64..40, proptest::collection::vec((0i64..12, 0usize..4), 1..30)),
+                0..6,
+            ),
+            start in proptest::option::of(0i64..50),
+            end in proptest::option::of(0i64..60),
+            metrics in proptest::option::of(proptest::collection::vec(0usize..5, 0..3)),
+            cursor in proptest::option::of((0i64..55, 0usize..4)),
+            desc in proptest::bool::ANY,
+            limit in 1usize..40,
+            per_series in 1usize..15,
+            unread_bound in proptest::option::of(0i64..55),
+        ) {
+            // Every value differs, so the order of repeated (timestamp, metric) pairs shows.
+            let mut next_value = 0.0;
+            let chunks: Vec<Vec<u8>> = chunks
+                .iter()
+                .map(|(base, samples)| {
+                    let samples: Vec<(i64, usize, f64)> = samples
+                        .iter()
+                        .map(|&(offset, metric)| {
+                            next_value += 1.0;
+                            (base + offset, metric, next_value)
+                        })
+                        .collect();
+                    encoded_chunk(&samples)
+                })
+                .collect();
+            let metric_names = ["A", "AB", "B", "C", "D"];
+            let query = SampleQuery {
+                start: start.map(TimestampMicros),
+                end: end.map(TimestampMicros),
+                metrics: metrics.map(|wanted| {
+                    wanted
+                        .iter()
+                        .map(|&m| MetricName::parse(metric_names[m]).unwrap())
+                        .collect()
+                }),
+                limit,
+                cursor: cursor.map(|(ts, metric)| Cursor {
+                    timestamp: TimestampMicros(ts),
+                    metric: MetricName::parse(METRICS[metric]).unwrap(),
+                }),
+                order: if desc { Order::Desc } else { Order::Asc },
+            };
+            let (old, new) = both_series_pages(&chunks, &query, unread_bound, per_series);
+            proptest::prop_assert_eq!(new, old);
+        }
+    }
+
+    #[test]
+    fn a_page_limit_below_the_series_limits_ends_a_series_page_first() {
+        let chunks = [
+            encoded_chunk(&[(1, 0, 1.0), (1, 2, 2.0), (2, 0, 3.0), (2, 2, 4.0)]),
+            encoded_chunk(&[(3, 0, 5.0), (3, 2, 6.0)]),
+        ];
+        let query = SampleQuery {
+            limit: 3,
+            ..SampleQuery::default()
+        };
+        let (old, new) = both_series_pages(&chunks, &query, None, 10);
+        assert_eq!(new, old);
+        assert_eq!(new.count, 3);
+        let cursor = new.next_cursor.expect("more follow");
+        assert_eq!((cursor.timestamp.0, cursor.metric.as_str()), (2, "A"));
+        assert_eq!(new.series[0].timestamps, [1, 2]);
+        assert_eq!(new.series[1].values, [2.0]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The telemetry store against a real etcd: the collector write path, sealing, reads with inclusive
-//! windows and cursors, idempotent writes, retention, samples beyond the future bound, stale
+//! windows and cursors (entry and series pages), idempotent writes, retention, samples beyond the future bound, stale
 //! caches, bytes per sample, and how often each registry key is rewritten.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use telemetry_model::{DcgmCsvReader, GpuInfo, GpuUuid, MetricName, RowOutcome, TimestampMicros};
 use telemetry_store::{
-    Chunk, ChunkTag, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, StoreConfig,
-    StoreError, StoreWriter, TelemetryStore,
+    Chunk, ChunkTag, GpuKey, GpuRecord, GpuSamples, Order, PreparedWrite, SampleQuery, SeriesPage,
+    StoreConfig, StoreError, StoreWriter, TelemetryStore,
 };
 use test_support::{testdata, unique_prefix, wait_until, EtcdHarness, REAL_CSV};
 
@@ -467,6 +467,44 @@ async fn pages_read_only_the_chunks_they_need() {
         // the 21 chunks of the whole history.
         let most = pages.iter().map(|(_, read)| *read).max().unwrap();
         assert_eq!(most, 1 + 2 + 4, "{order:?}: {pages:?}");
+    }
+
+    // Series pages, made from each chunk's columns (C's chunk overlaps all the others, the open
+    // chunk is read first), are the entry pages cut per series, page after page; together
+    // they hold every sample once. A page limit below the series' limits ends some pages first.
+    for order in [Order::Asc, Order::Desc] {
+        for (per_series, limit) in [(1, 3), (7, 21), (7, 10), (40, 120), (200, 600)] {
+            let mut cursor = None;
+            let mut seen = 0;
+            let mut pages = 0;
+            loop {
+                let query = SampleQuery {
+                    limit,
+                    cursor: cursor.clone(),
+                    order,
+                    ..SampleQuery::default()
+                };
+                let page = store
+                    .query_series(&info.uuid, &query, per_series)
+                    .await
+                    .unwrap();
+                let entries = store.query(&info.uuid, &query).await.unwrap();
+                let expected =
+                    SeriesPage::from_entries(entries.samples, entries.next_cursor, per_series);
+                assert_eq!(
+                    page, expected,
+                    "{order:?} {per_series}/{limit} page {pages}"
+                );
+                assert!(page.series.iter().all(|s| s.timestamps.len() <= per_series));
+                seen += page.count;
+                pages += 1;
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, 205, "{order:?} {per_series}/{limit}: {pages} pages");
+        }
     }
 }
 

@@ -192,6 +192,23 @@ impl<'a> BitReader<'a> {
         Ok((word << (self.pos % 8)) >> (64 - n))
     }
 
+    /// Bits [`BitReader::peek_window`] shows.
+    pub(super) const WINDOW_BITS: u32 = 56;
+
+    /// The next [`BitReader::WINDOW_BITS`] bits, in the top bits of the word (the rest zero),
+    /// when that many are left.
+    pub(super) fn peek_window(&self) -> Option<u64> {
+        self.peek_small(Self::WINDOW_BITS)
+            .ok()
+            .map(|bits| bits << (64 - Self::WINDOW_BITS))
+    }
+
+    /// Consumes `n` bits that [`BitReader::peek_window`] showed.
+    pub(super) fn skip(&mut self, n: u32) {
+        debug_assert!(n <= Self::WINDOW_BITS && self.pos + n as usize <= self.len);
+        self.pos += n as usize;
+    }
+
     /// Reads `n <= 56` bits.
     pub(super) fn get_small(&mut self, n: u32) -> Result<u64, ChunkError> {
         let value = self.peek_small(n)?;

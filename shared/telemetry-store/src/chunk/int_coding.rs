@@ -138,6 +138,20 @@ fn write_rice(sink: &mut impl BitSink, z: u64, k: u32) {
 }
 
 fn read_rice(bits: &mut BitReader<'_>, k: u32) -> Result<u64, ChunkError> {
+    // Most codes are a few ones, a zero and `k` low bits: one look at the next bits reads them
+    // whole where they fit in it.
+    if let Some(window) = bits.peek_window() {
+        let ones = window.leading_ones();
+        if ones < RICE_UNARY_LIMIT && ones + 1 + k <= BitReader::WINDOW_BITS {
+            let low = if k == 0 {
+                0
+            } else {
+                (window << (ones + 1)) >> (64 - k)
+            };
+            bits.skip(ones + 1 + k);
+            return Ok((u64::from(ones) << k) | low);
+        }
+    }
     let quotient = bits.unary(RICE_UNARY_LIMIT)?;
     if quotient < RICE_UNARY_LIMIT {
         Ok((u64::from(quotient) << k) | bits.get(k)?)

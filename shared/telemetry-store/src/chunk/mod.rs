@@ -296,6 +296,36 @@ impl Chunk {
         }
     }
 
+    /// The columns [`Chunk::visit_in`] merges, taken out of the chunk: each selected series with
+    /// its samples in `[start_us, end_us]`, in time order (equal timestamps in push order), in
+    /// name order; series without samples there are left out. For reads that want samples per
+    /// metric, which need no merge.
+    pub fn into_series_in<'a>(
+        self,
+        start_us: i64,
+        end_us: i64,
+        metrics: Option<&'a [&'a str]>,
+    ) -> impl Iterator<Item = (Arc<str>, Vec<i64>, Vec<f64>)> + 'a {
+        self.series
+            .into_iter()
+            .filter(move |series| {
+                start_us <= end_us
+                    && metrics.is_none_or(|wanted| wanted.contains(&series.name.as_ref()))
+            })
+            .filter_map(move |mut series| {
+                let from = series.timestamps.partition_point(|&ts| ts < start_us);
+                let to = series.timestamps.partition_point(|&ts| ts <= end_us);
+                if from == to {
+                    return None;
+                }
+                series.timestamps.truncate(to);
+                series.values.truncate(to);
+                series.timestamps.drain(..from);
+                series.values.drain(..from);
+                Some((series.name, series.timestamps, series.values))
+            })
+    }
+
     /// The sample with the largest timestamp of each metric (the last pushed among equals), in
     /// metric name order. For tests of series order (the registry keeps the latest values).
     #[cfg(test)]
