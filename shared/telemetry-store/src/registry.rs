@@ -131,7 +131,7 @@ impl TelemetryStore {
                 return Ok(());
             };
             let txn = Txn::new()
-                .when(stored.compares(self.keys(), uuid))
+                .when([stored.compare(self.keys(), uuid)])
                 .and_then(write.ops);
             if self.txn("write GPU", txn).await?.succeeded() {
                 return Ok(());
@@ -307,17 +307,18 @@ impl StoredRegistry {
         Ok(stored)
     }
 
-    /// Compares that hold while both keys are as read.
-    pub fn compares(&self, keys: &StoreKeys, uuid: &GpuUuid) -> [Compare; 2] {
-        [
-            Compare::mod_revision(keys.gpu(uuid), CompareOp::Equal, self.identity_revision),
-            Compare::mod_revision(keys.gpu_seen(uuid), CompareOp::Equal, self.seen_revision),
-        ]
+    /// The compare that holds while both keys are as read. Every registry write puts the seen
+    /// key (the identity only together with it, see [`StoredRegistry::write_for`]), so the seen
+    /// key's revision versions the whole record and one compare fences both keys.
+    pub fn compare(&self, keys: &StoreKeys, uuid: &GpuUuid) -> Compare {
+        Compare::mod_revision(keys.gpu_seen(uuid), CompareOp::Equal, self.seen_revision)
     }
 
     /// The puts that store `record` over what was read: the identity when it differs from the
     /// stored one (new metadata, metric or first sighting, or a later retention bucket), the seen
-    /// value when its bytes differ or the bucket or metric list it depends on changed. Both go on
+    /// value when its bytes differ, the bucket or metric list it depends on changed, or the
+    /// identity is written (so that the seen key's revision changes with every write, which is
+    /// what [`StoredRegistry::compare`] relies on). Both go on
     /// the lease of the bucket of `last_seen`, which the identity records, so the two keys always
     /// share a lease and expire together. `None` when nothing changed.
     pub async fn write_for(
@@ -333,7 +334,8 @@ impl StoredRegistry {
             .as_ref()
             .is_some_and(|stored| record.has_identity(stored, bucket));
         let seen = record.encode_seen();
-        let seen_changed = self.seen.as_ref() != Some(&seen)
+        let seen_changed = identity_changed
+            || self.seen.as_ref() != Some(&seen)
             || self.identity.as_ref().is_none_or(|stored| {
                 stored.bucket != bucket || !stored.metrics.iter().eq(record.metrics())
             });

@@ -135,8 +135,9 @@ impl GpuWrite {
 /// Operations per GPU in the usual worst case: sealed put, open put, identity put, seen put (a
 /// GPU with more samples than a chunk holds seals more than once).
 pub const OPS_PER_GPU: usize = 4;
-/// Compares per GPU: open chunk, identity and seen revisions.
-pub const COMPARES_PER_GPU: usize = 3;
+/// Compares per GPU: the open chunk's revision and the seen key's, which versions both registry
+/// keys.
+pub const COMPARES_PER_GPU: usize = 2;
 
 /// GPUs whose open chunk and registry keys one load transaction reads: three gets each, and
 /// their values within one response.
@@ -273,7 +274,7 @@ impl StoreWriter {
             open: None,
             record: None,
         };
-        write.compares.extend(stored.compares(keys, uuid));
+        write.compares.push(stored.compare(keys, uuid));
         let live = admitted.live;
         write.samples = live.len();
         let Some(first) = live.first() else {

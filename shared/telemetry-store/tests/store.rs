@@ -602,6 +602,63 @@ async fn a_stale_cache_fails_the_commit_instead_of_overwriting() {
     );
 }
 
+#[tokio::test]
+async fn an_identity_rewritten_elsewhere_fails_a_cached_fence() {
+    // The fence compares a GPU's seen key for both registry keys, so a write that changes only
+    // the identity must rewrite the seen key too.
+    let etcd = EtcdHarness::start().await;
+    let store = TelemetryStore::new(
+        etcd.client().await,
+        StoreConfig {
+            prefix: unique_prefix("identity-fence"),
+            ..StoreConfig::default()
+        },
+    );
+    let rows = real_rows();
+    let t0 = now_us() - 10_000_000;
+    let mut writer = StoreWriter::new(store.clone());
+    let first = pass(&rows[..10], t0);
+    let prepared = writer.prepare(&first).await.unwrap();
+    assert!(apply(store.client(), &mut writer, prepared).await);
+    let gpu = rows[0].0.uuid.clone();
+    let (identity, seen) = registry_kvs(&store, &gpu).await;
+    let (identity, seen) = (identity.unwrap(), seen.unwrap());
+
+    // The same samples with greater metadata, through the idempotent path: the newest sample ties,
+    // so the greater metadata wins and only the identity changes.
+    let mut renamed = first.clone();
+    for samples in renamed.values_mut() {
+        samples.info.hostname = Some("zz-renamed-host".to_owned());
+    }
+    store
+        .write_idempotent(event("renamed"), &renamed)
+        .await
+        .unwrap();
+    let (identity_after, seen_after) = registry_kvs(&store, &gpu).await;
+    let (identity_after, seen_after) = (identity_after.unwrap(), seen_after.unwrap());
+    assert_ne!(
+        identity_after.value(),
+        identity.value(),
+        "the identity changed"
+    );
+    assert_eq!(seen_after.value(), seen.value(), "the seen value did not");
+    assert!(
+        seen_after.mod_revision() > seen.mod_revision(),
+        "the seen key is rewritten with the identity"
+    );
+    assert_eq!(seen_after.mod_revision(), identity_after.mod_revision());
+
+    // The writer's cache still holds the old identity: its next fence fails, and once reloaded
+    // the same write lands.
+    let second = pass(&rows[..10], t0 + 1_000_000);
+    let stale = writer.prepare(&second).await.unwrap();
+    assert!(!apply(store.client(), &mut writer, stale).await);
+    let fresh = writer.prepare(&second).await.unwrap();
+    assert!(apply(store.client(), &mut writer, fresh).await);
+    let record = store.gpu(&gpu).await.unwrap().unwrap();
+    assert_eq!(record.last_seen, TimestampMicros(t0 + 1_000_000));
+}
+
 /// The real rows of the first 20 GPUs in the file: one commit's worth.
 fn rows_of_20_gpus() -> Vec<(GpuInfo, MetricName, f64)> {
     let mut gpus = std::collections::BTreeSet::new();
@@ -884,17 +941,18 @@ async fn a_new_metric_newer_labels_or_an_earlier_sample_rewrite_the_identity() {
             (&info, vec![(&util, t + 1, 2.0)], (1, 2)),
             (&info, vec![(&temp, t + 2, 40.0)], (2, 3)),
             (&labelled, vec![(&util, t + 3, 3.0)], (3, 4)),
-            // Earlier than anything seen: first_seen moves, the latest values do not.
-            (&labelled, vec![(&util, t - 10, 0.5)], (4, 4)),
+            // Earlier than anything seen: first_seen moves, the latest values do not; the seen
+            // key is rewritten with the identity all the same (its revision fences both).
+            (&labelled, vec![(&util, t - 10, 0.5)], (4, 5)),
             // An old sample again: the registry has nothing new to store.
-            (&labelled, vec![(&util, t + 1, 2.0)], (4, 4)),
+            (&labelled, vec![(&util, t + 1, 2.0)], (4, 5)),
             (
                 &labelled,
                 vec![(&util, t + 4, 4.0), (&temp, t + 4, 41.0)],
-                (4, 5),
+                (4, 6),
             ),
             // A late batch with the old metadata (say, a replay): the newest batch's labels stay.
-            (&info, vec![(&util, t + 2, 2.5)], (4, 5)),
+            (&info, vec![(&util, t + 2, 2.5)], (4, 6)),
         ];
         let mut writer = StoreWriter::new(store.clone());
         let mut expected = GpuRecord::new(info.clone(), TimestampMicros(t));
