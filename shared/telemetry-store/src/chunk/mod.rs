@@ -41,8 +41,7 @@ use std::sync::Arc;
 pub(crate) use bits::{unzigzag, write_varint, zigzag, ByteCursor};
 use bits::{BitReader, BitWriter};
 use int_coding::EncodeScratch;
-use plan::Planned;
-use timestamps::{decode_timestamps, encode_timestamps, TimestampInputs, TimestampPlan};
+use timestamps::{decode_timestamps, encode_timestamps, TimestampPlans};
 use values::{decode_values, encode_values, ValueCoding};
 
 /// The format version written by [`Chunk::encode`].
@@ -115,7 +114,7 @@ struct Series {
 /// a chunk that keeps growing.
 #[derive(Debug, Clone, Default)]
 struct SeriesPlans {
-    timestamps: Planned<TimestampInputs, TimestampPlan>,
+    timestamps: TimestampPlans,
     values: ValueCoding,
 }
 
@@ -851,6 +850,51 @@ mod tests {
         });
         assert_eq!(chunks.iter().map(Chunk::len).sum::<usize>(), 130 * 100);
         assert_eq!(encodes, 130 * chunks.len());
+    }
+
+    #[test]
+    fn a_reference_that_comes_and_goes_is_priced_once_and_its_stream_taken_up_again() {
+        use timestamps::counts::{PRICED, STARTED};
+        // "b" follows "a" at a constant offset while "a" jitters: b is cheapest relative to a,
+        // which it may use only while both have the same sample count.
+        let mut jitter = 17u64;
+        let mut next_a = |k: i64| {
+            jitter = jitter
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            k * 1_000 + (jitter >> 55) as i64
+        };
+        let mut chunk = Chunk::new();
+        for k in 0..20 {
+            let a = next_a(k);
+            chunk.push("a", a, 1.0);
+            chunk.push("b", a + 7, 2.0);
+        }
+        let counted = |chunk: &mut Chunk| {
+            let before = (PRICED.get(), STARTED.get());
+            let reused = chunk.encode_reusing_plans();
+            let counts = (PRICED.get() - before.0, STARTED.get() - before.1);
+            assert_eq!(reused, chunk.encode(), "the same bytes as a fresh encode");
+            counts
+        };
+        // Own for a; own and relative to a for b (planning prefix 16): three prices, and a
+        // stream each.
+        assert_eq!(counted(&mut chunk), (3, 2));
+        // A commit ending between a's sample and b's, ten times: while b is one sample short it
+        // is written on its own (a new stream the first time, then taken up again), and with a
+        // again once level. The planning prefix stays 16, so nothing is priced again.
+        let mut per_encode = Vec::new();
+        for k in 20..30 {
+            let a = next_a(k);
+            chunk.push("a", a, 1.0);
+            per_encode.push(counted(&mut chunk));
+            chunk.push("b", a + 7, 2.0);
+            per_encode.push(counted(&mut chunk));
+        }
+        let mut expected = vec![(0, 0); 20];
+        expected[0] = (0, 1);
+        assert_eq!(per_encode, expected);
+        assert_eq!(&Chunk::decode(&chunk.encode()).unwrap(), &chunk);
     }
 
     #[test]

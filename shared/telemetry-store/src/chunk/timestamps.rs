@@ -13,25 +13,61 @@ use super::int_coding::{
     plan_int_stream, read_int_stream, resume_context, write_int_residuals, write_int_stream_header,
     EncodeScratch, IntStreamPlan, SequenceKind,
 };
-use super::plan::{planning_prefix, Planned};
+use super::plan::planning_prefix;
 use super::{ChunkError, Series};
 
 /// How far back a series may look for a reference series; 3 bits in the stream.
 const MAX_REFERENCE_DISTANCE: usize = 8;
 
-/// What the timestamp plan of a series depends on besides its prefix samples: the prefix length
-/// and which earlier series have the same sample count (and may serve as its reference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct TimestampInputs {
-    prefix: usize,
-    references: u8,
-}
-
 /// How a series' timestamps are written: own or relative to a reference, and the stream's plan.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct TimestampPlan {
+struct TimestampPlan {
     reference: Option<usize>,
     stream: IntStreamPlan,
+}
+
+/// Streams a series keeps between encodes, one per way of writing it (own, or a reference).
+const STREAMS_KEPT: usize = 3;
+
+/// What the encoder keeps of a series' timestamps between encodes, for one planning prefix: the
+/// price of each candidate on it, and the streams written with the recent choices.
+///
+/// Which candidates may be chosen depends on which earlier series have the same sample count at
+/// the moment of the encode, and that changes from one commit to the next when a GPU's metrics
+/// arrive in runs (the streamer replays a file sorted by metric, and a commit ends anywhere in a
+/// pass): a price does not (it reads only the prefix), so each is computed once per prefix, and
+/// a stream written with a choice is taken up again when the choice comes back.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TimestampPlans {
+    /// The planning prefix the prices and streams below are for.
+    prefix: usize,
+    /// The plan of each candidate, priced on the prefix when first allowed: own at index 0, the
+    /// series `d` places earlier at index `d`.
+    priced: [Option<IntStreamPlan>; MAX_REFERENCE_DISTANCE + 1],
+    /// Streams written with recent choices, the latest first.
+    streams: Vec<(Option<usize>, ChoiceStream)>,
+}
+
+/// Timestamp candidates priced and streams started on this thread, for the tests of the cache.
+#[cfg(test)]
+pub(super) mod counts {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static PRICED: Cell<usize> = const { Cell::new(0) };
+        pub static STARTED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub fn add(counter: &'static std::thread::LocalKey<Cell<usize>>) {
+        counter.with(|count| count.set(count.get() + 1));
+    }
+}
+
+/// One choice's stream: its bits for the series' first `written` samples.
+#[derive(Debug, Clone)]
+struct ChoiceStream {
+    stream: BitWriter,
+    written: usize,
 }
 
 pub(super) fn encode_timestamps(
@@ -39,34 +75,47 @@ pub(super) fn encode_timestamps(
     series: &[Series],
     index: usize,
     min_ts: i64,
-    planned: &mut Planned<TimestampInputs, TimestampPlan>,
+    plans: &mut TimestampPlans,
     scratch: &mut EncodeScratch,
 ) {
     let own = &series[index].timestamps;
-    let mut references = 0u8;
-    for distance in 1..=MAX_REFERENCE_DISTANCE.min(index) {
-        if series[index - distance].timestamps.len() == own.len() {
-            references |= 1 << (distance - 1);
-        }
+    let prefix = planning_prefix(own.len());
+    if plans.prefix != prefix || plans.priced[0].is_none() {
+        *plans = TimestampPlans {
+            prefix,
+            ..TimestampPlans::default()
+        };
     }
-    let inputs = TimestampInputs {
-        prefix: planning_prefix(own.len()),
-        references,
-    };
-    let plan = planned.get_or_plan(inputs, || {
-        plan_timestamps(series, index, min_ts, inputs, scratch)
-    });
-    let from = planned.written;
-    if from == 0 {
-        match plan.reference {
-            None => planned.stream.put(0, 1),
-            Some(distance) => {
-                planned.stream.put(1, 1);
-                planned.stream.put((distance - 1) as u64, 3);
+    let plan = choose(series, index, min_ts, plans, scratch);
+    let at = plans
+        .streams
+        .iter()
+        .position(|(reference, _)| *reference == plan.reference);
+    let planned = match at {
+        Some(at) => {
+            plans.streams[..=at].rotate_right(1);
+            &mut plans.streams[0].1
+        }
+        None => {
+            #[cfg(test)]
+            counts::add(&counts::STARTED);
+            plans.streams.truncate(STREAMS_KEPT - 1);
+            let mut stream = BitWriter::default();
+            match plan.reference {
+                None => stream.put(0, 1),
+                Some(distance) => {
+                    stream.put(1, 1);
+                    stream.put((distance - 1) as u64, 3);
+                }
             }
+            write_int_stream_header(&mut stream, plan.stream);
+            plans
+                .streams
+                .insert(0, (plan.reference, ChoiceStream { stream, written: 0 }));
+            &mut plans.streams[0].1
         }
-        write_int_stream_header(&mut planned.stream, plan.stream);
-    }
+    };
+    let from = planned.written;
     let context = resume_context(from);
     let window = from - context..own.len();
     scratch.sequence.clear();
@@ -95,46 +144,57 @@ pub(super) fn encode_timestamps(
     sink.append(&planned.stream);
 }
 
-/// The cheapest way to write the timestamps of `series[index]`, priced on their first
-/// `inputs.prefix` samples.
-fn plan_timestamps(
+/// The cheapest way to write the timestamps of `series[index]` among the candidates allowed now
+/// (own, and each of the earlier series within reach with the same sample count), priced on
+/// their first `plans.prefix` samples; prices missing from `plans` are computed and kept.
+fn choose(
     series: &[Series],
     index: usize,
     min_ts: i64,
-    inputs: TimestampInputs,
+    plans: &mut TimestampPlans,
     scratch: &mut EncodeScratch,
 ) -> TimestampPlan {
-    let own = &series[index].timestamps[..inputs.prefix];
-    scratch.candidate.clear();
-    scratch
-        .candidate
-        .extend(own.iter().map(|&ts| ts.wrapping_sub(min_ts)));
-    let mut best = TimestampPlan {
-        reference: None,
-        stream: plan_int_stream(
+    let own = &series[index].timestamps[..plans.prefix];
+    let own_plan = *plans.priced[0].get_or_insert_with(|| {
+        #[cfg(test)]
+        counts::add(&counts::PRICED);
+        scratch.candidate.clear();
+        scratch
+            .candidate
+            .extend(own.iter().map(|&ts| ts.wrapping_sub(min_ts)));
+        plan_int_stream(
             &scratch.candidate,
             SequenceKind::Timestamps,
             &mut scratch.sorting,
             &mut scratch.residuals,
-        ),
+        )
+    });
+    let mut best = TimestampPlan {
+        reference: None,
+        stream: own_plan,
     };
+    let count = series[index].timestamps.len();
     for distance in 1..=MAX_REFERENCE_DISTANCE.min(index) {
-        if inputs.references & (1 << (distance - 1)) == 0 {
+        let reference = &series[index - distance].timestamps;
+        if reference.len() != count {
             continue;
         }
-        let reference = &series[index - distance].timestamps;
-        scratch.candidate.clear();
-        scratch.candidate.extend(
-            own.iter()
-                .zip(reference)
-                .map(|(&ts, &r)| ts.wrapping_sub(r)),
-        );
-        let stream = plan_int_stream(
-            &scratch.candidate,
-            SequenceKind::Offsets,
-            &mut scratch.sorting,
-            &mut scratch.residuals,
-        );
+        let stream = *plans.priced[distance].get_or_insert_with(|| {
+            #[cfg(test)]
+            counts::add(&counts::PRICED);
+            scratch.candidate.clear();
+            scratch.candidate.extend(
+                own.iter()
+                    .zip(reference)
+                    .map(|(&ts, &r)| ts.wrapping_sub(r)),
+            );
+            plan_int_stream(
+                &scratch.candidate,
+                SequenceKind::Offsets,
+                &mut scratch.sorting,
+                &mut scratch.residuals,
+            )
+        });
         // Naming the reference costs 3 bits.
         if stream.bits + 3 < best.stream.bits {
             best = TimestampPlan {
