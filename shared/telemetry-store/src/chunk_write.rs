@@ -156,13 +156,14 @@ pub(crate) fn admitted<'a>(
         future: 0,
     };
     for (metric, timestamp, value) in samples {
+        let bucket = leases.bucket_of(timestamp.0);
         if timestamp.is_beyond(now, max_future) {
             admitted.future += 1;
-        } else if leases.is_expired(timestamp.0) {
+        } else if leases.is_expired(bucket, now.0) {
             admitted.expired += 1;
         } else {
             admitted.live.push(LiveSample {
-                bucket: leases.bucket_of(timestamp.0),
+                bucket,
                 metric,
                 timestamp,
                 value,

@@ -54,9 +54,10 @@ impl RetentionLeases {
         bucket_start + self.bucket_us() + self.retention.as_micros() as i64
     }
 
-    /// Whether data at `timestamp_us` is already past retention (it would expire on arrival).
-    pub(crate) fn is_expired(&self, timestamp_us: i64) -> bool {
-        self.expiry_of(self.bucket_of(timestamp_us)) <= now_us() + 1_000_000
+    /// Whether data in the bucket starting at `bucket_start` is already past retention at
+    /// `now_us` (it would expire on arrival). The caller reads the clock once for a whole batch.
+    pub(crate) fn is_expired(&self, bucket_start: i64, now_us: i64) -> bool {
+        self.expiry_of(bucket_start) <= now_us + 1_000_000
     }
 
     /// The lease for data at `timestamp_us`.
