@@ -8,6 +8,7 @@ use etcd_queue::{Fence, Producer, MAX_TXN_OPS};
 use telemetry_model::SampleBatch;
 
 use crate::buffer::TakenRows;
+use crate::encode::JointBatches;
 
 /// One shard's share of a publish transaction.
 pub struct Part {
@@ -38,9 +39,11 @@ impl Part {
 }
 
 /// The size of a transaction being put together from parts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct TxnSize {
-    messages: usize,
+    /// Its messages: the parts' batches merged per partition, as the publish writes them.
+    messages: JointBatches,
+    max_samples: usize,
     partitions: BTreeSet<u32>,
     bytes: usize,
     fence_ops: usize,
@@ -48,9 +51,24 @@ struct TxnSize {
 }
 
 impl TxnSize {
+    /// An empty transaction whose messages hold up to `max_samples` samples each.
+    fn new(max_samples: usize) -> TxnSize {
+        TxnSize {
+            messages: JointBatches::default(),
+            max_samples,
+            partitions: BTreeSet::new(),
+            bytes: 0,
+            fence_ops: 0,
+            compares: 0,
+        }
+    }
+
     fn with(&self, part: &Part) -> TxnSize {
         let mut next = self.clone();
-        next.messages += part.batches.len();
+        next.messages.place(
+            part.batches.iter().map(|(p, batch)| (*p, batch.len())),
+            self.max_samples,
+        );
         next.partitions.extend(part.partitions.iter().copied());
         next.bytes += part.bytes + part.fence.bytes;
         next.fence_ops += part.fence.ops.len();
@@ -62,7 +80,7 @@ impl TxnSize {
     /// the producer's marker next to the fences' compares).
     fn fits(&self) -> bool {
         Producer::fits_one_transaction(
-            self.messages,
+            self.messages.len(),
             self.partitions.len(),
             self.bytes,
             self.fence_ops,
@@ -71,13 +89,20 @@ impl TxnSize {
 }
 
 /// Parts gathered into shared transactions, in the order they come.
-#[derive(Default)]
 pub struct Packing {
     parts: Vec<Part>,
     size: TxnSize,
 }
 
 impl Packing {
+    /// Packing for messages of up to `max_samples` samples (the streamer's batch size).
+    pub fn new(max_samples: usize) -> Packing {
+        Packing {
+            parts: Vec::new(),
+            size: TxnSize::new(max_samples),
+        }
+    }
+
     /// Adds `part` to the transaction being packed. When it does not fit there, that
     /// transaction is returned (to publish) and `part` starts the next one. A part always fits
     /// an empty transaction: a shard's buffer never holds more than one.
@@ -87,7 +112,7 @@ impl Packing {
             self.size = grown;
             None
         } else {
-            self.size = TxnSize::default().with(&part);
+            self.size = TxnSize::new(self.size.max_samples).with(&part);
             Some(std::mem::take(&mut self.parts))
         };
         self.parts.push(part);
@@ -109,6 +134,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::WORK_GROUP;
     use crate::shard::{OwnedShard, StoredShardState, SHARDS};
+
+    /// The streamer's default batch size.
+    const BATCH_SIZE: usize = 500;
 
     /// A final part of `shard` with `samples` samples on queue partition `shard % 16`, whose fence
     /// requires the shard's state key to be absent (and its owner key, as no streamer owns it).
@@ -135,7 +163,7 @@ pub(crate) mod tests {
     #[test]
     fn small_parts_share_a_transaction_up_to_the_limits() {
         let keys = WorkGroupKeys::new("/p", WORK_GROUP).unwrap();
-        let mut size = TxnSize::default();
+        let mut size = TxnSize::new(BATCH_SIZE);
         for shard in 0..SHARDS {
             size = size.with(&part(&keys, shard, 1));
         }
@@ -150,9 +178,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn merged_messages_are_what_a_shared_transaction_counts() {
+        let keys = WorkGroupKeys::new("/p", WORK_GROUP).unwrap();
+        // Each shard's rows go to two partitions, as a pass over the real file's GPUs does.
+        let two_batches = |shard: u32| {
+            let mut part = part(&keys, shard, 3);
+            let second = part.batches[0].1.clone();
+            part.batches.push(((shard + 8) % 16, second));
+            part.partitions = part.batches.iter().map(|(p, _)| *p).collect();
+            part
+        };
+        let mut size = TxnSize::new(BATCH_SIZE);
+        for shard in 0..SHARDS {
+            size = size.with(&two_batches(shard));
+        }
+        assert_eq!(size.messages.len(), 16, "one message per partition");
+        assert!(size.fits(), "64 batches of 32 shards in one transaction");
+        // Batches of 4 samples at most: every partition's 4 batches of 3 samples stay apart.
+        let mut small = TxnSize::new(4);
+        for shard in 0..SHARDS {
+            small = small.with(&two_batches(shard));
+        }
+        assert_eq!(small.messages.len(), 64);
+        assert!(!small.fits());
+    }
+
+    #[test]
     fn packing_starts_a_new_transaction_when_a_part_does_not_fit() {
         let keys = WorkGroupKeys::new("/p", WORK_GROUP).unwrap();
-        let mut packing = Packing::default();
+        let mut packing = Packing::new(BATCH_SIZE);
         let mut transactions: Vec<Vec<u32>> = Vec::new();
         for shard in 0..72 {
             if let Some(full) = packing.add(part(&keys, shard, 1)) {
@@ -172,7 +226,7 @@ pub(crate) mod tests {
         );
         assert!(transactions.len() >= 2, "{transactions:?}");
         for (i, parts) in transactions.iter().enumerate() {
-            let size = parts.iter().fold(TxnSize::default(), |size, shard| {
+            let size = parts.iter().fold(TxnSize::new(BATCH_SIZE), |size, shard| {
                 size.with(&part(&keys, *shard, 1))
             });
             assert!(size.fits(), "{parts:?}");
@@ -181,6 +235,6 @@ pub(crate) mod tests {
                 assert!(!grown.fits(), "shard {} would have fit {parts:?}", next[0]);
             }
         }
-        assert!(Packing::default().finish().is_none());
+        assert!(Packing::new(BATCH_SIZE).finish().is_none());
     }
 }

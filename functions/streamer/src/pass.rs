@@ -78,12 +78,14 @@ impl Passes {
     ) -> Self {
         let source = encode::source(&config.member_id);
         let producers = (0..config.in_flight).map(|_| queue.producer()).collect();
+        let limits = BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source);
         Passes {
             csv: config.csv.clone(),
-            limits: BufferLimits::new(config.batch_size, config.queue.max_payload_bytes, &source),
+            limits,
             publisher: Publisher::new(
                 producers,
-                EventWriter::new(source, config.encoding),
+                EventWriter::new(source, config.encoding)
+                    .with_limits(limits.batch_size, limits.max_payload_bytes),
                 stop.clone(),
                 metrics.clone(),
                 nospace,
@@ -334,7 +336,7 @@ impl Passes {
             .map(|(id, _)| *id)
             .collect();
         shards.sort_unstable();
-        let mut packing = Packing::default();
+        let mut packing = Packing::new(self.limits.batch_size);
         for shard in shards {
             if !self.publisher.wait_idle(shard).await? {
                 continue;

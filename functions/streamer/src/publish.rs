@@ -358,12 +358,15 @@ impl Transaction<'_> {
     }
 }
 
-/// Encodes each part's batches as CloudEvents and publishes the parts in one transaction. If
-/// that transaction's fence fails (one of the shards moved), each part is retried on its own so
-/// the others still go out.
+/// Encodes the parts' batches as CloudEvents and publishes the parts in one transaction: a part
+/// alone as its own messages, several with their batches merged per partition
+/// ([`EventWriter::joint_messages`]; the messages are booked on the first part). If that
+/// transaction's fence fails (one of the shards moved), or a merged message would exceed the
+/// payload limit, each part goes out on its own, as its own messages, so the others still go out
+/// (a part always fits a transaction alone).
 async fn fly(
     producer: Producer,
-    parts: Vec<Part>,
+    mut parts: Vec<Part>,
     events: EventWriter,
     stop: Shutdown,
     metrics: StreamerMetrics,
@@ -376,48 +379,60 @@ async fn fly(
         nospace,
         transactions: 0,
     };
-    let mut landings = Vec::with_capacity(parts.len());
-    let mut encoded: Vec<(Vec<OutgoingMessage>, Fence)> = Vec::with_capacity(parts.len());
-    for part in parts {
-        let messages = events.messages(part.batches, part.bytes);
-        landings.push(PartLanding {
+    let mut landings: Vec<PartLanding> = parts
+        .iter()
+        .map(|part| PartLanding {
             shard: part.shard,
             last: part.last,
             samples: part.samples,
-            batches: messages.len() as u64,
-            bytes: messages.iter().map(|m| m.payload.len() as u64).sum(),
+            batches: 0,
+            bytes: 0,
             outcome: Publish::Abandoned,
-        });
-        encoded.push((messages, part.fence));
-    }
+        })
+        .collect();
     let shards: Vec<u32> = landings.iter().map(|p| p.shard).collect();
-    let outcomes: Vec<Publish> = if let [(messages, fence)] = &encoded[..] {
-        vec![flight.publish(messages, fence, &shards).await]
-    } else {
-        let messages: Vec<OutgoingMessage> = encoded
-            .iter()
-            .flat_map(|(m, _)| m.iter().cloned())
-            .collect();
-        let fence = joint_fence(encoded.iter().map(|(_, f)| f));
-        match flight.publish(&messages, &fence, &shards).await {
-            Publish::Refused => {
-                let mut outcomes = Vec::with_capacity(encoded.len());
-                for ((messages, fence), shard) in encoded.iter().zip(&shards) {
-                    outcomes.push(flight.publish(messages, fence, &[*shard]).await);
-                }
-                outcomes
-            }
-            Publish::Landed => encoded.iter().map(|_| Publish::Landed).collect(),
-            Publish::Abandoned => encoded.iter().map(|_| Publish::Abandoned).collect(),
-            Publish::Failed(e) => {
-                let mut outcomes = vec![Publish::Failed(e)];
-                outcomes.extend(encoded.iter().skip(1).map(|_| Publish::Abandoned));
-                outcomes
-            }
-        }
+    let book = |landing: &mut PartLanding, messages: &[OutgoingMessage]| {
+        landing.batches += messages.len() as u64;
+        landing.bytes += messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
     };
-    for (landing, outcome) in landings.iter_mut().zip(outcomes) {
-        landing.outcome = outcome;
+    if parts.len() == 1 {
+        let part = parts.pop().expect("one part");
+        let messages = events.messages(part.batches, part.bytes);
+        book(&mut landings[0], &messages);
+        landings[0].outcome = flight.publish(&messages, &part.fence, &shards).await;
+        return Landing {
+            producer: flight.producer,
+            parts: landings,
+            transactions: flight.transactions,
+        };
+    }
+    let bound = parts.iter().map(|part| part.bytes).sum();
+    let fence = joint_fence(parts.iter().map(|part| &part.fence));
+    // Part by part when a merged message would be too large, or the shared fence fails.
+    let alone = match events.joint_messages(parts.iter().map(|part| &part.batches[..]), bound) {
+        None => true,
+        Some(messages) => match flight.publish(&messages, &fence, &shards).await {
+            Publish::Refused => true,
+            Publish::Landed => {
+                book(&mut landings[0], &messages);
+                for landing in &mut landings {
+                    landing.outcome = Publish::Landed;
+                }
+                false
+            }
+            Publish::Abandoned => false,
+            Publish::Failed(e) => {
+                landings[0].outcome = Publish::Failed(e);
+                false
+            }
+        },
+    };
+    if alone {
+        for (part, landing) in parts.into_iter().zip(&mut landings) {
+            let messages = events.messages(part.batches, part.bytes);
+            book(landing, &messages);
+            landing.outcome = flight.publish(&messages, &part.fence, &[part.shard]).await;
+        }
     }
     Landing {
         producer: flight.producer,
@@ -435,6 +450,79 @@ mod tests {
     use super::*;
     use crate::config::WORK_GROUP;
     use crate::packing::tests::part;
+
+    #[tokio::test]
+    async fn a_shared_transaction_lands_one_message_per_partition() {
+        let etcd = EtcdHarness::start().await;
+        let prefix = unique_prefix("shared-messages");
+        let config = QueueConfig {
+            prefix: prefix.clone(),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(etcd.client().await, config).await.unwrap();
+        let keys = WorkGroupKeys::new(&prefix, WORK_GROUP).unwrap();
+        // Shards 1 and 17 both go to partition 1, shard 5 to partition 5.
+        let parts = vec![part(&keys, 1, 3), part(&keys, 17, 4), part(&keys, 5, 2)];
+        let metrics = StreamerMetrics::default();
+        let readiness = function_runtime::Readiness::new("/p", std::time::Duration::from_secs(1));
+        let nospace = NoSpaceWait::new(
+            readiness,
+            metrics.nospace_waits.clone(),
+            metrics.nospace_waiting.clone(),
+        );
+        let landing = fly(
+            queue.producer(),
+            parts,
+            EventWriter::new("/streamer/test".into(), Default::default()),
+            Shutdown::new(),
+            metrics.clone(),
+            nospace,
+        )
+        .await;
+        let booked: Vec<(u32, u64, bool)> = landing
+            .parts
+            .iter()
+            .map(|p| (p.shard, p.batches, matches!(p.outcome, Publish::Landed)))
+            .collect();
+        assert_eq!(booked, [(1, 2, true), (17, 0, true), (5, 0, true)]);
+        assert_eq!(landing.transactions, 1);
+        assert_eq!(queue.stored_message_count().await.unwrap(), 2);
+        let mut stored = Vec::new();
+        for partition in [1, 5] {
+            for message in queue.peek(partition, 0, 10).await.unwrap() {
+                let batch = BatchEvent::from_queue_message(&message.payload)
+                    .unwrap()
+                    .batch;
+                let gpus: Vec<String> = batch
+                    .rows
+                    .iter()
+                    .map(|row| batch.gpus[row.gpu as usize].uuid.to_string())
+                    .collect();
+                stored.push((partition, gpus));
+            }
+        }
+        let gpus = |runs: &[(&str, usize)]| -> Vec<String> {
+            runs.iter()
+                .flat_map(|&(gpu, n)| std::iter::repeat_n(gpu.to_owned(), n))
+                .collect()
+        };
+        assert_eq!(
+            stored,
+            [
+                (1, gpus(&[("GPU-1", 3), ("GPU-17", 4)])),
+                (5, gpus(&[("GPU-5", 2)]))
+            ]
+        );
+        let mut client = etcd.client().await;
+        for shard in [1, 17, 5] {
+            let state = client.get(keys.item_state(shard), None).await.unwrap();
+            assert_eq!(
+                state.kvs()[0].value(),
+                br#"{"passes":1,"row":0,"last_ts":2000}"#,
+                "shard {shard}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_refused_shared_transaction_is_retried_shard_by_shard() {
