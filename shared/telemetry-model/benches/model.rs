@@ -1,4 +1,5 @@
-//! Benchmarks of CSV parsing and batch encoding/decoding on the real DCGM data, with a JSON
+//! Benchmarks of CSV parsing and batch encoding/decoding (JSON events, and the queue's binary
+//! frames with columnar data) on the real DCGM data, with a JSON
 //! summary written to `<target>/bench/model.json`.
 
 use std::hint::black_box;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use serde_json::json;
 use telemetry_model::{
-    BatchEvent, CsvRow, DcgmCsvReader, RowOutcome, SampleBatch, TimestampMicros,
+    BatchEvent, CsvRow, DataEncoding, DcgmCsvReader, RowOutcome, SampleBatch, TimestampMicros,
 };
 
 const REAL_FILE: &str = "dcgm_metrics_20250718_134233.csv";
@@ -172,6 +173,14 @@ fn summary(csv: &[u8], small: &BatchEvent, full: &BatchEvent) -> serde_json::Val
             let ev: cloudevents::Event = serde_json::from_slice(black_box(&json)).unwrap();
             black_box(BatchEvent::from_cloudevent(ev).unwrap());
         });
+        // The queue's default form: the binary frame with columnar data.
+        let frame = event.to_frame(DataEncoding::Columnar);
+        let frame_encode_ns = median_ns(inner, || {
+            black_box(black_box(event).to_frame(DataEncoding::Columnar));
+        });
+        let frame_decode_ns = median_ns(inner, || {
+            black_box(BatchEvent::from_queue_message(black_box(&frame)).unwrap());
+        });
         let per_s = |ns: f64| samples as f64 / (ns / 1e9);
         let common = json!({
             "samples": samples,
@@ -183,8 +192,14 @@ fn summary(csv: &[u8], small: &BatchEvent, full: &BatchEvent) -> serde_json::Val
             ("batch_encode", encode_ns),
             ("batch_decode", decode_ns),
             ("batch_decode_via_sdk", sdk_ns),
+            ("frame_encode", frame_encode_ns),
+            ("frame_decode", frame_decode_ns),
         ] {
             let mut entry = common.clone();
+            if name.starts_with("frame") {
+                entry["bytes"] = json!(frame.len());
+                entry["bytes_per_sample"] = json!(frame.len() as f64 / samples as f64);
+            }
             entry["name"] = json!(format!("{name}{suffix}"));
             entry["median_ns_per_iter"] = json!(ns);
             entry["samples_per_s"] = json!(per_s(ns));
