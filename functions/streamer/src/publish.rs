@@ -451,6 +451,27 @@ mod tests {
     use crate::config::WORK_GROUP;
     use crate::packing::tests::part;
 
+    /// Flies `parts` on a producer of `queue`, with a writer without limits of its own.
+    async fn fly_parts(queue: &Queue, parts: Vec<Part>) -> Landing {
+        let metrics = StreamerMetrics::default();
+        let readiness = function_runtime::Readiness::new("/p", std::time::Duration::from_secs(1));
+        let nospace = NoSpaceWait::new(
+            readiness,
+            metrics.nospace_waits.clone(),
+            metrics.nospace_waiting.clone(),
+        );
+        let writer = EventWriter::new("/streamer/test".into(), Default::default());
+        fly(
+            queue.producer(),
+            parts,
+            writer,
+            Shutdown::new(),
+            metrics,
+            nospace,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_shared_transaction_lands_one_message_per_partition() {
         let etcd = EtcdHarness::start().await;
@@ -463,22 +484,7 @@ mod tests {
         let keys = WorkGroupKeys::new(&prefix, WORK_GROUP).unwrap();
         // Shards 1 and 17 both go to partition 1, shard 5 to partition 5.
         let parts = vec![part(&keys, 1, 3), part(&keys, 17, 4), part(&keys, 5, 2)];
-        let metrics = StreamerMetrics::default();
-        let readiness = function_runtime::Readiness::new("/p", std::time::Duration::from_secs(1));
-        let nospace = NoSpaceWait::new(
-            readiness,
-            metrics.nospace_waits.clone(),
-            metrics.nospace_waiting.clone(),
-        );
-        let landing = fly(
-            queue.producer(),
-            parts,
-            EventWriter::new("/streamer/test".into(), Default::default()),
-            Shutdown::new(),
-            metrics.clone(),
-            nospace,
-        )
-        .await;
+        let landing = fly_parts(&queue, parts).await;
         let booked: Vec<(u32, u64, bool)> = landing
             .parts
             .iter()
@@ -538,22 +544,7 @@ mod tests {
         let mut client = etcd.client().await;
         client.put(keys.item_state(5), "{}", None).await.unwrap();
         let parts = vec![part(&keys, 1, 3), part(&keys, 5, 4), part(&keys, 9, 5)];
-        let metrics = StreamerMetrics::default();
-        let readiness = function_runtime::Readiness::new("/p", std::time::Duration::from_secs(1));
-        let nospace = NoSpaceWait::new(
-            readiness,
-            metrics.nospace_waits.clone(),
-            metrics.nospace_waiting.clone(),
-        );
-        let landing = fly(
-            queue.producer(),
-            parts,
-            EventWriter::new("/streamer/test".into(), Default::default()),
-            Shutdown::new(),
-            metrics.clone(),
-            nospace,
-        )
-        .await;
+        let landing = fly_parts(&queue, parts).await;
         let outcomes: Vec<(u32, u64, &str)> = landing
             .parts
             .iter()
