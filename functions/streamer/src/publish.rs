@@ -366,7 +366,7 @@ impl Transaction<'_> {
 /// (a part always fits a transaction alone).
 async fn fly(
     producer: Producer,
-    mut parts: Vec<Part>,
+    parts: Vec<Part>,
     events: EventWriter,
     stop: Shutdown,
     metrics: StreamerMetrics,
@@ -395,37 +395,33 @@ async fn fly(
         landing.batches += messages.len() as u64;
         landing.bytes += messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
     };
-    if parts.len() == 1 {
-        let part = parts.pop().expect("one part");
-        let messages = events.messages(part.batches, part.bytes);
-        book(&mut landings[0], &messages);
-        landings[0].outcome = flight.publish(&messages, &part.fence, &shards).await;
-        return Landing {
-            producer: flight.producer,
-            parts: landings,
-            transactions: flight.transactions,
-        };
-    }
     let bound = parts.iter().map(|part| part.bytes).sum();
-    let fence = joint_fence(parts.iter().map(|part| &part.fence));
-    // Part by part when a merged message would be too large, or the shared fence fails.
-    let alone = match events.joint_messages(parts.iter().map(|part| &part.batches[..]), bound) {
+    // Part by part when there is one, when a merged message would be too large, or when the
+    // shared fence fails.
+    let joint = match parts.len() {
+        1 => None,
+        _ => events.joint_messages(parts.iter().map(|part| &part.batches[..]), bound),
+    };
+    let alone = match joint {
         None => true,
-        Some(messages) => match flight.publish(&messages, &fence, &shards).await {
-            Publish::Refused => true,
-            Publish::Landed => {
-                book(&mut landings[0], &messages);
-                for landing in &mut landings {
-                    landing.outcome = Publish::Landed;
+        Some(messages) => {
+            let fence = joint_fence(parts.iter().map(|part| &part.fence));
+            match flight.publish(&messages, &fence, &shards).await {
+                Publish::Refused => true,
+                Publish::Landed => {
+                    book(&mut landings[0], &messages);
+                    for landing in &mut landings {
+                        landing.outcome = Publish::Landed;
+                    }
+                    false
                 }
-                false
+                Publish::Abandoned => false,
+                Publish::Failed(e) => {
+                    landings[0].outcome = Publish::Failed(e);
+                    false
+                }
             }
-            Publish::Abandoned => false,
-            Publish::Failed(e) => {
-                landings[0].outcome = Publish::Failed(e);
-                false
-            }
-        },
+        }
     };
     if alone {
         for (part, landing) in parts.into_iter().zip(&mut landings) {

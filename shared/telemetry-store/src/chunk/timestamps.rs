@@ -80,7 +80,7 @@ pub(super) fn encode_timestamps(
 ) {
     let own = &series[index].timestamps;
     let prefix = planning_prefix(own.len());
-    if plans.prefix != prefix || plans.priced[0].is_none() {
+    if plans.prefix != prefix {
         *plans = TimestampPlans {
             prefix,
             ..TimestampPlans::default()
